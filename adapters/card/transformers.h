@@ -1,0 +1,29 @@
+// Wire mapping for the card adapter: a Stripe-style charges API
+// (form-encoded POST /v1/charges, JSON answers, Idempotency-Key header).
+// Everything that knows the provider's format is here; pure functions, no I/O.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "adapters/payment_adapter.h"
+#include "io/https_client.h"
+
+namespace recharge::card {
+
+// POST /v1/charges with the card fields form-encoded and the secret key as a
+// bearer token.
+http::request<http::string_body> BuildChargeRequest(const ChargeRequest& request,
+                                                    const Secret& api_key);
+// GET /v1/charges?idempotency_key=...
+http::request<http::string_body> BuildLookupRequest(std::string_view idempotency_key,
+                                                    const Secret& api_key);
+
+// Maps the provider's answer to a charge onto the shared outcome.
+ChargeOutcome ParseChargeResponse(int http_status, std::string_view body);
+// Maps the answer to a lookup; an empty list is kNotFound.
+ChargeOutcome ParseLookupResponse(int http_status, std::string_view body);
+
+std::string FormEncode(std::string_view value);
+
+}  // namespace recharge::card

@@ -1,0 +1,77 @@
+// PaymentAdapter: one configured account at one payment provider (DESIGN §7).
+//
+// An adapter turns a ChargeRequest into its provider's wire format, sends it
+// with the idempotency key as the provider's own idempotency header, and maps
+// the provider's answer onto the shared ChargeOutcome. The mapping lives in
+// the adapter's transformers; nothing above this layer knows a wire format.
+//
+// Implementations are thread-safe: Charge and Lookup run concurrently from
+// many coroutines on any io thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "io/asio.h"
+#include "io/secret.h"
+
+namespace recharge {
+
+struct CardDetails {
+  Secret number;  // PAN, digits only
+  int exp_month = 0;
+  int exp_year = 0;
+  Secret cvc;
+  std::string holder_name;
+};
+
+struct ChargeRequest {
+  std::string idempotency_key;  // sent as the provider's idempotency header
+  std::string recharge_id;
+  std::string currency;         // ISO 4217
+  int64_t minor_units = 0;
+  std::string region;
+  std::string description;
+  std::optional<CardDetails> card;
+  std::string paypal_order_id;
+  std::string paypal_payer_id;
+  std::string wallet_provider;
+  std::string wallet_account;
+  // The call must be answered by then (never later than the caller's deadline).
+  std::chrono::steady_clock::time_point deadline;
+};
+
+enum class ChargeResult {
+  kApproved,  // money moved
+  kDeclined,  // the provider refused; nothing charged
+  kFailed,    // a definite error before money moved; safe to try another instance
+  kUnknown,   // ambiguous (timeout, connection cut after sending): may have charged
+  kNotFound,  // Lookup only: the provider has no charge under that key
+};
+
+std::string_view ChargeResultName(ChargeResult r);
+
+struct ChargeOutcome {
+  ChargeResult result = ChargeResult::kFailed;
+  std::string provider_reference;  // the provider's charge id
+  std::string decline_code;        // kDeclined: the provider's reason, e.g. "insufficient_funds"
+  std::string message;             // human-readable, never a secret
+};
+
+class PaymentAdapter {
+ public:
+  virtual ~PaymentAdapter() = default;
+  // The instance name from configs/adapters.yaml, e.g. "card-primary".
+  virtual std::string_view name() const = 0;
+  // Charges once per idempotency key, however often it is called.
+  virtual asio::awaitable<ChargeOutcome> Charge(const ChargeRequest& request) = 0;
+  // What the provider holds under `idempotency_key`: kApproved or kDeclined
+  // with its reference, kNotFound, or kFailed/kUnknown if it could not be asked.
+  virtual asio::awaitable<ChargeOutcome> Lookup(std::string_view idempotency_key,
+                                                std::chrono::steady_clock::time_point deadline) = 0;
+};
+
+}  // namespace recharge

@@ -1,0 +1,53 @@
+// FraudFilter: the seam where the rule-based fraud filter plugs into the
+// recharge flow (DESIGN §6). The flow builds a FraudInput from the validated
+// request (no secrets: the card appears only as its HMAC fingerprint), asks
+// the filter for a decision before anything is charged, and records the
+// decision with its inputs in the ledger's decision log.
+//
+// Until the rule engine lands, the gateway runs AllowAllFilter: every
+// request is allowed, and the assessment says so (rules_version "allow-all").
+//
+// Thread-safety: Assess may run concurrently from any thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "io/asio.h"
+#include "recharge/v1/recharge.pb.h"
+
+namespace recharge {
+
+// The request as the fraud rules see it (DESIGN §6 "Fields").
+struct FraudInput {
+  std::string user_id;
+  std::string seller_id;
+  std::string ip;
+  std::string device_id;
+  std::string card_fingerprint;        // hex HMAC-SHA256 of the PAN; empty if not a card
+  std::string instrument_fingerprint;  // same for whatever pays
+  std::string payment_method;          // card | paypal | ewallet
+  std::string wallet_provider;
+  std::string region;
+  std::string currency;
+  std::string package_id;
+  int64_t coins = 0;
+  int64_t amount_usd_cents = 0;        // the package's USD price
+
+  // The inputs as a JSON object, for the decision log.
+  std::string ToJson() const;
+};
+
+class FraudFilter {
+ public:
+  virtual ~FraudFilter() = default;
+  virtual asio::awaitable<recharge::v1::FraudAssessment> Assess(const FraudInput& input) = 0;
+};
+
+// Allows everything. The named placeholder policy until rules are configured.
+class AllowAllFilter final : public FraudFilter {
+ public:
+  asio::awaitable<recharge::v1::FraudAssessment> Assess(const FraudInput& input) override;
+};
+
+}  // namespace recharge

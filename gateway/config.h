@@ -1,0 +1,36 @@
+// GatewayConfig: configs/gateway.yaml (every option is documented there,
+// with its default). Errors name the file, the line and the field.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "io/secret.h"
+
+namespace recharge {
+
+struct GatewayConfig {
+  std::string listen = "127.0.0.1:50051";
+  int io_threads = 0;  // 0 = one per core
+  std::chrono::milliseconds shutdown_grace{10'000};
+  std::string catalogue_path = "configs/packages.yaml";
+  std::string adapters_path = "configs/adapters.yaml";
+  std::string ledger_backend = "sqlite";
+  std::string ledger_path = "var/ledger.db";
+  int group_commit_max = 512;
+  std::chrono::milliseconds key_retention{24 * 3'600'000};
+  std::string redis_address = "127.0.0.1:6390";
+  std::chrono::milliseconds redis_timeout{50};
+  std::string fingerprint_key_file = "var/secrets/fingerprint.key";
+  std::chrono::milliseconds recovery_interval{5'000};
+  std::chrono::milliseconds recovery_settle_after{15'000};
+
+  static absl::StatusOr<GatewayConfig> Load(const std::string& path);
+};
+
+// RECHARGE_FINGERPRINT_KEY from the environment, else the file. At least 32
+// bytes. Errors name the source, never the key.
+absl::StatusOr<Secret> LoadFingerprintKey(const std::string& file);
+
+}  // namespace recharge

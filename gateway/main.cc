@@ -1,0 +1,150 @@
+// recharge-gateway: the gRPC server. Loads the configuration, opens the
+// ledger, builds the adapters, serves RechargeGateway (and, until the fraud
+// rules land, an empty FraudAdmin), the health service and reflection.
+//
+// Usage: recharge-gateway [--config configs/gateway.yaml] [--listen host:port]
+// SIGINT/SIGTERM: health goes NOT_SERVING, no new calls are taken, in-flight
+// calls get `shutdown_grace` to finish, then the process exits 0.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "adapters/router.h"
+#include "fraud/fraud_filter.h"
+#include "gateway/catalogue.h"
+#include "gateway/config.h"
+#include "gateway/reconciler.h"
+#include "gateway/recharge_flow.h"
+#include "gateway/service.h"
+#include "io/asio.h"
+#include "io/log.h"
+#include "io/strings.h"
+#include "ledger/sqlite/sqlite_ledger_store.h"
+
+#include <boost/asio/executor_work_guard.hpp>
+
+namespace recharge {
+namespace {
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "recharge-gateway: %s\n", std::string(status.message()).c_str());
+  return 2;
+}
+
+int Main(int argc, char** argv) {
+  std::string config_path = "configs/gateway.yaml";
+  std::optional<std::string> listen_override;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--config" && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (arg == "--listen" && i + 1 < argc) {
+      listen_override = argv[++i];
+    } else if (arg == "--help" || arg == "-h") {
+      std::printf("usage: recharge-gateway [--config FILE] [--listen HOST:PORT]\n");
+      return 0;
+    } else {
+      std::fprintf(stderr, "recharge-gateway: unknown argument \"%s\" (see --help)\n", arg.c_str());
+      return 2;
+    }
+  }
+
+  // Signals are taken by the main thread alone (sigwait below).
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<GatewayConfig> config = GatewayConfig::Load(config_path);
+  if (!config.ok()) return Fail(config.status());
+  if (listen_override) config->listen = *listen_override;
+  absl::StatusOr<Catalogue> catalogue = Catalogue::Load(config->catalogue_path);
+  if (!catalogue.ok()) return Fail(catalogue.status());
+  absl::StatusOr<std::unique_ptr<Router>> router = Router::Load(config->adapters_path);
+  if (!router.ok()) return Fail(router.status());
+  absl::StatusOr<Secret> fingerprint_key = LoadFingerprintKey(config->fingerprint_key_file);
+  if (!fingerprint_key.ok()) return Fail(fingerprint_key.status());
+  absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> ledger = SqliteLedgerStore::Open(
+      {.path = config->ledger_path, .group_commit_max = static_cast<size_t>(config->group_commit_max)});
+  if (!ledger.ok()) return Fail(ledger.status());
+
+  AllowAllFilter fraud;
+  RechargeFlow flow(*catalogue, **ledger, **router, fraud, *std::move(fingerprint_key));
+  Reconciler reconciler(**ledger, **router, config->recovery_settle_after);
+
+  const int threads = config->io_threads > 0
+                          ? config->io_threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  asio::io_context io(threads);
+  auto work = asio::make_work_guard(io);
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
+
+  // Keys a crash left behind are resolved first thing, then periodically;
+  // key retention is enforced on the same beat.
+  asio::co_spawn(io, reconciler.Run(config->recovery_interval), asio::detached);
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        for (;;) {
+          absl::StatusOr<int64_t> purged =
+              co_await (*ledger)->PurgeKeys(std::chrono::system_clock::now() - config->key_retention);
+          if (purged.ok() && *purged > 0) LogInfo("keys_purged", {{"count", std::to_string(*purged)}});
+          timer.expires_after(std::chrono::minutes(10));
+          co_await timer.async_wait(asio::use_awaitable);
+        }
+      },
+      asio::detached);
+
+  RechargeGatewayService gateway(io, flow, **ledger, *catalogue);
+  recharge::v1::FraudAdmin::CallbackService fraud_admin;  // rules land with the fraud filter
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&gateway);
+  builder.RegisterService(&fraud_admin);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) {
+    work.reset();
+    io.stop();
+    for (std::thread& t : pool) t.join();
+    return Fail(absl::UnavailableError(StrCat("cannot listen on ", config->listen)));
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  LogInfo("serving", {{"listen", config->listen},
+                      {"port", std::to_string(bound_port)},
+                      {"io_threads", std::to_string(threads)},
+                      {"ledger", config->ledger_path}});
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LogInfo("shutting_down", {{"signal", strsignal(sig)}});
+  server->GetHealthCheckService()->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() + config->shutdown_grace);
+  server->Wait();
+  work.reset();
+  io.stop();
+  for (std::thread& t : pool) t.join();
+  ledger->reset();  // commits whatever is queued
+  LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace recharge
+
+int main(int argc, char** argv) { return recharge::Main(argc, argv); }

@@ -1,0 +1,244 @@
+#include "gateway/recharge_flow.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <map>
+
+#include "io/strings.h"
+#include "gateway/validation.h"
+#include "io/crypto.h"
+#include "io/log.h"
+
+namespace recharge {
+namespace {
+
+using recharge::v1::FraudAssessment;
+using recharge::v1::RecordRechargeRequest;
+using recharge::v1::RecordRechargeResponse;
+
+// Time kept back from the caller's deadline to record the outcome.
+constexpr std::chrono::milliseconds kRecordMargin(100);
+
+void AppendField(std::string* out, std::string_view name, std::string_view value) {
+  StrAppend(out, name, "=", value.size(), ":", value, ";");
+}
+
+ChargeRequest MakeChargeRequest(const RecordRechargeRequest& req, const std::string& recharge_id,
+                                std::chrono::steady_clock::time_point deadline) {
+  ChargeRequest c;
+  c.idempotency_key = req.idempotency_key();
+  c.recharge_id = recharge_id;
+  c.currency = req.amount().currency();
+  c.minor_units = req.amount().minor_units();
+  c.region = req.region();
+  c.description = StrCat(req.package_id(), " for ", req.user_id());
+  c.deadline = deadline;
+  switch (req.payment_method_case()) {
+    case RecordRechargeRequest::kCard:
+      c.card = CardDetails{Secret(req.card().number()), req.card().exp_month(),
+                           req.card().exp_year(), Secret(req.card().cvc()),
+                           req.card().holder_name()};
+      break;
+    case RecordRechargeRequest::kPaypal:
+      c.paypal_order_id = req.paypal().order_id();
+      c.paypal_payer_id = req.paypal().payer_id();
+      break;
+    case RecordRechargeRequest::kEwallet:
+      c.wallet_provider = req.ewallet().provider();
+      c.wallet_account = req.ewallet().account_id();
+      break;
+    case RecordRechargeRequest::PAYMENT_METHOD_NOT_SET:
+      break;
+  }
+  return c;
+}
+
+}  // namespace
+
+std::string RequestFingerprint(const RecordRechargeRequest& req, std::string_view card_fingerprint) {
+  std::string canon;
+  AppendField(&canon, "user_id", req.user_id());
+  AppendField(&canon, "package_id", req.package_id());
+  AppendField(&canon, "currency", req.amount().currency());
+  AppendField(&canon, "minor_units", StrCat(req.amount().minor_units()));
+  AppendField(&canon, "region", req.region());
+  AppendField(&canon, "seller_id", req.seller_id());
+  switch (req.payment_method_case()) {
+    case RecordRechargeRequest::kCard:
+      AppendField(&canon, "card", card_fingerprint);
+      AppendField(&canon, "exp", StrCat(req.card().exp_month(), "/", req.card().exp_year()));
+      break;
+    case RecordRechargeRequest::kPaypal:
+      AppendField(&canon, "paypal", StrCat(req.paypal().order_id(), "/", req.paypal().payer_id()));
+      break;
+    case RecordRechargeRequest::kEwallet:
+      AppendField(&canon, "ewallet", StrCat(req.ewallet().provider(), "/", req.ewallet().account_id()));
+      break;
+    case RecordRechargeRequest::PAYMENT_METHOD_NOT_SET:
+      break;
+  }
+  std::map<std::string, std::string> metadata(req.metadata().begin(), req.metadata().end());
+  for (const auto& [k, v] : metadata) AppendField(&canon, StrCat("metadata.", k), v);
+  return Sha256(canon);
+}
+
+std::string NewRechargeId() { return StrCat("rch_", RandomHex(12)); }
+
+RechargeFlow::RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
+                           FraudFilter& fraud, Secret fingerprint_key)
+    : catalogue_(catalogue),
+      ledger_(ledger),
+      router_(router),
+      fraud_(fraud),
+      fingerprint_key_(std::move(fingerprint_key)) {}
+
+std::string RechargeFlow::Fingerprint(std::string_view value) const {
+  return HexEncode(HmacSha256(fingerprint_key_, value));
+}
+
+asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
+    const RecordRechargeRequest& req, std::chrono::steady_clock::time_point deadline) {
+  // 1. Validate and price. Nothing is stored for a bad request.
+  absl::StatusOr<ValidatedRecharge> v = ValidateRecharge(req, catalogue_, CurrentYearMonth());
+  if (!v.ok()) co_return v.status();
+  absl::StatusOr<std::vector<PaymentAdapter*>> adapters =
+      router_.Select(v->method, v->wallet_provider, req.region(), req.amount().currency());
+  if (!adapters.ok()) co_return adapters.status();
+
+  FraudInput input;
+  input.user_id = req.user_id();
+  input.seller_id = req.seller_id();
+  input.ip = req.client().ip();
+  input.device_id = req.client().device_id();
+  input.payment_method = v->method;
+  input.wallet_provider = v->wallet_provider;
+  input.region = req.region();
+  input.currency = req.amount().currency();
+  input.package_id = req.package_id();
+  input.coins = v->package->coins;
+  input.amount_usd_cents = v->package->usd_cents;
+  switch (req.payment_method_case()) {
+    case RecordRechargeRequest::kCard:
+      input.card_fingerprint = Fingerprint(req.card().number());
+      input.instrument_fingerprint = input.card_fingerprint;
+      break;
+    case RecordRechargeRequest::kPaypal:
+      input.instrument_fingerprint = Fingerprint(StrCat("paypal:", req.paypal().payer_id()));
+      break;
+    case RecordRechargeRequest::kEwallet:
+      input.instrument_fingerprint = Fingerprint(
+          StrCat("ewallet:", req.ewallet().provider(), ":", req.ewallet().account_id()));
+      break;
+    case RecordRechargeRequest::PAYMENT_METHOD_NOT_SET:
+      break;
+  }
+
+  // 2. Claim the idempotency key, durably, before anything else happens.
+  KeyClaim claim;
+  claim.idempotency_key = req.idempotency_key();
+  claim.fingerprint = RequestFingerprint(req, input.card_fingerprint);
+  Recharge& draft = claim.draft;
+  draft.set_recharge_id(NewRechargeId());
+  draft.set_idempotency_key(req.idempotency_key());
+  draft.set_user_id(req.user_id());
+  draft.set_package_id(req.package_id());
+  draft.set_coins(v->package->coins);
+  *draft.mutable_amount() = req.amount();
+  draft.set_region(req.region());
+  draft.set_payment_method(v->method_label);
+  draft.set_card_masked(v->card_masked);
+  draft.set_seller_id(req.seller_id());
+  *draft.mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+
+  absl::StatusOr<BeginResult> begun = co_await ledger_.Begin(claim);
+  if (!begun.ok()) {
+    co_return absl::UnavailableError(StrCat("ledger unavailable; nothing was charged (",
+                                                  begun.status().message(), ")"));
+  }
+  switch (begun->kind) {
+    case BeginResult::Kind::kReplay: {
+      RecordRechargeResponse stored = std::move(begun->stored);
+      stored.set_replayed(true);
+      co_return stored;
+    }
+    case BeginResult::Kind::kMismatch:
+      co_return absl::AlreadyExistsError(
+          "idempotency_key: already used for a different request");
+    case BeginResult::Kind::kInFlight:
+      co_return absl::AbortedError(
+          "idempotency_key: a request with this key is still in progress; retry later");
+    case BeginResult::Kind::kClaimed:
+      break;
+  }
+
+  // 3. Fraud decision, before anything is charged.
+  FraudAssessment assessment = co_await fraud_.Assess(input);
+
+  Recharge recharge = claim.draft;
+  RecordRechargeResponse response;
+  response.set_recharge_id(recharge.recharge_id());
+  if (assessment.decision() == recharge::v1::FRAUD_ACTION_BLOCK) {
+    recharge.set_status(recharge::v1::RECHARGE_STATUS_BLOCKED);
+  } else if (assessment.decision() == recharge::v1::FRAUD_ACTION_REVIEW) {
+    recharge.set_status(recharge::v1::RECHARGE_STATUS_PENDING_REVIEW);
+  } else {
+    // 4. Charge: the first instance that gives a definite answer decides; a
+    // definite failure before money moved fails over to the next.
+    const auto charge_deadline = deadline - kRecordMargin;
+    ChargeRequest charge = MakeChargeRequest(req, recharge.recharge_id(), charge_deadline);
+    ChargeOutcome outcome;
+    PaymentAdapter* used = nullptr;
+    for (PaymentAdapter* adapter : *adapters) {
+      used = adapter;
+      outcome = co_await adapter->Charge(charge);
+      if (outcome.result != ChargeResult::kFailed) break;
+      LogWarn("adapter_failover", {{"adapter", std::string(adapter->name())},
+                                   {"recharge_id", recharge.recharge_id()},
+                                   {"reason", outcome.message}});
+    }
+    recharge::v1::PaymentResult* payment = recharge.mutable_payment();
+    payment->set_adapter(std::string(used->name()));
+    payment->set_provider_reference(outcome.provider_reference);
+    payment->set_decline_code(outcome.decline_code);
+    payment->set_message(outcome.message);
+    switch (outcome.result) {
+      case ChargeResult::kApproved:
+        recharge.set_status(recharge::v1::RECHARGE_STATUS_APPROVED);
+        response.set_coins_credited(recharge.coins());
+        break;
+      case ChargeResult::kDeclined:
+        recharge.set_status(recharge::v1::RECHARGE_STATUS_DECLINED);
+        break;
+      case ChargeResult::kFailed:
+      case ChargeResult::kNotFound:
+        recharge.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
+        break;
+      case ChargeResult::kUnknown:
+        recharge.set_status(recharge::v1::RECHARGE_STATUS_PENDING);
+        break;
+    }
+  }
+  *recharge.mutable_fraud() = assessment;
+  response.set_status(recharge.status());
+  *response.mutable_fraud() = assessment;
+  *response.mutable_payment() = recharge.payment();
+
+  // 5. Record the outcome with the decision and its inputs.
+  Completion done;
+  done.idempotency_key = req.idempotency_key();
+  done.recharge = recharge;
+  done.response = response;
+  done.decision = DecisionRecord{recharge.recharge_id(), input.ToJson(), assessment};
+  absl::StatusOr<RecordRechargeResponse> stored = co_await ledger_.Complete(std::move(done));
+  if (!stored.ok()) {
+    // The key stays `started`: the reconciler resolves it through Lookup.
+    LogError("ledger_complete_failed", {{"recharge_id", recharge.recharge_id()},
+                                        {"error", std::string(stored.status().message())}});
+    co_return absl::UnavailableError(
+        "the outcome could not be recorded yet; retry with the same idempotency key");
+  }
+  co_return *stored;
+}
+
+}  // namespace recharge

@@ -1,0 +1,55 @@
+// RechargeFlow: RecordRecharge from validated request to durable outcome
+// (DESIGN §1): validate, price, claim the idempotency key, assess fraud,
+// charge through the routed adapters with failover, record.
+//
+// Nothing is stored for a request that fails validation, and nothing is
+// charged before the key is durably claimed. A decline, a block or a review
+// is an OK result with a status; errors mean a bad request or a failed system.
+//
+// Thread-safety: Record may run concurrently from any thread; the flow holds
+// no mutable state of its own.
+#pragma once
+
+#include <chrono>
+
+#include "absl/status/statusor.h"
+#include "adapters/router.h"
+#include "fraud/fraud_filter.h"
+#include "gateway/catalogue.h"
+#include "io/secret.h"
+#include "ledger/ledger_store.h"
+#include "recharge/v1/recharge.pb.h"
+
+namespace recharge {
+
+class RechargeFlow {
+ public:
+  // All references must outlive the flow.
+  RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
+               FraudFilter& fraud, Secret fingerprint_key);
+
+  // `deadline`: when the caller stops waiting; outgoing calls end before it.
+  asio::awaitable<absl::StatusOr<recharge::v1::RecordRechargeResponse>> Record(
+      const recharge::v1::RecordRechargeRequest& request,
+      std::chrono::steady_clock::time_point deadline);
+
+  // Hex HMAC-SHA256 of `value` under the fingerprint key.
+  std::string Fingerprint(std::string_view value) const;
+
+ private:
+  const Catalogue& catalogue_;
+  LedgerStore& ledger_;
+  const Router& router_;
+  FraudFilter& fraud_;
+  Secret fingerprint_key_;
+};
+
+// The fingerprint an idempotency key is bound to: a hash of the request's
+// canonical fields, with the card represented by its HMAC fingerprint.
+std::string RequestFingerprint(const recharge::v1::RecordRechargeRequest& request,
+                               std::string_view card_fingerprint);
+
+// A new recharge id, "rch_" and 24 random hex digits.
+std::string NewRechargeId();
+
+}  // namespace recharge

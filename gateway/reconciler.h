@@ -1,0 +1,41 @@
+// Reconciler: resolves recharges whose outcome the ledger does not know —
+// keys left `started` by a process that died between claim and record, and
+// PENDING recharges whose provider call timed out — by asking the provider
+// with the adapter's Lookup(idempotency key). It never charges.
+//
+// A key is only resolved once it is older than `settle_after` (longer than
+// any adapter timeout), so a request still travelling to the provider cannot
+// land after the reconciler decided "no charge".
+//
+// Thread-safety: RunOnce may be called from any thread; Run loops until the
+// executor stops.
+#pragma once
+
+#include <chrono>
+
+#include "adapters/router.h"
+#include "ledger/ledger_store.h"
+
+namespace recharge {
+
+class Reconciler {
+ public:
+  Reconciler(LedgerStore& ledger, const Router& router, std::chrono::milliseconds settle_after);
+
+  struct Report {
+    int examined = 0;
+    int resolved = 0;
+  };
+  asio::awaitable<Report> RunOnce();
+  // RunOnce now, then every `interval`, until the executor is stopped.
+  asio::awaitable<void> Run(std::chrono::milliseconds interval);
+
+ private:
+  asio::awaitable<bool> Resolve(const UnresolvedRecharge& u);
+
+  LedgerStore& ledger_;
+  const Router& router_;
+  std::chrono::milliseconds settle_after_;
+};
+
+}  // namespace recharge

@@ -1,0 +1,151 @@
+#include "gateway/service.h"
+
+#include <charconv>
+
+#include "io/strings.h"
+#include "gateway/validation.h"
+#include "io/crypto.h"
+#include "io/log.h"
+
+namespace recharge {
+namespace {
+
+using namespace recharge::v1;
+
+constexpr int kDefaultPageSize = 20;
+constexpr int kMaxPageSize = 100;
+// Used when the caller sets no deadline: the flow still needs one.
+constexpr std::chrono::seconds kDefaultDeadline(30);
+
+std::chrono::steady_clock::time_point DeadlineOf(const grpc::CallbackServerContext& ctx) {
+  const auto now_sys = std::chrono::system_clock::now();
+  const auto now = std::chrono::steady_clock::now();
+  const auto remaining = ctx.deadline() - now_sys;
+  if (remaining > kDefaultDeadline) return now + kDefaultDeadline;
+  return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(remaining);
+}
+
+// Runs `body` as a coroutine on `io` and finishes `reactor` with its status.
+// An exception escaping the body is a bug: INTERNAL, logged.
+template <typename Body>
+grpc::ServerUnaryReactor* Spawn(asio::io_context& io, grpc::CallbackServerContext* ctx,
+                                Body body) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  asio::co_spawn(io, std::move(body),
+                 [reactor](std::exception_ptr e, absl::Status status) {
+                   if (e) {
+                     try {
+                       std::rethrow_exception(e);
+                     } catch (const std::exception& ex) {
+                       LogError("handler_exception", {{"what", ex.what()}});
+                     } catch (...) {
+                       LogError("handler_exception", {{"what", "unknown"}});
+                     }
+                     reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "internal error"));
+                     return;
+                   }
+                   reactor->Finish(ToGrpcStatus(status));
+                 });
+  return reactor;
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+std::string EncodePageToken(int64_t cursor, const std::string& user_id) {
+  const std::string user_tag = HexEncode(Sha256(user_id)).substr(0, 8);
+  return Base64UrlEncode(StrCat("v1:", cursor, ":", user_tag));
+}
+
+absl::StatusOr<int64_t> DecodePageToken(const std::string& token, const std::string& user_id) {
+  const absl::Status bad = absl::InvalidArgumentError("page_token: not a token this service issued");
+  std::string raw;
+  if (!Base64UrlDecode(token, &raw) || raw.rfind("v1:", 0) != 0) return bad;
+  const size_t sep = raw.find(':', 3);
+  if (sep == std::string::npos) return bad;
+  int64_t cursor = 0;
+  auto [ptr, ec] = std::from_chars(raw.data() + 3, raw.data() + sep, cursor);
+  if (ec != std::errc() || ptr != raw.data() + sep || cursor <= 0) return bad;
+  if (raw.substr(sep + 1) != HexEncode(Sha256(user_id)).substr(0, 8)) {
+    return absl::InvalidArgumentError("page_token: was issued for another user_id");
+  }
+  return cursor;
+}
+
+RechargeGatewayService::RechargeGatewayService(asio::io_context& io, RechargeFlow& flow,
+                                               LedgerStore& ledger, const Catalogue& catalogue)
+    : io_(io), flow_(flow), ledger_(ledger), catalogue_(catalogue) {}
+
+grpc::ServerUnaryReactor* RechargeGatewayService::RecordRecharge(
+    grpc::CallbackServerContext* ctx, const RecordRechargeRequest* request,
+    RecordRechargeResponse* response) {
+  const auto deadline = DeadlineOf(*ctx);
+  return Spawn(io_, ctx, [this, request, response, deadline]() -> asio::awaitable<absl::Status> {
+    absl::StatusOr<RecordRechargeResponse> r = co_await flow_.Record(*request, deadline);
+    if (!r.ok()) co_return r.status();
+    *response = *std::move(r);
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RechargeGatewayService::GetRecharge(grpc::CallbackServerContext* ctx,
+                                                              const GetRechargeRequest* request,
+                                                              Recharge* response) {
+  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+    if (request->recharge_id().empty()) {
+      co_return absl::InvalidArgumentError("recharge_id: is required");
+    }
+    if (absl::Status s = ValidateId("recharge_id", request->recharge_id(), true); !s.ok()) co_return s;
+    absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
+    if (!r.ok()) co_return r.status();
+    *response = *std::move(r);
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RechargeGatewayService::ListRecharges(
+    grpc::CallbackServerContext* ctx, const ListRechargesRequest* request,
+    ListRechargesResponse* response) {
+  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+    if (absl::Status s = ValidateId("user_id", request->user_id(), false); !s.ok()) co_return s;
+    if (request->page_size() < 0) {
+      co_return absl::InvalidArgumentError("page_size: must not be negative");
+    }
+    const int page_size = request->page_size() == 0 ? kDefaultPageSize
+                                                    : std::min(request->page_size(), kMaxPageSize);
+    std::optional<int64_t> cursor;
+    if (!request->page_token().empty()) {
+      absl::StatusOr<int64_t> c = DecodePageToken(request->page_token(), request->user_id());
+      if (!c.ok()) co_return c.status();
+      cursor = *c;
+    }
+    absl::StatusOr<RechargePage> page =
+        co_await ledger_.ListRecharges(request->user_id(), page_size, cursor);
+    if (!page.ok()) co_return page.status();
+    for (Recharge& r : page->recharges) *response->add_recharges() = std::move(r);
+    if (page->next_cursor) {
+      response->set_next_page_token(EncodePageToken(*page->next_cursor, request->user_id()));
+    }
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RechargeGatewayService::ListPackages(grpc::CallbackServerContext* ctx,
+                                                               const ListPackagesRequest* request,
+                                                               ListPackagesResponse* response) {
+  // Pure and in memory: answered on the gRPC thread, no coroutine needed.
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (absl::Status s = ValidateRegion(catalogue_, "region", request->region()); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
+  for (Package& p : catalogue_.List(request->region())) *response->add_packages() = std::move(p);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace recharge

@@ -1,0 +1,51 @@
+// The gRPC edge: thin callback services that run each call as a coroutine on
+// the Asio io_context and finish the reactor exactly once from its
+// completion. absl::Status becomes grpc::Status in one place (ToGrpcStatus).
+//
+// Thread-safety: the services hold only references to thread-safe parts.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "gateway/catalogue.h"
+#include "gateway/recharge_flow.h"
+#include "ledger/ledger_store.h"
+#include "recharge/v1/recharge.grpc.pb.h"
+
+namespace recharge {
+
+// The one conversion from the core's status to the wire's.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class RechargeGatewayService final : public recharge::v1::RechargeGateway::CallbackService {
+ public:
+  RechargeGatewayService(asio::io_context& io, RechargeFlow& flow, LedgerStore& ledger,
+                         const Catalogue& catalogue);
+
+  grpc::ServerUnaryReactor* RecordRecharge(grpc::CallbackServerContext* ctx,
+                                           const recharge::v1::RecordRechargeRequest* request,
+                                           recharge::v1::RecordRechargeResponse* response) override;
+  grpc::ServerUnaryReactor* GetRecharge(grpc::CallbackServerContext* ctx,
+                                        const recharge::v1::GetRechargeRequest* request,
+                                        recharge::v1::Recharge* response) override;
+  grpc::ServerUnaryReactor* ListRecharges(grpc::CallbackServerContext* ctx,
+                                          const recharge::v1::ListRechargesRequest* request,
+                                          recharge::v1::ListRechargesResponse* response) override;
+  grpc::ServerUnaryReactor* ListPackages(grpc::CallbackServerContext* ctx,
+                                         const recharge::v1::ListPackagesRequest* request,
+                                         recharge::v1::ListPackagesResponse* response) override;
+
+ private:
+  asio::io_context& io_;
+  RechargeFlow& flow_;
+  LedgerStore& ledger_;
+  const Catalogue& catalogue_;
+};
+
+// Page tokens for ListRecharges: opaque to clients, bound to the user_id
+// they were issued for.
+std::string EncodePageToken(int64_t cursor, const std::string& user_id);
+absl::StatusOr<int64_t> DecodePageToken(const std::string& token, const std::string& user_id);
+
+}  // namespace recharge

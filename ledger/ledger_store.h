@@ -1,0 +1,113 @@
+// LedgerStore: the system of record. Recharges, idempotency keys and the
+// decision log live here, never in Redis (DESIGN §5).
+//
+// Idempotency follows Stripe: Begin() claims a key for a request fingerprint
+// in state `started` (durably, before anything is charged); Complete() stores
+// the final recharge and response in one transaction. A repeat of a completed
+// key is answered from the stored response; a repeat with another fingerprint
+// is a conflict; a repeat while the key is `started` is in flight.
+//
+// Every method is a coroutine that completes on the caller's executor and
+// never blocks the calling thread. Implementations are thread-safe.
+// Errors: UNAVAILABLE when the store cannot be reached or written.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "io/asio.h"
+#include "recharge/v1/recharge.pb.h"
+
+namespace recharge {
+
+using recharge::v1::FraudAssessment;
+using recharge::v1::Recharge;
+using recharge::v1::RecordRechargeResponse;
+
+// What Begin() is asked to claim.
+struct KeyClaim {
+  std::string idempotency_key;
+  std::string fingerprint;  // hash of the request's canonical fields
+  // The recharge as known before the flow runs (no secrets); kept with the
+  // key so that a crash can be recovered without the original request.
+  Recharge draft;
+};
+
+struct BeginResult {
+  enum class Kind {
+    kClaimed,   // new key: the caller owns it and must Complete() it
+    kReplay,    // completed earlier with the same fingerprint: `stored` holds the response
+    kMismatch,  // the key was used for another request
+    kInFlight,  // the same request is still being processed
+  };
+  Kind kind = Kind::kClaimed;
+  std::string recharge_id;          // of the key's recharge (all kinds)
+  RecordRechargeResponse stored;    // kReplay only
+};
+
+// One fraud decision with the inputs it was made on, for backtesting.
+struct DecisionRecord {
+  std::string recharge_id;
+  std::string inputs_json;  // the rule inputs (no secrets)
+  FraudAssessment assessment;
+};
+
+struct Completion {
+  std::string idempotency_key;
+  Recharge recharge;                 // final state, created_at set
+  RecordRechargeResponse response;   // what the caller got
+  std::optional<DecisionRecord> decision;
+};
+
+// A key left `started` by a process that died, or a recharge whose outcome
+// was unknown (PENDING): both are resolved through the adapter's Lookup.
+struct UnresolvedRecharge {
+  std::string idempotency_key;
+  Recharge recharge;  // the draft (started) or the stored PENDING recharge
+  bool started = false;
+};
+
+struct RechargePage {
+  std::vector<Recharge> recharges;
+  std::optional<int64_t> next_cursor;  // pass back to get the next page
+};
+
+class LedgerStore {
+ public:
+  virtual ~LedgerStore() = default;
+
+  // Claims `claim.idempotency_key`, durably, or reports what it holds.
+  virtual asio::awaitable<absl::StatusOr<BeginResult>> Begin(KeyClaim claim) = 0;
+
+  // Stores the outcome of a claimed key: the recharge, the response and the
+  // decision, in one transaction. Returns the response now stored: if the key
+  // was already completed (recovery raced the flow) that earlier one wins.
+  virtual asio::awaitable<absl::StatusOr<RecordRechargeResponse>> Complete(Completion done) = 0;
+
+  // Replaces a PENDING recharge and its stored response with the resolved
+  // outcome. Returns false if the recharge was no longer PENDING.
+  virtual asio::awaitable<absl::StatusOr<bool>> ResolvePending(Recharge resolved,
+                                                               RecordRechargeResponse response) = 0;
+
+  // NOT_FOUND if there is no such recharge.
+  virtual asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) = 0;
+
+  // Newest first. `user_id` empty: all users. `cursor` from a previous page.
+  virtual asio::awaitable<absl::StatusOr<RechargePage>> ListRecharges(
+      std::string user_id, int page_size, std::optional<int64_t> cursor) = 0;
+
+  // Keys `started` before `started_before`, and every PENDING recharge.
+  virtual asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(
+      std::chrono::system_clock::time_point started_before) = 0;
+
+  // Forgets completed keys older than `before` (recharges stay). Returns how many.
+  virtual asio::awaitable<absl::StatusOr<int64_t>> PurgeKeys(
+      std::chrono::system_clock::time_point before) = 0;
+};
+
+}  // namespace recharge
