@@ -67,6 +67,13 @@ int Main(int argc, char** argv) {
 
   absl::StatusOr<GatewayConfig> config = GatewayConfig::Load(config_path);
   if (!config.ok()) return Fail(config.status());
+  const int threads = config->io_threads > 0
+                          ? config->io_threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // Declared before everything that owns Asio objects (the adapters'
+  // connection pools), so that it is destroyed after them.
+  asio::io_context io(threads);
+
   if (listen_override) config->listen = *listen_override;
   absl::StatusOr<Catalogue> catalogue = Catalogue::Load(config->catalogue_path);
   if (!catalogue.ok()) return Fail(catalogue.status());
@@ -82,10 +89,6 @@ int Main(int argc, char** argv) {
   RechargeFlow flow(*catalogue, **ledger, **router, fraud, *std::move(fingerprint_key));
   Reconciler reconciler(**ledger, **router, config->recovery_settle_after);
 
-  const int threads = config->io_threads > 0
-                          ? config->io_threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  asio::io_context io(threads);
   auto work = asio::make_work_guard(io);
   std::vector<std::thread> pool;
   for (int i = 0; i < threads; ++i) pool.emplace_back([&io] { io.run(); });

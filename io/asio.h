@@ -16,3 +16,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 namespace asio = boost::asio;
+
+// GCC 12 destroys the captures of a lambda written inside a co_await
+// expression twice (co_await f([x] {...}) frees x twice). Bind such a lambda
+// to a named variable first, then co_await with the variable.

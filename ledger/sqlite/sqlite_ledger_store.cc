@@ -276,7 +276,7 @@ asio::awaitable<R> SqliteLedgerStore::Submit(std::function<R(Db&)> body) {
 }
 
 asio::awaitable<absl::StatusOr<BeginResult>> SqliteLedgerStore::Begin(KeyClaim claim) {
-  co_return co_await Submit<absl::StatusOr<BeginResult>>(
+  std::function<absl::StatusOr<BeginResult>(Db&)> body =
       [claim = std::move(claim)](Db& db) -> absl::StatusOr<BeginResult> {
         const int64_t now = NowMicros();
         {
@@ -316,12 +316,13 @@ asio::awaitable<absl::StatusOr<BeginResult>> SqliteLedgerStore::Begin(KeyClaim c
           }
         }
         return out;
-      });
+      };
+  co_return co_await Submit<absl::StatusOr<BeginResult>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<RecordRechargeResponse>> SqliteLedgerStore::Complete(
     Completion done) {
-  co_return co_await Submit<absl::StatusOr<RecordRechargeResponse>>(
+  std::function<absl::StatusOr<RecordRechargeResponse>(Db&)> body =
       [done = std::move(done)](Db& db) -> absl::StatusOr<RecordRechargeResponse> {
         const int64_t now = NowMicros();
         {
@@ -369,12 +370,13 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> SqliteLedgerStore::Compl
                                      .Run());
         }
         return done.response;
-      });
+      };
+  co_return co_await Submit<absl::StatusOr<RecordRechargeResponse>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::ResolvePending(
     Recharge resolved, RecordRechargeResponse response) {
-  co_return co_await Submit<absl::StatusOr<bool>>(
+  std::function<absl::StatusOr<bool>(Db&)> body =
       [resolved = std::move(resolved),
        response = std::move(response)](Db& db) -> absl::StatusOr<bool> {
         {
@@ -395,11 +397,12 @@ asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::ResolvePending(
                                    .Text(3, resolved.idempotency_key())
                                    .Run());
         return true;
-      });
+      };
+  co_return co_await Submit<absl::StatusOr<bool>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::string id) {
-  co_return co_await Submit<absl::StatusOr<Recharge>>(
+  std::function<absl::StatusOr<Recharge>(Db&)> body =
       [id = std::move(id)](Db& db) -> absl::StatusOr<Recharge> {
         LEDGER_PREPARE(select, "SELECT record FROM recharges WHERE recharge_id = ?1");
         select.Text(1, id);
@@ -411,12 +414,13 @@ asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::st
           return absl::DataLossError("ledger: stored recharge does not parse");
         }
         return r;
-      });
+      };
+  co_return co_await Submit<absl::StatusOr<Recharge>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListRecharges(
     std::string user_id, int page_size, std::optional<int64_t> cursor) {
-  co_return co_await Submit<absl::StatusOr<RechargePage>>(
+  std::function<absl::StatusOr<RechargePage>(Db&)> body =
       [user_id = std::move(user_id), page_size,
        cursor](Db& db) -> absl::StatusOr<RechargePage> {
         auto stmt_or = user_id.empty()
@@ -444,13 +448,14 @@ asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListRecharges(
           }
         }
         return page;
-      });
+      };
+  co_return co_await Submit<absl::StatusOr<RechargePage>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> SqliteLedgerStore::ListUnresolved(
     std::chrono::system_clock::time_point started_before) {
   const int64_t before = UnixMicros(started_before);
-  co_return co_await Submit<absl::StatusOr<std::vector<UnresolvedRecharge>>>(
+  std::function<absl::StatusOr<std::vector<UnresolvedRecharge>>(Db&)> body =
       [before](Db& db) -> absl::StatusOr<std::vector<UnresolvedRecharge>> {
         std::vector<UnresolvedRecharge> out;
         {
@@ -484,13 +489,14 @@ asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> SqliteLedgerSto
           }
         }
         return out;
-      });
+      };
+  co_return co_await Submit<absl::StatusOr<std::vector<UnresolvedRecharge>>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeKeys(
     std::chrono::system_clock::time_point before) {
   const int64_t cutoff = UnixMicros(before);
-  co_return co_await Submit<absl::StatusOr<int64_t>>(
+  std::function<absl::StatusOr<int64_t>(Db&)> body =
       [cutoff](Db& db) -> absl::StatusOr<int64_t> {
         // A key whose recharge is still PENDING is kept: forgetting it would
         // let a retry charge a second time.
@@ -500,7 +506,8 @@ asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeKeys(
                        " (SELECT recharge_id FROM recharges WHERE status = 6)");
         LEDGER_RETURN_IF_ERROR(purge.Int(1, cutoff).Run());
         return db.Changes();
-      });
+      };
+  co_return co_await Submit<absl::StatusOr<int64_t>>(std::move(body));
 }
 
 }  // namespace recharge

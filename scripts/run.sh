@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The main job: builds the gateway (Release, into build/) and runs it with its
+# local services: a Redis server and the PSP sandbox, all on loopback, with
+# their data under var/. The gateway serves gRPC on 127.0.0.1:${GATEWAY_PORT}
+# in the foreground; Ctrl-C (SIGINT) or SIGTERM stops all of them cleanly.
+#
+# Environment: GATEWAY_PORT (50051), REDIS_PORT (6390), SANDBOX_PORT (8443).
+# Safe to run twice: set-up steps skip what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GATEWAY_PORT="${GATEWAY_PORT:-50051}" REDIS_PORT="${REDIS_PORT:-6390}" SANDBOX_PORT="${SANDBOX_PORT:-8443}"
+
+./scripts/install-deps.sh
+./scripts/build.sh Release recharge-gateway recharge_proto_py
+./scripts/dev-secrets.sh var
+mkdir -p var/redis var/sandbox var/log
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$GATEWAY_PORT" "$REDIS_PORT" "$SANDBOX_PORT"; do
+  if port_busy "$p"; then
+    echo "run.sh: port $p on 127.0.0.1 is in use (another run.sh?); stop it or set GATEWAY_PORT/REDIS_PORT/SANDBOX_PORT" >&2
+    exit 1
+  fi
+done
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$PWD/var/redis" \
+  --appendonly yes --save "" --daemonize no --loglevel warning \
+  >> var/log/redis.log 2>&1 &
+pids+=($!)
+
+rm -f var/sandbox/port
+/usr/bin/python3 sandbox/psp_sandbox.py --host 127.0.0.1 --port "$SANDBOX_PORT" \
+  --cert var/certs/server.pem --key var/certs/server.key \
+  --journal var/sandbox/journal.jsonl --card-secret-file var/secrets/card_api_key \
+  --port-file var/sandbox/port >> var/log/sandbox.log 2>&1 &
+pids+=($!)
+
+# Wait (bounded) for both to accept connections.
+for _ in $(seq 1 100); do
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && [ -s var/sandbox/port ]; then break; fi
+  sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "run.sh: redis did not start (var/log/redis.log)" >&2; exit 1; }
+[ -s var/sandbox/port ] || { echo "run.sh: sandbox did not start (var/log/sandbox.log)" >&2; exit 1; }
+echo "run.sh: redis on 127.0.0.1:$REDIS_PORT, PSP sandbox on https://127.0.0.1:$SANDBOX_PORT" >&2
+echo "run.sh: gateway on 127.0.0.1:$GATEWAY_PORT (Ctrl-C stops everything)" >&2
+
+"${GATEWAY_BIN:-build/gateway/recharge-gateway}" --config configs/gateway.yaml &
+gateway=$!
+pids=("$gateway" "${pids[@]}")
+set +e
+wait "$gateway"
+status=$?
+set -e
+exit "$status"
