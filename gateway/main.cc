@@ -58,7 +58,10 @@ int Main(int argc, char** argv) {
     }
   }
 
-  // Signals are taken by the main thread alone (sigwait below).
+  // Signals are taken by the main thread alone (sigwait below). A parent may
+  // have left SIGINT ignored (background jobs of a shell): restore it.
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
