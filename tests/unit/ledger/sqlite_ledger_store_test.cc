@@ -1,0 +1,241 @@
+// The idempotency state machine and the ledger queries, on a real SQLite
+// file in a temp directory.
+#include "ledger/sqlite/sqlite_ledger_store.h"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/use_future.hpp>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "io/crypto.h"
+
+namespace recharge {
+namespace {
+
+using recharge::v1::RECHARGE_STATUS_APPROVED;
+using recharge::v1::RECHARGE_STATUS_FAILED;
+using recharge::v1::RECHARGE_STATUS_PENDING;
+using Kind = BeginResult::Kind;
+
+class LedgerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("ledger_test_" + RandomHex(6));
+    std::filesystem::create_directories(dir_);
+    Open();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  void TearDown() override {
+    store_.reset();
+    work_.reset();
+    thread_.join();
+    std::filesystem::remove_all(dir_);
+  }
+  void Open() {
+    auto s = SqliteLedgerStore::Open({.path = (dir_ / "ledger.db").string()});
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+  }
+  template <typename T>
+  T Run(asio::awaitable<T> a) {
+    return asio::co_spawn(io_, std::move(a), asio::use_future).get();
+  }
+
+  KeyClaim Claim(const std::string& key, const std::string& fp, const std::string& user = "u1") {
+    KeyClaim c;
+    c.idempotency_key = key;
+    c.fingerprint = fp;
+    c.draft.set_recharge_id("rch_" + key);
+    c.draft.set_idempotency_key(key);
+    c.draft.set_user_id(user);
+    c.draft.set_coins(65);
+    return c;
+  }
+  Completion Done(const KeyClaim& c, recharge::v1::RechargeStatus status) {
+    Completion d;
+    d.idempotency_key = c.idempotency_key;
+    d.recharge = c.draft;
+    d.recharge.set_status(status);
+    d.response.set_recharge_id(c.draft.recharge_id());
+    d.response.set_status(status);
+    return d;
+  }
+
+  std::filesystem::path dir_;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
+  std::thread thread_;
+  std::unique_ptr<SqliteLedgerStore> store_;
+};
+
+TEST_F(LedgerTest, NewKeyIsClaimedThenInFlightThenReplayed) {
+  KeyClaim c = Claim("key-1", "fp-A");
+  auto first = Run(store_->Begin(c));
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->kind, Kind::kClaimed);
+  EXPECT_EQ(first->recharge_id, "rch_key-1");
+
+  auto again = Run(store_->Begin(c));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->kind, Kind::kInFlight);
+
+  auto stored = Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED)));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->status(), RECHARGE_STATUS_APPROVED);
+
+  auto replay = Run(store_->Begin(c));
+  ASSERT_TRUE(replay.ok());
+  EXPECT_EQ(replay->kind, Kind::kReplay);
+  EXPECT_EQ(replay->stored.recharge_id(), "rch_key-1");
+  EXPECT_EQ(replay->stored.status(), RECHARGE_STATUS_APPROVED);
+}
+
+TEST_F(LedgerTest, SameKeyOtherRequestIsAMismatchInEveryState) {
+  KeyClaim c = Claim("key-2", "fp-A");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  EXPECT_EQ(Run(store_->Begin(Claim("key-2", "fp-B")))->kind, Kind::kMismatch);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  EXPECT_EQ(Run(store_->Begin(Claim("key-2", "fp-B")))->kind, Kind::kMismatch);
+}
+
+TEST_F(LedgerTest, SecondCompletionKeepsTheFirstOutcome) {
+  KeyClaim c = Claim("key-3", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  auto second = Run(store_->Complete(Done(c, RECHARGE_STATUS_FAILED)));
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->status(), RECHARGE_STATUS_APPROVED);
+  EXPECT_EQ(Run(store_->GetRecharge("rch_key-3"))->status(), RECHARGE_STATUS_APPROVED);
+}
+
+TEST_F(LedgerTest, GetUnknownRechargeIsNotFound) {
+  auto r = Run(store_->GetRecharge("rch_nope"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LedgerTest, StateSurvivesReopening) {
+  KeyClaim c = Claim("key-4", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  KeyClaim started = Claim("key-5", "fp");
+  ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
+  store_.reset();
+  Open();
+  EXPECT_EQ(Run(store_->Begin(c))->kind, Kind::kReplay);
+  EXPECT_EQ(Run(store_->Begin(started))->kind, Kind::kInFlight);
+}
+
+TEST_F(LedgerTest, ListIsNewestFirstWithCursorPaging) {
+  for (int i = 0; i < 5; ++i) {
+    KeyClaim c = Claim("list-" + std::to_string(i), "fp", "lister");
+    ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+    ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  }
+  KeyClaim other = Claim("other-0", "fp", "someone-else");
+  ASSERT_EQ(Run(store_->Begin(other))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(other, RECHARGE_STATUS_APPROVED))).ok());
+
+  std::vector<std::string> seen;
+  std::optional<int64_t> cursor;
+  std::vector<size_t> sizes;
+  do {
+    auto page = Run(store_->ListRecharges("lister", 2, cursor));
+    ASSERT_TRUE(page.ok());
+    sizes.push_back(page->recharges.size());
+    for (const auto& r : page->recharges) seen.push_back(r.idempotency_key());
+    cursor = page->next_cursor;
+  } while (cursor);
+  EXPECT_THAT(sizes, ::testing::ElementsAre(2, 2, 1));
+  EXPECT_THAT(seen, ::testing::ElementsAre("list-4", "list-3", "list-2", "list-1", "list-0"));
+}
+
+TEST_F(LedgerTest, UnresolvedListsOldStartedKeysAndPendingRecharges) {
+  KeyClaim started = Claim("started-1", "fp");
+  ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
+  KeyClaim pending = Claim("pending-1", "fp");
+  ASSERT_EQ(Run(store_->Begin(pending))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(pending, RECHARGE_STATUS_PENDING))).ok());
+
+  // A cutoff in the past excludes the fresh started key but not the PENDING one.
+  auto early = Run(store_->ListUnresolved(std::chrono::system_clock::now() - std::chrono::hours(1)));
+  ASSERT_TRUE(early.ok());
+  ASSERT_EQ(early->size(), 1u);
+  EXPECT_EQ((*early)[0].idempotency_key, "pending-1");
+  EXPECT_FALSE((*early)[0].started);
+
+  auto later = Run(store_->ListUnresolved(std::chrono::system_clock::now() + std::chrono::seconds(1)));
+  ASSERT_TRUE(later.ok());
+  ASSERT_EQ(later->size(), 2u);
+  EXPECT_EQ((*later)[0].idempotency_key, "started-1");
+  EXPECT_TRUE((*later)[0].started);
+  EXPECT_EQ((*later)[0].recharge.recharge_id(), "rch_started-1");
+
+  // Resolving the PENDING recharge updates the record and the replayed response, once.
+  Recharge resolved = pending.draft;
+  resolved.set_status(RECHARGE_STATUS_APPROVED);
+  RecordRechargeResponse response;
+  response.set_recharge_id(resolved.recharge_id());
+  response.set_status(RECHARGE_STATUS_APPROVED);
+  response.set_coins_credited(65);
+  auto ok = Run(store_->ResolvePending(resolved, response));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_TRUE(*ok);
+  EXPECT_FALSE(*Run(store_->ResolvePending(resolved, response)));
+  auto replay = Run(store_->Begin(pending));
+  EXPECT_EQ(replay->kind, Kind::kReplay);
+  EXPECT_EQ(replay->stored.coins_credited(), 65);
+}
+
+TEST_F(LedgerTest, PurgeForgetsOldCompletedKeysButNeverPendingOrStarted) {
+  KeyClaim done = Claim("purge-done", "fp");
+  ASSERT_EQ(Run(store_->Begin(done))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(done, RECHARGE_STATUS_APPROVED))).ok());
+  KeyClaim pending = Claim("purge-pending", "fp");
+  ASSERT_EQ(Run(store_->Begin(pending))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(pending, RECHARGE_STATUS_PENDING))).ok());
+  KeyClaim started = Claim("purge-started", "fp");
+  ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
+
+  EXPECT_EQ(*Run(store_->PurgeKeys(std::chrono::system_clock::now() - std::chrono::hours(1))), 0);
+  EXPECT_EQ(*Run(store_->PurgeKeys(std::chrono::system_clock::now() + std::chrono::seconds(1))), 1);
+  // The purged key may be used again; the recharge itself stays.
+  EXPECT_EQ(Run(store_->Begin(Claim("purge-done", "fp")))->kind, Kind::kClaimed);
+  EXPECT_TRUE(Run(store_->GetRecharge("rch_purge-done")).ok());
+  EXPECT_EQ(Run(store_->Begin(pending))->kind, Kind::kReplay);
+  EXPECT_EQ(Run(store_->Begin(started))->kind, Kind::kInFlight);
+}
+
+TEST_F(LedgerTest, ConcurrentClaimsOfOneKeyHaveExactlyOneWinnerAndShareCommits) {
+  constexpr int kCalls = 400;
+  std::vector<std::future<absl::StatusOr<BeginResult>>> results;
+  KeyClaim c = Claim("race-1", "fp");
+  const uint64_t commits_before = store_->commits();
+  for (int i = 0; i < kCalls; ++i) {
+    results.push_back(asio::co_spawn(io_, store_->Begin(c), asio::use_future));
+  }
+  int claimed = 0, in_flight = 0;
+  for (auto& f : results) {
+    auto r = f.get();
+    ASSERT_TRUE(r.ok());
+    claimed += r->kind == Kind::kClaimed;
+    in_flight += r->kind == Kind::kInFlight;
+  }
+  EXPECT_EQ(claimed, 1);
+  EXPECT_EQ(in_flight, kCalls - 1);
+  // Group commit: far fewer transactions than operations.
+  EXPECT_LT(store_->commits() - commits_before, static_cast<uint64_t>(kCalls / 2));
+}
+
+TEST(SqliteLedgerStore, UnopenablePathIsUnavailableAndNamed) {
+  auto s = SqliteLedgerStore::Open({.path = "/nonexistent-dir/ledger.db"});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(s.status().message()), ::testing::HasSubstr("/nonexistent-dir/ledger.db"));
+}
+
+}  // namespace
+}  // namespace recharge
