@@ -1,0 +1,126 @@
+// bench-echo-server: the baseline for the RecordRecharge benchmark. A bare
+// gRPC echo service built the way the gateway's server is (DESIGN §3): the
+// callback API, each call run as a C++20 coroutine co_spawned on an Asio
+// io_context with one thread per core, the reactor finished from the
+// coroutine's completion. Comparing the two isolates what the gateway's
+// flow (validation, ledger, adapter, sandbox) adds to the same plumbing.
+//
+// Usage: bench-echo-server [--listen 127.0.0.1:50052] [--threads N (0 = one per core)]
+// SIGINT/SIGTERM: stops taking calls, lets in-flight ones finish, exits 0.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "echo.grpc.pb.h"
+#include "io/asio.h"
+
+#include <boost/asio/executor_work_guard.hpp>
+
+namespace bench {
+namespace {
+
+class EchoService final : public bench::v1::Echo::CallbackService {
+ public:
+  explicit EchoService(asio::io_context& io) : io_(io) {}
+
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* ctx,
+                                 const bench::v1::EchoRequest* request,
+                                 bench::v1::EchoResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    // Same shape as the gateway's Spawn(): the body is a coroutine, the
+    // completion handler finishes the reactor exactly once.
+    asio::co_spawn(
+        io_,
+        [request, response]() -> asio::awaitable<grpc::Status> {
+          response->set_payload(request->payload());
+          co_return grpc::Status::OK;
+        },
+        [reactor](std::exception_ptr e, grpc::Status status) {
+          if (e) {
+            reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "internal error"));
+            return;
+          }
+          reactor->Finish(status);
+        });
+    return reactor;
+  }
+
+ private:
+  asio::io_context& io_;
+};
+
+int Main(int argc, char** argv) {
+  std::string listen = "127.0.0.1:50052";
+  int threads = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--listen" && i + 1 < argc) {
+      listen = argv[++i];
+    } else if (arg == "--threads" && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else if (arg == "--help" || arg == "-h") {
+      std::printf("usage: bench-echo-server [--listen HOST:PORT] [--threads N]\n");
+      return 0;
+    } else {
+      std::fprintf(stderr, "bench-echo-server: unknown argument \"%s\" (see --help)\n",
+                   arg.c_str());
+      return 2;
+    }
+  }
+  if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+
+  // Signals are taken by the main thread alone (sigwait below); a parent
+  // shell may have left SIGINT ignored for background jobs.
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  asio::io_context io(threads);
+  auto work = asio::make_work_guard(io);
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
+  auto stop_pool = [&] {
+    work.reset();
+    io.stop();
+    for (std::thread& t : pool) t.join();
+  };
+
+  EchoService service(io);
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) {
+    stop_pool();
+    std::fprintf(stderr, "bench-echo-server: cannot listen on %s\n", listen.c_str());
+    return 2;
+  }
+  std::fprintf(stderr, "bench-echo-server: serving on %s (port %d, %d io threads)\n",
+               listen.c_str(), bound_port, threads);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  stop_pool();
+  return 0;
+}
+
+}  // namespace
+}  // namespace bench
+
+int main(int argc, char** argv) { return bench::Main(argc, argv); }

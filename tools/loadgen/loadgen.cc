@@ -1,0 +1,529 @@
+// loadgen: a closed-loop gRPC load generator for the gateway's RecordRecharge
+// and for the bench echo server (bench/README.md).
+//
+// `--concurrency` calls are kept outstanding at all times, spread over
+// `--channels` channels (one HTTP/2 connection each): every completion issues
+// the next call from the same slot, through the gRPC callback client API.
+// After `--warmup` seconds, calls that complete in the next `--duration`
+// seconds are measured: throughput, latency percentiles (exact, from every
+// sample), and counts per gRPC status code and per RechargeStatus. A call
+// counts as good only if it is OK (and, for RecordRecharge, APPROVED and not
+// a replay): unlike h2load, which counts any HTTP 200 as a success even when
+// the gRPC status in the trailers is an error.
+//
+// Every RecordRecharge carries a fresh idempotency key, `<prefix>-<n>`, with a
+// prefix unique to the run (time, pid, random), so a rerun never replays
+// stored results. The request is a valid card payment: US, coins_65, USD 99,
+// card 4242424242424242 (the sandbox approves it), an expiry three years out.
+//
+// Output: a human-readable report, then one line of JSON (the last line of
+// stdout; also written to --json-out if given).
+//
+// Thread-safety: a slot is touched by one call at a time (the completion of
+// call k happens before call k+1 is issued), so its tally needs no lock; the
+// main thread reads the tallies only after every slot has stopped.
+#include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "echo.grpc.pb.h"
+#include "recharge/v1/recharge.grpc.pb.h"
+
+namespace loadgen {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+enum class Mode { kRecharge, kEcho };
+
+struct Options {
+  Mode mode = Mode::kRecharge;
+  std::string target = "127.0.0.1:50051";
+  int concurrency = 64;
+  int channels = 4;
+  double duration_s = 10;
+  double warmup_s = 2;
+  double timeout_s = 10;          // per-call deadline
+  std::string key_prefix;         // default: lg-<time>-<pid>-<random>
+  std::string user_id = "loadgen-user";
+  int payload_bytes = -1;         // echo: -1 = the size of a RecordRechargeRequest
+  std::string token;              // bearer token, sent as `authorization`
+  std::string ca_file;            // TLS to the target if set
+  std::string json_out;
+};
+
+constexpr const char* kUsage = R"(usage: loadgen [options]
+  --mode recharge|echo     RecordRecharge on the gateway, or Echo (default recharge)
+  --target HOST:PORT       server address (default 127.0.0.1:50051)
+  --concurrency N          calls kept outstanding (default 64)
+  --channels N             gRPC channels, one connection each (default 4)
+  --duration S             measured seconds (default 10)
+  --warmup S               seconds run before measuring (default 2)
+  --timeout S              per-call deadline in seconds (default 10)
+  --key-prefix P           idempotency key prefix (default lg-<time>-<pid>-<random>)
+  --user-id ID             user_id of every recharge (default loadgen-user)
+  --payload-bytes N        echo payload size (default: the size of a recharge request)
+  --token T                send "authorization: Bearer T"
+  --ca-file PEM            use TLS, trusting this CA (default: plaintext)
+  --json-out FILE          also write the JSON summary to FILE
+)";
+
+bool ParseDouble(const std::string& s, double* out) {
+  char* end = nullptr;
+  *out = std::strtod(s.c_str(), &end);
+  return !s.empty() && *end == '\0' && std::isfinite(*out);
+}
+
+bool ParseInt(const std::string& s, int* out) {
+  char* end = nullptr;
+  const long v = std::strtol(s.c_str(), &end, 10);
+  *out = static_cast<int>(v);
+  return !s.empty() && *end == '\0' && v >= 0 && v <= 1'000'000;
+}
+
+// Returns an error message, or "" when the options are usable.
+std::string ParseOptions(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string value;
+    if (const size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg.resize(eq);
+    } else if (arg != "--help" && arg != "-h") {
+      if (i + 1 >= argc) return "missing value for " + arg;
+      value = argv[++i];
+    }
+    bool ok = true;
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (arg == "--mode") {
+      if (value == "recharge") o->mode = Mode::kRecharge;
+      else if (value == "echo") o->mode = Mode::kEcho;
+      else ok = false;
+    } else if (arg == "--target") {
+      o->target = value;
+    } else if (arg == "--concurrency") {
+      ok = ParseInt(value, &o->concurrency) && o->concurrency > 0;
+    } else if (arg == "--channels") {
+      ok = ParseInt(value, &o->channels) && o->channels > 0;
+    } else if (arg == "--duration") {
+      ok = ParseDouble(value, &o->duration_s) && o->duration_s > 0;
+    } else if (arg == "--warmup") {
+      ok = ParseDouble(value, &o->warmup_s) && o->warmup_s >= 0;
+    } else if (arg == "--timeout") {
+      ok = ParseDouble(value, &o->timeout_s) && o->timeout_s > 0;
+    } else if (arg == "--key-prefix") {
+      o->key_prefix = value;
+    } else if (arg == "--user-id") {
+      o->user_id = value;
+    } else if (arg == "--payload-bytes") {
+      ok = ParseInt(value, &o->payload_bytes);
+    } else if (arg == "--token") {
+      o->token = value;
+    } else if (arg == "--ca-file") {
+      o->ca_file = value;
+    } else if (arg == "--json-out") {
+      o->json_out = value;
+    } else {
+      return "unknown argument \"" + arg + "\" (see --help)";
+    }
+    if (!ok) return "bad value \"" + value + "\" for " + arg;
+  }
+  if (o->key_prefix.empty()) {
+    std::random_device rd;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "lg-%llx-%x-%04x",
+                  static_cast<unsigned long long>(std::time(nullptr)),
+                  static_cast<unsigned>(getpid()), static_cast<unsigned>(rd() & 0xffff));
+    o->key_prefix = buf;
+  }
+  return "";
+}
+
+constexpr std::array<const char*, 17> kGrpcCodeNames = {
+    "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",       "DATA_LOSS",
+    "UNAUTHENTICATED"};
+constexpr int kRechargeStatuses = 8;  // 0..6 from the proto, 7 = a value this build does not know
+
+// Counts for one phase (measured window, or the whole run).
+struct Counts {
+  uint64_t calls = 0;
+  uint64_t good = 0;
+  uint64_t replayed = 0;
+  std::array<uint64_t, kGrpcCodeNames.size()> grpc{};
+  std::array<uint64_t, kRechargeStatuses> recharge{};
+
+  void Add(const Counts& o) {
+    calls += o.calls;
+    good += o.good;
+    replayed += o.replayed;
+    for (size_t i = 0; i < grpc.size(); ++i) grpc[i] += o.grpc[i];
+    for (size_t i = 0; i < recharge.size(); ++i) recharge[i] += o.recharge[i];
+  }
+};
+
+// What every slot shares: the clock marks, the key counter, the stop latch.
+class Run {
+ public:
+  Run(const Options& options, Clock::time_point start)
+      : options_(options),
+        measure_start_(start + ToDuration(options.warmup_s)),
+        measure_end_(measure_start_ + ToDuration(options.duration_s)) {}
+
+  const Options& options() const { return options_; }
+  Clock::time_point measure_start() const { return measure_start_; }
+  Clock::time_point measure_end() const { return measure_end_; }
+
+  std::string NextKey() {
+    return options_.key_prefix + "-" + std::to_string(next_key_.fetch_add(1, std::memory_order_relaxed));
+  }
+
+  void SlotStopped() {
+    std::lock_guard lock(mu_);
+    ++stopped_;
+    cv_.notify_all();
+  }
+  // Returns false if the slots did not all stop by `deadline`.
+  bool WaitAllStopped(int slots, Clock::time_point deadline) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_until(lock, deadline, [&] { return stopped_ == slots; });
+  }
+
+  static Clock::duration ToDuration(double seconds) {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  }
+
+ private:
+  const Options& options_;
+  const Clock::time_point measure_start_;
+  const Clock::time_point measure_end_;
+  std::atomic<uint64_t> next_key_{1};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int stopped_ = 0;
+};
+
+recharge::v1::RecordRechargeRequest SampleRechargeRequest(const Options& o) {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  recharge::v1::RecordRechargeRequest r;
+  r.set_idempotency_key(o.key_prefix + "-0000000000");
+  r.set_user_id(o.user_id);
+  r.set_package_id("coins_65");
+  r.mutable_amount()->set_currency("USD");
+  r.mutable_amount()->set_minor_units(99);
+  r.set_region("US");
+  recharge::v1::Card* card = r.mutable_card();
+  card->set_number("4242424242424242");
+  card->set_exp_month(12);
+  card->set_exp_year(tm.tm_year + 1900 + 3);
+  card->set_cvc("123");
+  card->set_holder_name("Load Gen");
+  r.mutable_client()->set_ip("127.0.0.1");
+  r.mutable_client()->set_device_id("loadgen");
+  return r;
+}
+
+// One closed-loop caller: issues a call, records its outcome, issues the next.
+class Slot {
+ public:
+  Slot(Run& run, std::shared_ptr<grpc::Channel> channel,
+       const recharge::v1::RecordRechargeRequest& recharge_request,
+       const bench::v1::EchoRequest& echo_request)
+      : run_(run), recharge_request_(recharge_request), echo_request_(echo_request) {
+    if (run.options().mode == Mode::kRecharge) {
+      recharge_stub_ = recharge::v1::RechargeGateway::NewStub(channel);
+    } else {
+      echo_stub_ = bench::v1::Echo::NewStub(channel);
+    }
+  }
+
+  void Issue() {
+    const Options& o = run_.options();
+    context_ = std::make_unique<grpc::ClientContext>();
+    context_->set_deadline(std::chrono::system_clock::now() +
+                           std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                               std::chrono::duration<double>(o.timeout_s)));
+    if (!o.token.empty()) context_->AddMetadata("authorization", "Bearer " + o.token);
+    sent_ = Clock::now();
+    if (o.mode == Mode::kRecharge) {
+      recharge_request_.set_idempotency_key(run_.NextKey());
+      recharge_response_.Clear();
+      recharge_stub_->async()->RecordRecharge(context_.get(), &recharge_request_,
+                                              &recharge_response_,
+                                              [this](grpc::Status s) { OnDone(s); });
+    } else {
+      echo_response_.Clear();
+      echo_stub_->async()->Echo(context_.get(), &echo_request_, &echo_response_,
+                                [this](grpc::Status s) { OnDone(s); });
+    }
+  }
+
+  const Counts& measured() const { return measured_; }
+  const Counts& total() const { return total_; }
+  const std::vector<uint32_t>& latencies_us() const { return latencies_us_; }
+
+ private:
+  void OnDone(const grpc::Status& status) {
+    const Clock::time_point now = Clock::now();
+    const bool measured = now >= run_.measure_start() && now < run_.measure_end();
+    const int code = static_cast<int>(status.error_code());
+    bool good = status.ok();
+    int recharge_status = -1;
+    bool replayed = false;
+    if (status.ok() && run_.options().mode == Mode::kRecharge) {
+      recharge_status = recharge_response_.status();
+      if (recharge_status < 0 || recharge_status >= kRechargeStatuses) recharge_status = kRechargeStatuses - 1;
+      replayed = recharge_response_.replayed();
+      good = recharge_status == recharge::v1::RECHARGE_STATUS_APPROVED && !replayed;
+    }
+    for (Counts* c : {&total_, measured ? &measured_ : nullptr}) {
+      if (c == nullptr) continue;
+      ++c->calls;
+      if (good) ++c->good;
+      if (replayed) ++c->replayed;
+      if (code >= 0 && code < static_cast<int>(c->grpc.size())) ++c->grpc[code];
+      else ++c->grpc[2];  // UNKNOWN
+      if (recharge_status >= 0) ++c->recharge[recharge_status];
+    }
+    if (measured) {
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(now - sent_).count();
+      latencies_us_.push_back(static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX)));
+    }
+    if (now >= run_.measure_end()) {
+      run_.SlotStopped();  // `this` is not touched after this line
+      return;
+    }
+    Issue();
+  }
+
+  Run& run_;
+  std::unique_ptr<recharge::v1::RechargeGateway::Stub> recharge_stub_;
+  std::unique_ptr<bench::v1::Echo::Stub> echo_stub_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  recharge::v1::RecordRechargeRequest recharge_request_;
+  recharge::v1::RecordRechargeResponse recharge_response_;
+  bench::v1::EchoRequest echo_request_;
+  bench::v1::EchoResponse echo_response_;
+  Clock::time_point sent_;
+  Counts measured_;
+  Counts total_;
+  std::vector<uint32_t> latencies_us_;
+};
+
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+// The q-quantile (0 < q <= 1) of sorted samples, in ms; 0 if there are none.
+double QuantileMs(const std::vector<uint32_t>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+  rank = std::clamp<size_t>(rank, 1, sorted.size());
+  return sorted[rank - 1] / 1000.0;
+}
+
+double Round3(double v) { return std::round(v * 1000.0) / 1000.0; }
+
+nlohmann::json CountsJson(const Counts& c, Mode mode) {
+  nlohmann::json grpc = nlohmann::json::object();
+  for (size_t i = 0; i < c.grpc.size(); ++i) {
+    if (c.grpc[i] > 0) grpc[kGrpcCodeNames[i]] = c.grpc[i];
+  }
+  nlohmann::json j = {{"calls", c.calls},
+                      {"good", c.good},
+                      {"errors", c.calls - c.grpc[0]},
+                      {"grpc_status", grpc}};
+  if (mode == Mode::kRecharge) {
+    nlohmann::json rs = nlohmann::json::object();
+    for (int i = 0; i < kRechargeStatuses; ++i) {
+      if (c.recharge[i] == 0) continue;
+      const std::string name = i < kRechargeStatuses - 1
+                                   ? recharge::v1::RechargeStatus_Name(i)
+                                   : std::string("UNKNOWN_VALUE");
+      rs[name.rfind("RECHARGE_STATUS_", 0) == 0 ? name.substr(16) : name] = c.recharge[i];
+    }
+    j["recharge_status"] = rs;
+    j["replayed"] = c.replayed;
+  }
+  return j;
+}
+
+std::string CountsLine(const nlohmann::json& counts) {
+  std::string out;
+  for (const auto& [name, n] : counts.items()) {
+    if (!out.empty()) out += ", ";
+    out += name + " " + n.dump();
+  }
+  return out.empty() ? "-" : out;
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  if (std::string err = ParseOptions(argc, argv, &o); !err.empty()) {
+    std::fprintf(stderr, "loadgen: %s\n", err.c_str());
+    return 2;
+  }
+  const char* mode_name = o.mode == Mode::kRecharge ? "recharge" : "echo";
+
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!o.ca_file.empty()) {
+    std::ifstream in(o.ca_file);
+    if (!in) {
+      std::fprintf(stderr, "loadgen: cannot read --ca-file %s\n", o.ca_file.c_str());
+      return 2;
+    }
+    std::stringstream pem;
+    pem << in.rdbuf();
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = pem.str();
+    creds = grpc::SslCredentials(ssl);
+  }
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < o.channels; ++i) {
+    grpc::ChannelArguments args;
+    // A channel of its own connection: no subchannel sharing between them.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt("loadgen.channel", i);
+    channels.push_back(grpc::CreateCustomChannel(o.target, creds, args));
+  }
+  for (const auto& ch : channels) {
+    if (!ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5))) {
+      std::fprintf(stderr, "loadgen: cannot connect to %s within 5 s\n", o.target.c_str());
+      return 1;
+    }
+  }
+
+  const recharge::v1::RecordRechargeRequest recharge_request = SampleRechargeRequest(o);
+  bench::v1::EchoRequest echo_request;
+  const int payload = o.payload_bytes >= 0 ? o.payload_bytes
+                                           : static_cast<int>(recharge_request.ByteSizeLong());
+  echo_request.set_payload(std::string(static_cast<size_t>(payload), 'x'));
+
+  const Clock::time_point start = Clock::now();
+  Run run(o, start);
+  std::vector<std::unique_ptr<Slot>> slots;
+  for (int i = 0; i < o.concurrency; ++i) {
+    slots.push_back(std::make_unique<Slot>(run, channels[i % channels.size()], recharge_request,
+                                           echo_request));
+  }
+  for (auto& slot : slots) slot->Issue();
+
+  std::this_thread::sleep_until(run.measure_start());
+  const double cpu0 = CpuSeconds();
+  std::this_thread::sleep_until(run.measure_end());
+  const double cpu1 = CpuSeconds();
+  const Clock::time_point drain_deadline = run.measure_end() + Run::ToDuration(o.timeout_s + 5);
+  if (!run.WaitAllStopped(o.concurrency, drain_deadline)) {
+    // Calls are still in flight past their deadline: the slots cannot be
+    // freed safely, so report what we have and leave without cleanup.
+    std::fprintf(stderr, "loadgen: calls still in flight %.0f s after the end; exiting\n",
+                 o.timeout_s + 5);
+    std::fflush(stdout);
+    std::_Exit(1);
+  }
+
+  Counts measured, total;
+  std::vector<uint32_t> lat;
+  for (const auto& slot : slots) {
+    measured.Add(slot->measured());
+    total.Add(slot->total());
+    lat.insert(lat.end(), slot->latencies_us().begin(), slot->latencies_us().end());
+  }
+  std::sort(lat.begin(), lat.end());
+  double mean_ms = 0;
+  for (uint32_t v : lat) mean_ms += v;
+  if (!lat.empty()) mean_ms = mean_ms / static_cast<double>(lat.size()) / 1000.0;
+
+  const double window = o.duration_s;
+  nlohmann::json latency = {{"p50", Round3(QuantileMs(lat, 0.50))},
+                            {"p90", Round3(QuantileMs(lat, 0.90))},
+                            {"p99", Round3(QuantileMs(lat, 0.99))},
+                            {"p999", Round3(QuantileMs(lat, 0.999))},
+                            {"max", Round3(lat.empty() ? 0 : lat.back() / 1000.0)},
+                            {"mean", Round3(mean_ms)}};
+  nlohmann::json summary = {
+      {"mode", mode_name},
+      {"target", o.target},
+      {"concurrency", o.concurrency},
+      {"channels", o.channels},
+      {"warmup_s", o.warmup_s},
+      {"duration_s", o.duration_s},
+      {"key_prefix", o.mode == Mode::kRecharge ? o.key_prefix : ""},
+      {"payload_bytes", o.mode == Mode::kEcho ? payload : 0},
+      {"throughput", Round3(static_cast<double>(measured.calls) / window)},
+      {"good_throughput", Round3(static_cast<double>(measured.good) / window)},
+      {"latency_ms", latency},
+      {"loadgen_cpu_cores", Round3((cpu1 - cpu0) / window)},
+      {"measured", CountsJson(measured, o.mode)},
+      {"total", CountsJson(total, o.mode)},
+  };
+
+  const nlohmann::json& m = summary["measured"];
+  std::printf("loadgen: mode=%s target=%s concurrency=%d channels=%d warmup=%gs duration=%gs\n",
+              mode_name, o.target.c_str(), o.concurrency, o.channels, o.warmup_s, o.duration_s);
+  std::printf("  calls        %llu in the measured window (%llu in the whole run, warm-up and drain included)\n",
+              static_cast<unsigned long long>(measured.calls),
+              static_cast<unsigned long long>(total.calls));
+  std::printf("  throughput   %.1f calls/s, good %.1f calls/s, errors %llu\n",
+              static_cast<double>(measured.calls) / window,
+              static_cast<double>(measured.good) / window,
+              static_cast<unsigned long long>(measured.calls - measured.grpc[0]));
+  std::printf("  latency ms   p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (all completed calls)\n",
+              latency["p50"].get<double>(), latency["p90"].get<double>(),
+              latency["p99"].get<double>(), latency["p999"].get<double>(),
+              latency["max"].get<double>());
+  std::printf("  grpc status  %s\n", CountsLine(m["grpc_status"]).c_str());
+  if (o.mode == Mode::kRecharge) {
+    std::printf("  recharge     %s; replayed %llu\n", CountsLine(m["recharge_status"]).c_str(),
+                static_cast<unsigned long long>(measured.replayed));
+    std::printf("  whole run    %s\n", CountsLine(summary["total"]["recharge_status"]).c_str());
+  }
+  std::printf("  loadgen cpu  %.2f cores\n", (cpu1 - cpu0) / window);
+  const std::string line = summary.dump();
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+  if (!o.json_out.empty()) {
+    std::ofstream out(o.json_out);
+    out << line << "\n";
+    if (!out) {
+      std::fprintf(stderr, "loadgen: cannot write %s\n", o.json_out.c_str());
+      return 1;
+    }
+  }
+  return measured.good > 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace loadgen
+
+int main(int argc, char** argv) { return loadgen::Main(argc, argv); }
