@@ -16,6 +16,12 @@ std::string_view ChargeResultName(ChargeResult r) {
   return "?";
 }
 
+absl::Status CheckAdapterKeys(const ConfigNode& config, std::initializer_list<std::string_view> own) {
+  std::vector<std::string_view> keys = {"type", "circuit_breaker"};
+  keys.insert(keys.end(), own.begin(), own.end());
+  return config.CheckKeys(keys);
+}
+
 AdapterRegistry& AdapterRegistry::Global() {
   static AdapterRegistry* registry = new AdapterRegistry();
   return *registry;

@@ -23,6 +23,10 @@ namespace recharge {
 using AdapterFactory = std::function<absl::StatusOr<std::unique_ptr<PaymentAdapter>>(
     const std::string& name, const ConfigNode& config)>;
 
+// Checks an instance's keys: the adapter's own, plus those every instance may
+// have and the Router handles (type, circuit_breaker).
+absl::Status CheckAdapterKeys(const ConfigNode& config, std::initializer_list<std::string_view> own);
+
 class AdapterRegistry {
  public:
   static AdapterRegistry& Global();

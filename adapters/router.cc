@@ -5,6 +5,7 @@
 #include "io/strings.h"
 #include "adapters/adapter_registry.h"
 #include "io/config_node.h"
+#include "io/log.h"
 
 namespace recharge {
 namespace {
@@ -15,10 +16,36 @@ bool Matches(const std::vector<std::string>& allowed, const std::string& value) 
                      [&](const std::string& a) { return a == "*" || a == value; });
 }
 
+// The optional `circuit_breaker` block of an instance (defaults documented
+// in configs/adapters.yaml).
+absl::StatusOr<CircuitBreaker::Options> BreakerOptions(const ConfigNode& instance) {
+  CircuitBreaker::Options o;
+  if (!instance.Has("circuit_breaker")) return o;
+  ConfigNode cb = instance.Child("circuit_breaker");
+  if (absl::Status s = cb.CheckKeys({"window", "min_calls", "failure_rate_percent", "open_for"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<int64_t> window = cb.GetInt("window", o.window, 1, 10'000);
+  if (!window.ok()) return window.status();
+  absl::StatusOr<int64_t> min_calls = cb.GetInt("min_calls", o.min_calls, 1, 10'000);
+  if (!min_calls.ok()) return min_calls.status();
+  if (*min_calls > *window) return cb.Child("min_calls").Error("must not exceed window");
+  absl::StatusOr<int64_t> rate =
+      cb.GetInt("failure_rate_percent", static_cast<int64_t>(o.failure_rate * 100), 1, 100);
+  if (!rate.ok()) return rate.status();
+  absl::StatusOr<std::chrono::milliseconds> open_for = cb.GetDuration("open_for", o.open_for);
+  if (!open_for.ok()) return open_for.status();
+  o.window = static_cast<int>(*window);
+  o.min_calls = static_cast<int>(*min_calls);
+  o.failure_rate = static_cast<double>(*rate) / 100.0;
+  o.open_for = *open_for;
+  return o;
+}
+
 }  // namespace
 
-Router::Router(std::map<std::string, std::unique_ptr<PaymentAdapter>> instances,
-               std::vector<Route> routes)
+Router::Router(std::map<std::string, Instance> instances, std::vector<Route> routes)
     : instances_(std::move(instances)), routes_(std::move(routes)) {}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Load(const std::string& path) {
@@ -28,7 +55,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Load(const std::string& path) {
   ConfigNode instances_node = root->Child("instances");
   if (!instances_node.IsMap()) return instances_node.Error("must be a mapping of instance name to settings");
 
-  std::map<std::string, std::unique_ptr<PaymentAdapter>> instances;
+  std::map<std::string, Instance> instances;
   for (const auto& [name, config] : instances_node.Entries()) {
     if (!config.IsMap()) return config.Error("must be a mapping");
     absl::StatusOr<std::string> type = config.GetString("type");
@@ -39,9 +66,11 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Load(const std::string& path) {
           "unknown adapter type \"", *type, "\" (registered: ",
           StrJoin(AdapterRegistry::Global().Types(), ", "), ")"));
     }
+    absl::StatusOr<CircuitBreaker::Options> breaker = BreakerOptions(config);
+    if (!breaker.ok()) return breaker.status();
     absl::StatusOr<std::unique_ptr<PaymentAdapter>> adapter = (*factory)(name, config);
     if (!adapter.ok()) return adapter.status();
-    instances.emplace(name, *std::move(adapter));
+    instances.emplace(name, Instance{*std::move(adapter), std::make_unique<CircuitBreaker>(*breaker)});
   }
 
   std::vector<Route> routes;
@@ -75,21 +104,21 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Load(const std::string& path) {
       if (it == instances.end()) {
         return item.Child("instances").Error(StrCat("no instance named \"", n, "\""));
       }
-      route.instances.push_back(it->second.get());
+      route.instances.push_back(&it->second);
     }
     routes.push_back(std::move(route));
   }
   return std::make_unique<Router>(std::move(instances), std::move(routes));
 }
 
-absl::StatusOr<std::vector<PaymentAdapter*>> Router::Select(const std::string& method,
-                                                           const std::string& provider,
-                                                           const std::string& region,
-                                                           const std::string& currency) const {
+absl::StatusOr<const Router::Route*> Router::Select(const std::string& method,
+                                                    const std::string& provider,
+                                                    const std::string& region,
+                                                    const std::string& currency) const {
   for (const Route& r : routes_) {
     if (r.method == method && Matches(r.regions, region) && Matches(r.currencies, currency) &&
         (method != "ewallet" || Matches(r.providers, provider))) {
-      return r.instances;
+      return &r;
     }
   }
   if (method == "ewallet") {
@@ -103,7 +132,41 @@ absl::StatusOr<std::vector<PaymentAdapter*>> Router::Select(const std::string& m
 
 PaymentAdapter* Router::Find(const std::string& name) const {
   auto it = instances_.find(name);
-  return it == instances_.end() ? nullptr : it->second.get();
+  return it == instances_.end() ? nullptr : it->second.adapter.get();
+}
+
+const CircuitBreaker* Router::Breaker(const std::string& name) const {
+  auto it = instances_.find(name);
+  return it == instances_.end() ? nullptr : it->second.breaker.get();
+}
+
+asio::awaitable<Router::Routed> Router::Charge(const Route& route,
+                                               const ChargeRequest& request) const {
+  Routed routed;
+  routed.outcome.result = ChargeResult::kFailed;
+  std::string reasons;
+  for (Instance* instance : route.instances) {
+    const std::string name(instance->adapter->name());
+    routed.adapter = name;
+    if (!instance->breaker->Allow(CircuitBreaker::Clock::now())) {
+      StrAppend(&reasons, reasons.empty() ? "" : "; ", name, ": circuit open");
+      continue;
+    }
+    ChargeOutcome outcome = co_await instance->adapter->Charge(request);
+    const bool healthy =
+        outcome.result == ChargeResult::kApproved || outcome.result == ChargeResult::kDeclined;
+    instance->breaker->Record(healthy, CircuitBreaker::Clock::now());
+    if (outcome.result != ChargeResult::kFailed) {
+      routed.outcome = std::move(outcome);
+      co_return routed;
+    }
+    LogWarn("adapter_failover", {{"adapter", name},
+                                 {"recharge_id", request.recharge_id},
+                                 {"reason", outcome.message}});
+    StrAppend(&reasons, reasons.empty() ? "" : "; ", name, ": ", outcome.message);
+  }
+  routed.outcome.message = StrCat("no payment instance took the charge (", reasons, ")");
+  co_return routed;
 }
 
 }  // namespace recharge

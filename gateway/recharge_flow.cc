@@ -102,9 +102,9 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   // 1. Validate and price. Nothing is stored for a bad request.
   absl::StatusOr<ValidatedRecharge> v = ValidateRecharge(req, catalogue_, CurrentYearMonth());
   if (!v.ok()) co_return v.status();
-  absl::StatusOr<std::vector<PaymentAdapter*>> adapters =
+  absl::StatusOr<const Router::Route*> route =
       router_.Select(v->method, v->wallet_provider, req.region(), req.amount().currency());
-  if (!adapters.ok()) co_return adapters.status();
+  if (!route.ok()) co_return route.status();
 
   FraudInput input;
   input.user_id = req.user_id();
@@ -183,22 +183,13 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   } else if (assessment.decision() == recharge::v1::FRAUD_ACTION_REVIEW) {
     recharge.set_status(recharge::v1::RECHARGE_STATUS_PENDING_REVIEW);
   } else {
-    // 4. Charge: the first instance that gives a definite answer decides; a
-    // definite failure before money moved fails over to the next.
+    // 4. Charge through the route: breakers, failover on definite failures.
     const auto charge_deadline = deadline - kRecordMargin;
     ChargeRequest charge = MakeChargeRequest(req, recharge.recharge_id(), charge_deadline);
-    ChargeOutcome outcome;
-    PaymentAdapter* used = nullptr;
-    for (PaymentAdapter* adapter : *adapters) {
-      used = adapter;
-      outcome = co_await adapter->Charge(charge);
-      if (outcome.result != ChargeResult::kFailed) break;
-      LogWarn("adapter_failover", {{"adapter", std::string(adapter->name())},
-                                   {"recharge_id", recharge.recharge_id()},
-                                   {"reason", outcome.message}});
-    }
+    Router::Routed routed = co_await router_.Charge(**route, charge);
+    const ChargeOutcome& outcome = routed.outcome;
     recharge::v1::PaymentResult* payment = recharge.mutable_payment();
-    payment->set_adapter(std::string(used->name()));
+    payment->set_adapter(routed.adapter);
     payment->set_provider_reference(outcome.provider_reference);
     payment->set_decline_code(outcome.decline_code);
     payment->set_message(outcome.message);

@@ -59,9 +59,9 @@ asio::awaitable<void> Reconciler::Run(std::chrono::milliseconds interval) {
 asio::awaitable<bool> Reconciler::Resolve(const UnresolvedRecharge& u) {
   std::string provider;
   const std::string method = MethodOf(u.recharge, &provider);
-  absl::StatusOr<std::vector<PaymentAdapter*>> adapters =
+  absl::StatusOr<const Router::Route*> route =
       router_.Select(method, provider, u.recharge.region(), u.recharge.amount().currency());
-  if (!adapters.ok()) {
+  if (!route.ok()) {
     LogWarn("reconcile_no_route", {{"recharge_id", u.recharge.recharge_id()}});
     co_return false;
   }
@@ -74,7 +74,8 @@ asio::awaitable<bool> Reconciler::Resolve(const UnresolvedRecharge& u) {
   found.result = ChargeResult::kNotFound;
   PaymentAdapter* where = nullptr;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  for (PaymentAdapter* adapter : *adapters) {
+  for (Router::Instance* instance : (*route)->instances) {
+    PaymentAdapter* adapter = instance->adapter.get();
     ChargeOutcome o = co_await adapter->Lookup(u.idempotency_key, deadline);
     if (o.result == ChargeResult::kNotFound) continue;
     if (o.result != ChargeResult::kApproved && o.result != ChargeResult::kDeclined) {

@@ -199,6 +199,10 @@ absl::StatusOr<std::chrono::milliseconds> ConfigNode::GetDuration(
 }
 
 absl::Status ConfigNode::CheckKeys(std::initializer_list<std::string_view> allowed) const {
+  return CheckKeys(std::vector<std::string_view>(allowed));
+}
+
+absl::Status ConfigNode::CheckKeys(const std::vector<std::string_view>& allowed) const {
   if (!node_.IsMap()) return Error("must be a mapping");
   for (const auto& [key, child] : Entries()) {
     bool known = false;

@@ -64,6 +64,7 @@ class ConfigNode {
 
   // Fails naming the first key of this map that is not in `allowed`.
   absl::Status CheckKeys(std::initializer_list<std::string_view> allowed) const;
+  absl::Status CheckKeys(const std::vector<std::string_view>& allowed) const;
   // INVALID_ARGUMENT "file:line:col: path: message" at this node.
   absl::Status Error(std::string_view message) const;
 

@@ -1,6 +1,7 @@
 #include "adapters/card/card_adapter.h"
 
 #include "io/strings.h"
+#include "adapters/adapter_registry.h"
 #include "adapters/card/transformers.h"
 
 namespace recharge {
@@ -20,8 +21,8 @@ absl::StatusOr<std::unique_ptr<CardAdapter>> CardAdapter::Create(Options options
 
 absl::StatusOr<std::unique_ptr<PaymentAdapter>> CardAdapter::FromConfig(const std::string& name,
                                                                         const ConfigNode& config) {
-  if (absl::Status s = config.CheckKeys({"type", "endpoint", "ca_file", "secret_file", "timeout",
-                                         "pool_size"});
+  if (absl::Status s = CheckAdapterKeys(config, {"endpoint", "ca_file", "secret_file", "timeout",
+                                                "pool_size"});
       !s.ok()) {
     return s;
   }

@@ -36,8 +36,8 @@ TEST(Router, ShippedExampleHasTheSettingsTheCardAdapterTakes) {
   ASSERT_TRUE(r.ok()) << r.status();
   auto route = (*r)->Select("card", "", "US", "USD");
   ASSERT_TRUE(route.ok());
-  ASSERT_EQ(route->size(), 1u);
-  EXPECT_EQ((*route)[0]->name(), "card-a");
+  ASSERT_EQ((*route)->instances.size(), 1u);
+  EXPECT_EQ((*route)->instances[0]->adapter->name(), "card-a");
   EXPECT_NE((*r)->Find("card-a"), nullptr);
 }
 
@@ -62,9 +62,9 @@ TEST(Router, RoutesMatchRegionAndCurrencyInOrder) {
   ASSERT_TRUE(r.ok()) << r.status();
   auto ph = (*r)->Select("card", "", "PH", "PHP");
   ASSERT_TRUE(ph.ok());
-  ASSERT_EQ(ph->size(), 2u);
-  EXPECT_EQ((*ph)[0]->name(), "card-b");
-  EXPECT_EQ((*(*r)->Select("card", "", "PH", "USD"))[0]->name(), "card-a");
+  ASSERT_EQ((*ph)->instances.size(), 2u);
+  EXPECT_EQ((*ph)->instances[0]->adapter->name(), "card-b");
+  EXPECT_EQ((*(*r)->Select("card", "", "PH", "USD"))->instances[0]->adapter->name(), "card-a");
 }
 
 TEST(Router, ConfigErrorsNameFileLineAndField) {
