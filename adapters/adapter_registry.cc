@@ -17,7 +17,7 @@ std::string_view ChargeResultName(ChargeResult r) {
 }
 
 absl::Status CheckAdapterKeys(const ConfigNode& config, std::initializer_list<std::string_view> own) {
-  std::vector<std::string_view> keys = {"type", "circuit_breaker"};
+  std::vector<std::string_view> keys = {"type", "circuit_breaker", "regions", "currencies"};
   keys.insert(keys.end(), own.begin(), own.end());
   return config.CheckKeys(keys);
 }

@@ -24,7 +24,7 @@ using AdapterFactory = std::function<absl::StatusOr<std::unique_ptr<PaymentAdapt
     const std::string& name, const ConfigNode& config)>;
 
 // Checks an instance's keys: the adapter's own, plus those every instance may
-// have and the Router handles (type, circuit_breaker).
+// have and the Router handles (type, circuit_breaker, regions, currencies).
 absl::Status CheckAdapterKeys(const ConfigNode& config, std::initializer_list<std::string_view> own);
 
 class AdapterRegistry {

@@ -70,7 +70,15 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Load(const std::string& path) {
     if (!breaker.ok()) return breaker.status();
     absl::StatusOr<std::unique_ptr<PaymentAdapter>> adapter = (*factory)(name, config);
     if (!adapter.ok()) return adapter.status();
-    instances.emplace(name, Instance{*std::move(adapter), std::make_unique<CircuitBreaker>(*breaker)});
+    Instance instance{*std::move(adapter), std::make_unique<CircuitBreaker>(*breaker), {}, {}};
+    for (auto [key, field] : {std::pair{"regions", &instance.regions},
+                              std::pair{"currencies", &instance.currencies}}) {
+      if (!config.Has(key)) continue;
+      absl::StatusOr<std::vector<std::string>> list = config.Child(key).AsStringList();
+      if (!list.ok()) return list.status();
+      *field = *std::move(list);
+    }
+    instances.emplace(name, std::move(instance));
   }
 
   std::vector<Route> routes;
@@ -118,7 +126,11 @@ absl::StatusOr<const Router::Route*> Router::Select(const std::string& method,
   for (const Route& r : routes_) {
     if (r.method == method && Matches(r.regions, region) && Matches(r.currencies, currency) &&
         (method != "ewallet" || Matches(r.providers, provider))) {
-      return &r;
+      const bool served = std::any_of(r.instances.begin(), r.instances.end(), [&](Instance* i) {
+        return i->Serves(region, currency);
+      });
+      if (served) return &r;
+      break;  // the route exists, but its accounts do not serve this region or currency
     }
   }
   if (method == "ewallet") {
@@ -140,12 +152,17 @@ const CircuitBreaker* Router::Breaker(const std::string& name) const {
   return it == instances_.end() ? nullptr : it->second.breaker.get();
 }
 
+bool Router::Instance::Serves(const std::string& region, const std::string& currency) const {
+  return Matches(regions, region) && Matches(currencies, currency);
+}
+
 asio::awaitable<Router::Routed> Router::Charge(const Route& route,
                                                const ChargeRequest& request) const {
   Routed routed;
   routed.outcome.result = ChargeResult::kFailed;
   std::string reasons;
   for (Instance* instance : route.instances) {
+    if (!instance->Serves(request.region, request.currency)) continue;
     const std::string name(instance->adapter->name());
     routed.adapter = name;
     if (!instance->breaker->Allow(CircuitBreaker::Clock::now())) {

@@ -28,6 +28,10 @@ class Router {
   struct Instance {
     std::unique_ptr<PaymentAdapter> adapter;
     std::unique_ptr<CircuitBreaker> breaker;
+    // What the provider account serves (its `regions`/`currencies`); empty = any.
+    std::vector<std::string> regions;
+    std::vector<std::string> currencies;
+    bool Serves(const std::string& region, const std::string& currency) const;
   };
   struct Route {
     std::string method;                  // "card", "paypal", "ewallet"
@@ -48,12 +52,14 @@ class Router {
   static absl::StatusOr<std::unique_ptr<Router>> Load(const std::string& path);
   Router(std::map<std::string, Instance> instances, std::vector<Route> routes);
 
-  // The route serving a request. INVALID_ARGUMENT naming the field when none does.
+  // The route serving a request, with at least one instance that serves its
+  // region and currency. INVALID_ARGUMENT naming the field when none does.
   absl::StatusOr<const Route*> Select(const std::string& method, const std::string& provider,
                                       const std::string& region,
                                       const std::string& currency) const;
 
-  // Charges through `route` with breakers and failover (see above).
+  // Charges through `route` with breakers and failover (see above); an
+  // instance that does not serve the request's region and currency is skipped.
   asio::awaitable<Routed> Charge(const Route& route, const ChargeRequest& request) const;
 
   PaymentAdapter* Find(const std::string& name) const;

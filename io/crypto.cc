@@ -68,6 +68,16 @@ std::string Base64UrlEncode(std::string_view bytes) {
   return out;
 }
 
+std::string Base64Encode(std::string_view bytes) {
+  std::string out = Base64UrlEncode(bytes);
+  for (char& c : out) {
+    if (c == '-') c = '+';
+    if (c == '_') c = '/';
+  }
+  while (out.size() % 4 != 0) out.push_back('=');
+  return out;
+}
+
 bool Base64UrlDecode(std::string_view text, std::string* out) {
   auto value = [](char c) -> int {
     if (c >= 'A' && c <= 'Z') return c - 'A';

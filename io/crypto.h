@@ -15,6 +15,8 @@ std::string HmacSha256(const Secret& key, std::string_view data);
 
 std::string HexEncode(std::string_view bytes);
 std::string Base64UrlEncode(std::string_view bytes);
+// Standard base64 with padding (RFC 4648 §4), as HTTP Basic auth wants.
+std::string Base64Encode(std::string_view bytes);
 // Returns false on malformed input.
 bool Base64UrlDecode(std::string_view text, std::string* out);
 

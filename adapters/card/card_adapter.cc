@@ -1,23 +1,10 @@
 #include "adapters/card/card_adapter.h"
 
-#include "io/strings.h"
 #include "adapters/adapter_registry.h"
 #include "adapters/card/transformers.h"
+#include "io/strings.h"
 
 namespace recharge {
-
-CardAdapter::CardAdapter(Options options, std::unique_ptr<HttpsClient> client)
-    : options_(std::move(options)), client_(std::move(client)) {}
-
-absl::StatusOr<std::unique_ptr<CardAdapter>> CardAdapter::Create(Options options) {
-  HttpsClient::Options http;
-  http.endpoint = options.endpoint;
-  http.ca_file = options.ca_file;
-  http.max_idle_connections = options.pool_size;
-  absl::StatusOr<std::unique_ptr<HttpsClient>> client = HttpsClient::Create(std::move(http));
-  if (!client.ok()) return client.status();
-  return std::unique_ptr<CardAdapter>(new CardAdapter(std::move(options), *std::move(client)));
-}
 
 absl::StatusOr<std::unique_ptr<PaymentAdapter>> CardAdapter::FromConfig(const std::string& name,
                                                                         const ConfigNode& config) {
@@ -26,41 +13,18 @@ absl::StatusOr<std::unique_ptr<PaymentAdapter>> CardAdapter::FromConfig(const st
       !s.ok()) {
     return s;
   }
-  Options options;
-  options.name = name;
-  absl::StatusOr<std::string> endpoint = config.GetString("endpoint");
-  if (!endpoint.ok()) return endpoint.status();
-  absl::StatusOr<HttpsEndpoint> parsed = ParseHttpsUrl(*endpoint);
-  if (!parsed.ok()) return config.Child("endpoint").Error(std::string(parsed.status().message()));
-  options.endpoint = *parsed;
-  absl::StatusOr<std::string> ca = config.GetString("ca_file", "");
-  if (!ca.ok()) return ca.status();
-  options.ca_file = *ca;
-  absl::StatusOr<std::string> secret_file = config.GetString("secret_file");
-  if (!secret_file.ok()) return secret_file.status();
-  absl::StatusOr<Secret> key = ReadSecretFile(*secret_file);
-  if (!key.ok()) return config.Child("secret_file").Error(std::string(key.status().message()));
-  options.api_key = *std::move(key);
-  absl::StatusOr<std::chrono::milliseconds> timeout =
-      config.GetDuration("timeout", std::chrono::milliseconds(5000));
-  if (!timeout.ok()) return timeout.status();
-  options.timeout = *timeout;
-  absl::StatusOr<int64_t> pool = config.GetInt("pool_size", 32, 1, 4096);
-  if (!pool.ok()) return pool.status();
-  options.pool_size = static_cast<size_t>(*pool);
-  absl::StatusOr<std::unique_ptr<CardAdapter>> adapter = Create(std::move(options));
-  if (!adapter.ok()) return config.Child("ca_file").Error(std::string(adapter.status().message()));
-  return std::unique_ptr<PaymentAdapter>(*std::move(adapter));
-}
-
-std::chrono::steady_clock::time_point CardAdapter::Deadline(
-    std::chrono::steady_clock::time_point caller) const {
-  return std::min(caller, std::chrono::steady_clock::now() + options_.timeout);
+  absl::StatusOr<HttpProvider::Options> options = HttpProvider::ParseOptions(config);
+  if (!options.ok()) return options.status();
+  absl::StatusOr<Secret> key = ReadSecretField(config, "secret_file");
+  if (!key.ok()) return key.status();
+  absl::StatusOr<std::unique_ptr<HttpProvider>> http = HttpProvider::Create(*std::move(options));
+  if (!http.ok()) return config.Child("ca_file").Error(std::string(http.status().message()));
+  return std::make_unique<CardAdapter>(name, *std::move(http), *std::move(key));
 }
 
 asio::awaitable<ChargeOutcome> CardAdapter::Charge(const ChargeRequest& request) {
-  HttpsResult r = co_await client_->Send(card::BuildChargeRequest(request, options_.api_key),
-                                         Deadline(request.deadline), /*idempotent=*/true);
+  HttpsResult r = co_await http_->Send(card::BuildChargeRequest(request, api_key_),
+                                       request.deadline, /*idempotent=*/true);
   if (!r.status.ok()) {
     ChargeOutcome out;
     out.result = r.maybe_sent ? ChargeResult::kUnknown : ChargeResult::kFailed;
@@ -72,8 +36,8 @@ asio::awaitable<ChargeOutcome> CardAdapter::Charge(const ChargeRequest& request)
 
 asio::awaitable<ChargeOutcome> CardAdapter::Lookup(std::string_view idempotency_key,
                                                    std::chrono::steady_clock::time_point deadline) {
-  HttpsResult r = co_await client_->Send(card::BuildLookupRequest(idempotency_key, options_.api_key),
-                                         Deadline(deadline), /*idempotent=*/true);
+  HttpsResult r = co_await http_->Send(card::BuildLookupRequest(idempotency_key, api_key_),
+                                       deadline, /*idempotent=*/true);
   if (!r.status.ok()) {
     ChargeOutcome out;
     out.result = ChargeResult::kUnknown;

@@ -46,7 +46,7 @@ class RouterChargeTest : public ::testing::Test {
     for (auto& [name, result] : adapters) {
       auto fake = std::make_unique<FakeAdapter>(name, result);
       fakes_[name] = fake.get();
-      instances.emplace(name, Router::Instance{std::move(fake), std::make_unique<CircuitBreaker>(breaker)});
+      instances.emplace(name, Router::Instance{std::move(fake), std::make_unique<CircuitBreaker>(breaker), {}, {}});
       order.push_back(name);
     }
     Router::Route route;

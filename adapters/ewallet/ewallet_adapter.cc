@@ -1,0 +1,64 @@
+#include "adapters/ewallet/ewallet_adapter.h"
+
+#include <ctime>
+
+#include "adapters/adapter_registry.h"
+#include "adapters/ewallet/transformers.h"
+#include "io/strings.h"
+
+namespace recharge {
+namespace {
+
+int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PaymentAdapter>> EWalletAdapter::FromConfig(
+    const std::string& name, const ConfigNode& config) {
+  if (absl::Status s = CheckAdapterKeys(config, {"provider", "endpoint", "ca_file", "secret_file",
+                                                "timeout", "pool_size"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::string> provider = config.GetString("provider");
+  if (!provider.ok()) return provider.status();
+  if (provider->empty()) return config.Child("provider").Error("must name the wallet, e.g. gcash");
+  // `regions` and `currencies` are read by the Router, which never sends this
+  // account a request outside them (INVALID_ARGUMENT before any charge).
+  absl::StatusOr<HttpProvider::Options> options = HttpProvider::ParseOptions(config);
+  if (!options.ok()) return options.status();
+  absl::StatusOr<Secret> secret = ReadSecretField(config, "secret_file");
+  if (!secret.ok()) return secret.status();
+  absl::StatusOr<std::unique_ptr<HttpProvider>> http = HttpProvider::Create(*std::move(options));
+  if (!http.ok()) return config.Child("ca_file").Error(std::string(http.status().message()));
+  return std::make_unique<EWalletAdapter>(name, *provider, *std::move(http), *std::move(secret));
+}
+
+asio::awaitable<ChargeOutcome> EWalletAdapter::Charge(const ChargeRequest& request) {
+  HttpsResult r = co_await http_->Send(
+      ewallet::BuildPaymentRequest(request, provider_, secret_, UnixNow()), request.deadline,
+      /*idempotent=*/true);
+  if (!r.status.ok()) {
+    ChargeOutcome out;
+    out.result = r.maybe_sent ? ChargeResult::kUnknown : ChargeResult::kFailed;
+    out.message = std::string(r.status.message());
+    co_return out;
+  }
+  co_return ewallet::ParsePaymentResponse(r.response.result_int(), r.response.body());
+}
+
+asio::awaitable<ChargeOutcome> EWalletAdapter::Lookup(std::string_view idempotency_key,
+                                                      std::chrono::steady_clock::time_point deadline) {
+  HttpsResult r = co_await http_->Send(
+      ewallet::BuildLookupRequest(idempotency_key, provider_, secret_, UnixNow()), deadline,
+      /*idempotent=*/true);
+  if (!r.status.ok()) {
+    ChargeOutcome out;
+    out.result = ChargeResult::kUnknown;
+    out.message = std::string(r.status.message());
+    co_return out;
+  }
+  co_return ewallet::ParseLookupResponse(r.response.result_int(), r.response.body());
+}
+
+}  // namespace recharge

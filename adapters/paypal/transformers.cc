@@ -1,0 +1,184 @@
+#include "adapters/paypal/transformers.h"
+
+#include <nlohmann/json.hpp>
+
+#include "adapters/card/transformers.h"
+#include "adapters/money.h"
+#include "io/crypto.h"
+#include "io/strings.h"
+
+namespace recharge::paypal {
+namespace {
+
+using nlohmann::json;
+
+std::string Str(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// The first `details[].issue` of a PayPal error body, or its `name`.
+std::string IssueOf(const json& j) {
+  if (j.contains("details") && j["details"].is_array() && !j["details"].empty() &&
+      j["details"][0].is_object()) {
+    std::string issue = Str(j["details"][0], "issue");
+    if (!issue.empty()) return issue;
+  }
+  return Str(j, "name");
+}
+
+std::string TrimLine(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  return std::string(s);
+}
+
+}  // namespace
+
+absl::StatusOr<Credentials> ParseCredentials(std::string_view text) {
+  Credentials c;
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_discarded() && j.is_object()) {
+    c.client_id = Str(j, "client_id");
+    c.client_secret = Secret(Str(j, "client_secret"));
+  } else {
+    size_t nl = text.find('\n');
+    if (nl != std::string_view::npos) {
+      c.client_id = TrimLine(text.substr(0, nl));
+      c.client_secret = Secret(TrimLine(text.substr(nl + 1)));
+    }
+  }
+  if (c.client_id.empty() || c.client_secret.empty()) {
+    return absl::InvalidArgumentError(
+        "must hold a client id and a client secret (JSON {\"client_id\", \"client_secret\"} or two lines)");
+  }
+  return c;
+}
+
+http::request<http::string_body> BuildTokenRequest(const Credentials& credentials) {
+  http::request<http::string_body> req{http::verb::post, "/v1/oauth2/token", 11};
+  const std::string basic = StrCat(credentials.client_id, ":", credentials.client_secret.Reveal());
+  req.set(http::field::authorization, StrCat("Basic ", Base64Encode(basic)));
+  req.set(http::field::content_type, "application/x-www-form-urlencoded");
+  req.set(http::field::accept, "application/json");
+  req.body() = "grant_type=client_credentials";
+  return req;
+}
+
+absl::StatusOr<AccessToken> ParseTokenResponse(int http_status, std::string_view body,
+                                               std::chrono::steady_clock::time_point now) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (http_status != 200 || j.is_discarded() || !j.is_object()) {
+    std::string why = j.is_object() ? Str(j, "error") : "";
+    return absl::UnavailableError(StrCat("PayPal token request failed (HTTP ", http_status,
+                                         why.empty() ? "" : ", ", why, ")"));
+  }
+  AccessToken t;
+  t.value = Secret(Str(j, "access_token"));
+  if (t.value.empty() || !j.contains("expires_in") || !j["expires_in"].is_number_integer()) {
+    return absl::UnavailableError("PayPal token response has no access_token or expires_in");
+  }
+  t.expires_at = now + std::chrono::seconds(j["expires_in"].get<int64_t>());
+  return t;
+}
+
+http::request<http::string_body> BuildCaptureRequest(const ChargeRequest& request,
+                                                     const Secret& token) {
+  http::request<http::string_body> req{
+      http::verb::post,
+      StrCat("/v2/checkout/orders/", card::FormEncode(request.paypal_order_id), "/capture"), 11};
+  req.set(http::field::authorization, StrCat("Bearer ", token.Reveal()));
+  req.set(http::field::content_type, "application/json");
+  req.set("PayPal-Request-Id", request.idempotency_key);
+  req.set("Prefer", "return=representation");
+  json body = {{"amount",
+                {{"currency_code", request.currency},
+                 {"value", MinorUnitsToDecimal(request.minor_units, request.currency)}}}};
+  req.body() = body.dump();
+  return req;
+}
+
+http::request<http::string_body> BuildLookupRequest(std::string_view idempotency_key,
+                                                    const Secret& token) {
+  http::request<http::string_body> req{
+      http::verb::get,
+      StrCat("/v2/payments/captures?paypal_request_id=", card::FormEncode(idempotency_key)), 11};
+  req.set(http::field::authorization, StrCat("Bearer ", token.Reveal()));
+  return req;
+}
+
+bool IsTokenRejected(int http_status, std::string_view body) {
+  if (http_status != 401) return false;
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  return !j.is_discarded() && j.is_object() && Str(j, "error") == "invalid_token";
+}
+
+ChargeOutcome ParseCaptureResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  const bool object = !j.is_discarded() && j.is_object();
+  if (http_status == 200 || http_status == 201) {
+    if (!object || Str(j, "status") != "COMPLETED") {
+      out.result = ChargeResult::kUnknown;  // it said OK: money may have moved
+      out.message = "unexpected capture response";
+      return out;
+    }
+    out.result = ChargeResult::kApproved;
+    out.provider_reference = Str(j, "id");
+    try {
+      out.provider_reference = j.at("purchase_units").at(0).at("payments").at("captures").at(0).at("id").get<std::string>();
+    } catch (const json::exception&) {
+      // keep the order id
+    }
+    return out;
+  }
+  if (http_status == 422 && object) {
+    // INSTRUMENT_DECLINED, ORDER_NOT_APPROVED, ORDER_ALREADY_CAPTURED...: the
+    // capture was refused; nothing was charged by this request.
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = IssueOf(j);
+    out.message = Str(j, "message");
+    return out;
+  }
+  if (http_status >= 500) {
+    const bool not_charged = object && j.contains("charged") && j["charged"].is_boolean() &&
+                             !j["charged"].get<bool>();
+    out.result = not_charged ? ChargeResult::kFailed : ChargeResult::kUnknown;
+    out.message = StrCat("PayPal error ", http_status, object ? " " + Str(j, "name") : "");
+    return out;
+  }
+  out.result = ChargeResult::kFailed;  // 4xx: the request itself was refused
+  out.message = StrCat("PayPal rejected the request (HTTP ", http_status,
+                       object && !IssueOf(j).empty() ? ": " + IssueOf(j) : "", ")");
+  return out;
+}
+
+ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("captures") ||
+      !j["captures"].is_array()) {
+    out.result = ChargeResult::kUnknown;
+    out.message = StrCat("PayPal lookup failed (HTTP ", http_status, ")");
+    return out;
+  }
+  if (j["captures"].empty()) {
+    out.result = ChargeResult::kNotFound;
+    return out;
+  }
+  const json& c = j["captures"][0];
+  out.provider_reference = Str(c, "id");
+  const std::string status = Str(c, "status");
+  if (status == "COMPLETED") {
+    out.result = ChargeResult::kApproved;
+  } else if (status == "DECLINED" || status == "FAILED") {
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = Str(c, "issue");
+  } else {
+    out.result = ChargeResult::kUnknown;
+    out.message = StrCat("capture in state \"", status, "\"");
+  }
+  return out;
+}
+
+}  // namespace recharge::paypal
