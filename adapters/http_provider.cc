@@ -47,6 +47,13 @@ asio::awaitable<HttpsResult> HttpProvider::Send(http::request<http::string_body>
   co_return r;
 }
 
+ChargeOutcome TransportFailure(const HttpsResult& result, bool lookup) {
+  ChargeOutcome out;
+  out.result = !lookup && !result.maybe_sent ? ChargeResult::kFailed : ChargeResult::kUnknown;
+  out.message = std::string(result.status.message());
+  return out;
+}
+
 absl::StatusOr<Secret> ReadSecretField(const ConfigNode& config, std::string_view key) {
   absl::StatusOr<std::string> file = config.GetString(key);
   if (!file.ok()) return file.status();

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "adapters/payment_adapter.h"
 #include "io/config_node.h"
 #include "io/https_client.h"
 #include "io/secret.h"
@@ -46,6 +47,11 @@ class HttpProvider {
   Options options_;
   std::unique_ptr<HttpsClient> client_;
 };
+
+// The outcome of a call that got no complete answer: for a charge, kFailed if
+// the request cannot have reached the provider, else kUnknown (it may have
+// charged); for a lookup, always kUnknown (nothing could be learnt).
+ChargeOutcome TransportFailure(const HttpsResult& result, bool lookup);
 
 // Reads a secret file named by `key` in `config`; errors name the field.
 absl::StatusOr<Secret> ReadSecretField(const ConfigNode& config, std::string_view key);

@@ -89,8 +89,8 @@ int Main(int argc, char** argv) {
   if (!ledger.ok()) return Fail(ledger.status());
 
   AllowAllFilter fraud;
-  RechargeFlow flow(*catalogue, **ledger, **router, fraud, *std::move(fingerprint_key));
   Reconciler reconciler(**ledger, **router, config->recovery_settle_after);
+  RechargeFlow flow(*catalogue, **ledger, **router, fraud, reconciler, *std::move(fingerprint_key));
 
   auto work = asio::make_work_guard(io);
   std::vector<std::thread> pool;

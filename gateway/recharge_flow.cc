@@ -86,11 +86,12 @@ std::string RequestFingerprint(const RecordRechargeRequest& req, std::string_vie
 std::string NewRechargeId() { return StrCat("rch_", RandomHex(12)); }
 
 RechargeFlow::RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
-                           FraudFilter& fraud, Secret fingerprint_key)
+                           FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key)
     : catalogue_(catalogue),
       ledger_(ledger),
       router_(router),
       fraud_(fraud),
+      reconciler_(reconciler),
       fingerprint_key_(std::move(fingerprint_key)) {}
 
 std::string RechargeFlow::Fingerprint(std::string_view value) const {
@@ -159,6 +160,15 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   switch (begun->kind) {
     case BeginResult::Kind::kReplay: {
       RecordRechargeResponse stored = std::move(begun->stored);
+      if (stored.status() == recharge::v1::RECHARGE_STATUS_PENDING) {
+        // The outcome was unknown: ask the provider again before answering.
+        absl::StatusOr<Recharge> pending = co_await ledger_.GetRecharge(begun->recharge_id);
+        if (pending.ok() && pending->status() == recharge::v1::RECHARGE_STATUS_PENDING) {
+          UnresolvedRecharge u{req.idempotency_key(), *std::move(pending), /*started=*/false};
+          std::optional<RecordRechargeResponse> settled = co_await reconciler_.Resolve(u);
+          if (settled) stored = *std::move(settled);
+        }
+      }
       stored.set_replayed(true);
       co_return stored;
     }

@@ -16,6 +16,7 @@
 #include "adapters/router.h"
 #include "fraud/fraud_filter.h"
 #include "gateway/catalogue.h"
+#include "gateway/reconciler.h"
 #include "io/secret.h"
 #include "ledger/ledger_store.h"
 #include "recharge/v1/recharge.pb.h"
@@ -24,9 +25,10 @@ namespace recharge {
 
 class RechargeFlow {
  public:
-  // All references must outlive the flow.
+  // All references must outlive the flow. `reconciler` settles a PENDING
+  // recharge when its key is retried.
   RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
-               FraudFilter& fraud, Secret fingerprint_key);
+               FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key);
 
   // `deadline`: when the caller stops waiting; outgoing calls end before it.
   asio::awaitable<absl::StatusOr<recharge::v1::RecordRechargeResponse>> Record(
@@ -41,6 +43,7 @@ class RechargeFlow {
   LedgerStore& ledger_;
   const Router& router_;
   FraudFilter& fraud_;
+  Reconciler& reconciler_;
   Secret fingerprint_key_;
 };
 

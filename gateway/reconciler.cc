@@ -36,7 +36,8 @@ asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
   }
   for (const UnresolvedRecharge& u : *list) {
     ++report.examined;
-    if (co_await Resolve(u)) ++report.resolved;
+    std::optional<RecordRechargeResponse> settled = co_await Resolve(u);
+    if (settled) ++report.resolved;
   }
   co_return report;
 }
@@ -56,14 +57,15 @@ asio::awaitable<void> Reconciler::Run(std::chrono::milliseconds interval) {
   }
 }
 
-asio::awaitable<bool> Reconciler::Resolve(const UnresolvedRecharge& u) {
+asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
+    const UnresolvedRecharge& u) {
   std::string provider;
   const std::string method = MethodOf(u.recharge, &provider);
   absl::StatusOr<const Router::Route*> route =
       router_.Select(method, provider, u.recharge.region(), u.recharge.amount().currency());
   if (!route.ok()) {
     LogWarn("reconcile_no_route", {{"recharge_id", u.recharge.recharge_id()}});
-    co_return false;
+    co_return std::nullopt;
   }
   // A PENDING recharge is only declared FAILED once it is old enough that
   // no request can still be on its way to the provider.
@@ -80,13 +82,13 @@ asio::awaitable<bool> Reconciler::Resolve(const UnresolvedRecharge& u) {
     if (o.result == ChargeResult::kNotFound) continue;
     if (o.result != ChargeResult::kApproved && o.result != ChargeResult::kDeclined) {
       // Could not ask this provider: undecidable for now, try next round.
-      co_return false;
+      co_return std::nullopt;
     }
     found = o;
     where = adapter;
     break;
   }
-  if (found.result == ChargeResult::kNotFound && !settled) co_return false;
+  if (found.result == ChargeResult::kNotFound && !settled) co_return std::nullopt;
 
   Recharge r = u.recharge;
   RecordRechargeResponse response;
@@ -120,15 +122,16 @@ asio::awaitable<bool> Reconciler::Resolve(const UnresolvedRecharge& u) {
     done.recharge = r;
     done.response = response;
     absl::StatusOr<RecordRechargeResponse> stored = co_await ledger_.Complete(std::move(done));
-    if (!stored.ok()) co_return false;
+    if (!stored.ok()) co_return std::nullopt;
+    response = *std::move(stored);
   } else {
     absl::StatusOr<bool> ok = co_await ledger_.ResolvePending(r, response);
-    if (!ok.ok() || !*ok) co_return false;
+    if (!ok.ok() || !*ok) co_return std::nullopt;
   }
   LogInfo("reconciled", {{"recharge_id", r.recharge_id()},
                          {"status", recharge::v1::RechargeStatus_Name(r.status())},
                          {"was", u.started ? "started" : "pending"}});
-  co_return true;
+  co_return response;
 }
 
 }  // namespace recharge

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 
 #include "adapters/router.h"
 #include "ledger/ledger_store.h"
@@ -27,12 +28,14 @@ class Reconciler {
     int resolved = 0;
   };
   asio::awaitable<Report> RunOnce();
+  // Settles one recharge now if the provider can tell (a retry of a PENDING
+  // key calls this). Returns the response now stored, or nullopt if it stays
+  // unsettled.
+  asio::awaitable<std::optional<RecordRechargeResponse>> Resolve(const UnresolvedRecharge& u);
   // RunOnce now, then every `interval`, until the executor is stopped.
   asio::awaitable<void> Run(std::chrono::milliseconds interval);
 
  private:
-  asio::awaitable<bool> Resolve(const UnresolvedRecharge& u);
-
   LedgerStore& ledger_;
   const Router& router_;
   std::chrono::milliseconds settle_after_;

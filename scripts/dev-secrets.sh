@@ -9,12 +9,17 @@ VARDIR="${1:-var}"
 mkdir -p "$VARDIR/certs" "$VARDIR/secrets"
 chmod 700 "$VARDIR/secrets"
 ./scripts/make-dev-certs.sh "$VARDIR/certs" >/dev/null
-for name in card_api_key fingerprint.key; do
+for name in card_api_key fingerprint.key ewallet_secret; do
   f="$VARDIR/secrets/$name"
   if [ ! -s "$f" ]; then
     (umask 077; openssl rand -hex 32 > "$f")
   fi
 done
+# PayPal client credentials for the sandbox's OAuth2 endpoint.
+if [ ! -s "$VARDIR/secrets/paypal_credentials.json" ]; then
+  (umask 077; printf '{"client_id": "sandbox-%s", "client_secret": "%s"}\n' \
+    "$(openssl rand -hex 8)" "$(openssl rand -hex 24)" > "$VARDIR/secrets/paypal_credentials.json")
+fi
 # The card API key is a Stripe-style test secret key.
 if ! grep -q '^sk_test_' "$VARDIR/secrets/card_api_key"; then
   (umask 077; echo "sk_test_$(openssl rand -hex 24)" > "$VARDIR/secrets/card_api_key")

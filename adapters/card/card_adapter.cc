@@ -25,12 +25,7 @@ absl::StatusOr<std::unique_ptr<PaymentAdapter>> CardAdapter::FromConfig(const st
 asio::awaitable<ChargeOutcome> CardAdapter::Charge(const ChargeRequest& request) {
   HttpsResult r = co_await http_->Send(card::BuildChargeRequest(request, api_key_),
                                        request.deadline, /*idempotent=*/true);
-  if (!r.status.ok()) {
-    ChargeOutcome out;
-    out.result = r.maybe_sent ? ChargeResult::kUnknown : ChargeResult::kFailed;
-    out.message = std::string(r.status.message());
-    co_return out;
-  }
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
   co_return card::ParseChargeResponse(r.response.result_int(), r.response.body());
 }
 
@@ -38,12 +33,7 @@ asio::awaitable<ChargeOutcome> CardAdapter::Lookup(std::string_view idempotency_
                                                    std::chrono::steady_clock::time_point deadline) {
   HttpsResult r = co_await http_->Send(card::BuildLookupRequest(idempotency_key, api_key_),
                                        deadline, /*idempotent=*/true);
-  if (!r.status.ok()) {
-    ChargeOutcome out;
-    out.result = ChargeResult::kUnknown;
-    out.message = std::string(r.status.message());
-    co_return out;
-  }
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/true);
   co_return card::ParseLookupResponse(r.response.result_int(), r.response.body());
 }
 

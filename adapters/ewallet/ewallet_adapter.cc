@@ -38,12 +38,7 @@ asio::awaitable<ChargeOutcome> EWalletAdapter::Charge(const ChargeRequest& reque
   HttpsResult r = co_await http_->Send(
       ewallet::BuildPaymentRequest(request, provider_, secret_, UnixNow()), request.deadline,
       /*idempotent=*/true);
-  if (!r.status.ok()) {
-    ChargeOutcome out;
-    out.result = r.maybe_sent ? ChargeResult::kUnknown : ChargeResult::kFailed;
-    out.message = std::string(r.status.message());
-    co_return out;
-  }
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
   co_return ewallet::ParsePaymentResponse(r.response.result_int(), r.response.body());
 }
 
@@ -52,12 +47,7 @@ asio::awaitable<ChargeOutcome> EWalletAdapter::Lookup(std::string_view idempoten
   HttpsResult r = co_await http_->Send(
       ewallet::BuildLookupRequest(idempotency_key, provider_, secret_, UnixNow()), deadline,
       /*idempotent=*/true);
-  if (!r.status.ok()) {
-    ChargeOutcome out;
-    out.result = ChargeResult::kUnknown;
-    out.message = std::string(r.status.message());
-    co_return out;
-  }
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/true);
   co_return ewallet::ParseLookupResponse(r.response.result_int(), r.response.body());
 }
 

@@ -13,13 +13,6 @@ namespace {
 // Time allowed for a token fetch that no caller deadline bounds.
 constexpr std::chrono::seconds kTokenFetchTimeout(10);
 
-ChargeOutcome TransportOutcome(const HttpsResult& r) {
-  ChargeOutcome out;
-  out.result = r.maybe_sent ? ChargeResult::kUnknown : ChargeResult::kFailed;
-  out.message = std::string(r.status.message());
-  return out;
-}
-
 }  // namespace
 
 PayPalAdapter::PayPalAdapter(std::string name, std::unique_ptr<HttpProvider> http,
@@ -96,7 +89,7 @@ asio::awaitable<ChargeOutcome> PayPalAdapter::Charge(const ChargeRequest& reques
     return paypal::BuildCaptureRequest(request, token);
   };
   HttpsResult r = co_await SendAuthorized(build, request.deadline);
-  if (!r.status.ok()) co_return TransportOutcome(r);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
   co_return paypal::ParseCaptureResponse(r.response.result_int(), r.response.body());
 }
 
@@ -105,11 +98,7 @@ asio::awaitable<ChargeOutcome> PayPalAdapter::Lookup(std::string_view idempotenc
   std::string key(idempotency_key);
   auto build = [&key](const Secret& token) { return paypal::BuildLookupRequest(key, token); };
   HttpsResult r = co_await SendAuthorized(build, deadline);
-  if (!r.status.ok()) {
-    ChargeOutcome out = TransportOutcome(r);
-    out.result = ChargeResult::kUnknown;
-    co_return out;
-  }
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/true);
   co_return paypal::ParseLookupResponse(r.response.result_int(), r.response.body());
 }
 
