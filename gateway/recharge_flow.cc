@@ -150,7 +150,11 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   draft.set_payment_method(v->method_label);
   draft.set_card_masked(v->card_masked);
   draft.set_seller_id(req.seller_id());
-  *draft.mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  // TimeUtil::GetCurrentTime() has whole seconds in this protobuf: use micros.
+  *draft.mutable_created_at() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
 
   absl::StatusOr<BeginResult> begun = co_await ledger_.Begin(claim);
   if (!begun.ok()) {

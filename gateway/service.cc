@@ -56,24 +56,30 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-std::string EncodePageToken(int64_t cursor, const std::string& user_id) {
+std::string EncodePageToken(const RechargeCursor& cursor, const std::string& user_id) {
   const std::string user_tag = HexEncode(Sha256(user_id)).substr(0, 8);
-  return Base64UrlEncode(StrCat("v1:", cursor, ":", user_tag));
+  return Base64UrlEncode(StrCat("v2:", cursor.created_at_us, ":", cursor.seq, ":", user_tag));
 }
 
-absl::StatusOr<int64_t> DecodePageToken(const std::string& token, const std::string& user_id) {
+absl::StatusOr<RechargeCursor> DecodePageToken(const std::string& token,
+                                               const std::string& user_id) {
   const absl::Status bad = absl::InvalidArgumentError("page_token: not a token this service issued");
   std::string raw;
-  if (!Base64UrlDecode(token, &raw) || raw.rfind("v1:", 0) != 0) return bad;
-  const size_t sep = raw.find(':', 3);
-  if (sep == std::string::npos) return bad;
-  int64_t cursor = 0;
-  auto [ptr, ec] = std::from_chars(raw.data() + 3, raw.data() + sep, cursor);
-  if (ec != std::errc() || ptr != raw.data() + sep || cursor <= 0) return bad;
-  if (raw.substr(sep + 1) != HexEncode(Sha256(user_id)).substr(0, 8)) {
+  if (!Base64UrlDecode(token, &raw) || raw.rfind("v2:", 0) != 0) return bad;
+  // v2:<created_at_us>:<seq>:<user tag>
+  int64_t parts[2] = {0, 0};
+  size_t pos = 3;
+  for (int64_t& part : parts) {
+    const size_t sep = raw.find(':', pos);
+    if (sep == std::string::npos) return bad;
+    auto [ptr, ec] = std::from_chars(raw.data() + pos, raw.data() + sep, part);
+    if (ec != std::errc() || ptr != raw.data() + sep || part <= 0) return bad;
+    pos = sep + 1;
+  }
+  if (raw.substr(pos) != HexEncode(Sha256(user_id)).substr(0, 8)) {
     return absl::InvalidArgumentError("page_token: was issued for another user_id");
   }
-  return cursor;
+  return RechargeCursor{parts[0], parts[1]};
 }
 
 RechargeGatewayService::RechargeGatewayService(asio::io_context& io, RechargeFlow& flow,
@@ -117,9 +123,9 @@ grpc::ServerUnaryReactor* RechargeGatewayService::ListRecharges(
     }
     const int page_size = request->page_size() == 0 ? kDefaultPageSize
                                                     : std::min(request->page_size(), kMaxPageSize);
-    std::optional<int64_t> cursor;
+    std::optional<RechargeCursor> cursor;
     if (!request->page_token().empty()) {
-      absl::StatusOr<int64_t> c = DecodePageToken(request->page_token(), request->user_id());
+      absl::StatusOr<RechargeCursor> c = DecodePageToken(request->page_token(), request->user_id());
       if (!c.ok()) co_return c.status();
       cursor = *c;
     }

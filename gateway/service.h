@@ -45,7 +45,7 @@ class RechargeGatewayService final : public recharge::v1::RechargeGateway::Callb
 
 // Page tokens for ListRecharges: opaque to clients, bound to the user_id
 // they were issued for.
-std::string EncodePageToken(int64_t cursor, const std::string& user_id);
-absl::StatusOr<int64_t> DecodePageToken(const std::string& token, const std::string& user_id);
+std::string EncodePageToken(const RechargeCursor& cursor, const std::string& user_id);
+absl::StatusOr<RechargeCursor> DecodePageToken(const std::string& token, const std::string& user_id);
 
 }  // namespace recharge

@@ -2,6 +2,8 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/ssl.hpp>
@@ -124,22 +126,29 @@ asio::awaitable<HttpsResult> HttpsClient::Send(http::request<http::string_body> 
   request.prepare_payload();
   auto ex = co_await asio::this_coro::executor;
 
+  // Once any attempt may have delivered the request, the outcome stays
+  // "maybe sent" whatever later attempts do: a failed retry must never turn
+  // an ambiguous call into a definite failure.
+  bool maybe_sent = false;
   for (int attempt = 0;; ++attempt) {
     HttpsResult result;
     std::unique_ptr<Connection> c = TakeIdle();
     const bool reused = c != nullptr;
     if (!c) {
-      c = std::make_unique<Connection>(ex, ssl_context_);
+      // Each connection has its own strand: Beast's stream and its timer
+      // must not run handlers concurrently on the multi-threaded io_context.
+      c = std::make_unique<Connection>(asio::make_strand(ex), ssl_context_);
       absl::Status connected = co_await Connect(*c, deadline);
       if (!connected.ok()) {
         result.status = connected;
-        result.maybe_sent = false;  // no request byte was written
+        result.maybe_sent = maybe_sent;
         co_return result;
       }
     }
     boost::system::error_code ec;
     beast::get_lowest_layer(c->stream).expires_at(deadline);
     co_await http::async_write(c->stream, request, asio::redirect_error(asio::use_awaitable, ec));
+    bool nothing_read = true;
     if (!ec) {
       http::response_parser<http::string_body> parser;
       parser.body_limit(1 << 20);
@@ -152,17 +161,25 @@ asio::awaitable<HttpsResult> HttpsClient::Send(http::request<http::string_body> 
         if (keep) ReturnIdle(std::move(c));
         co_return result;
       }
-      const bool nothing_read = !parser.got_some();
-      if (reused && idempotent && attempt == 0 && nothing_read && ec != beast::error::timeout) {
-        continue;  // a stale keep-alive connection: try once on a fresh one
-      }
-    } else if (reused && idempotent && attempt == 0 && ec != beast::error::timeout) {
+      nothing_read = !parser.got_some();
+    }
+    maybe_sent = true;  // some or all of the request may have been written
+    // A keep-alive connection the server had already closed fails at once
+    // with EOF or a reset and no answer: try once more on a fresh connection,
+    // only when a repeat cannot charge twice and time remains.
+    const bool stale_connection =
+        ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+        ec == asio::ssl::error::stream_truncated;
+    if (reused && idempotent && attempt == 0 && nothing_read && stale_connection &&
+        std::chrono::steady_clock::now() < deadline) {
       continue;
     }
     result.maybe_sent = true;
-    result.status = ec == beast::error::timeout
-                        ? absl::DeadlineExceededError("no response before the deadline")
-                        : absl::UnavailableError(StrCat("connection: ", ec.message()));
+    const bool timed_out = ec == beast::error::timeout || ec == asio::error::operation_aborted ||
+                           std::chrono::steady_clock::now() >= deadline;
+    result.status = timed_out ? absl::DeadlineExceededError("no response before the deadline")
+                              : absl::UnavailableError(StrCat("connection: ", ec.message()));
     co_return result;
   }
 }

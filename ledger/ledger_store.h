@@ -72,9 +72,16 @@ struct UnresolvedRecharge {
   bool started = false;
 };
 
+// Where a page of ListRecharges ends: recharges are ordered newest first by
+// creation time, ties broken by insertion order.
+struct RechargeCursor {
+  int64_t created_at_us = 0;
+  int64_t seq = 0;
+};
+
 struct RechargePage {
   std::vector<Recharge> recharges;
-  std::optional<int64_t> next_cursor;  // pass back to get the next page
+  std::optional<RechargeCursor> next_cursor;  // pass back to get the next page
 };
 
 class LedgerStore {
@@ -97,9 +104,11 @@ class LedgerStore {
   // NOT_FOUND if there is no such recharge.
   virtual asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) = 0;
 
-  // Newest first. `user_id` empty: all users. `cursor` from a previous page.
+  // Newest first by creation time (a recharge recovered after a crash takes
+  // its place by when it was made, not when it was recorded). `user_id`
+  // empty: all users. `cursor` from a previous page.
   virtual asio::awaitable<absl::StatusOr<RechargePage>> ListRecharges(
-      std::string user_id, int page_size, std::optional<int64_t> cursor) = 0;
+      std::string user_id, int page_size, std::optional<RechargeCursor> cursor) = 0;
 
   // Keys `started` before `started_before`, and every PENDING recharge.
   virtual asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(

@@ -7,6 +7,8 @@ GET  /v1/charges/<id>                  retrieve one charge
 Auth: ``Authorization: Bearer <secret>``. Injected latency is the provider's
 processing time: a processed charge sleeps while holding its idempotency-key
 lock, so duplicates and Lookups for that key wait for the definite result.
+With ``timeout_mode`` "drop" a valid create request sleeps the latency and
+then the connection is closed without charging (lookups still answer).
 Test instruments by card number:
 4242424242424242 approves, 4000000000000002 declines (card_declined),
 4000000000009995 declines (insufficient_funds), any other Luhn-valid number
@@ -24,7 +26,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from sandbox_core import (ApiError, IdempotencyStore, Journal, JournalError, Request,
+from sandbox_core import (ApiConfig, ApiError, IdempotencyStore, Journal, JournalError, Request,
                           Response, SandboxConfig, StoredResult, error_response, json_bytes)
 
 API_NAME = "card"
@@ -67,7 +69,7 @@ class CardApi:
     name = API_NAME
 
     def __init__(self, secret: str, store: IdempotencyStore, journal: Journal,
-                 config: SandboxConfig, clock=time.time):
+                 config: ApiConfig | SandboxConfig, clock=time.time):
         if not secret:
             raise ValueError("card API secret must not be empty")
         self._secret = secret.encode("utf-8")
@@ -119,6 +121,7 @@ class CardApi:
         self._authenticate(req)
         key = self._idempotency_key(req)
         params, fingerprint = self._parse_charge_params(req)
+        self._config.drop_if_configured()
         if key is None:
             self._config.simulate_latency()
             resp = self._take_charge(params, None, fingerprint)

@@ -4,15 +4,35 @@ gateway's adapters call (DESIGN.md section 7). Standard library only.
 
     psp_sandbox.py --host 127.0.0.1 --port 8443 --cert CERT.pem --key KEY.pem \
         --journal PATH.jsonl --card-secret-file FILE \
+        [--paypal-credentials-file FILE] [--ewallet-secret-file FILE] \
         [--latency-ms 0] [--latency-jitter-ms 0] [--error-rate 0.0] [--port-file FILE]
 
-Provider APIs live in their own modules (card_api.py; PayPal and e-wallet to
-come) and share the journal, idempotency store and fault-injection config from
-sandbox_core.py. Control endpoints (no auth, for tests):
+Provider APIs live in their own modules -- card_api.py (Stripe-like),
+paypal_api.py (OAuth2 + Orders v2 capture; enabled by
+--paypal-credentials-file), ewallet_api.py (HMAC-signed regional wallets;
+enabled by --ewallet-secret-file) -- and share the journal, idempotency store
+and fault-injection config from sandbox_core.py. Control endpoints (no auth,
+for tests):
 
-    GET  /_sandbox/health   -> {"ok":true}
-    GET  /_sandbox/config   -> {"latency_ms":..,"latency_jitter_ms":..,"error_rate":..}
-    POST /_sandbox/config   JSON subset of the above -> current config
+    GET  /_sandbox/health       -> {"ok":true}
+    GET  /_sandbox/config       -> {"latency_ms":..,"latency_jitter_ms":..,"error_rate":..,
+                                    "timeout_mode":..,              (top level: all APIs)
+                                    "card":{..},"paypal":{..,"token_ttl_s":..},"ewallet":{..}}
+                                   (each block: that API's effective settings)
+    POST /_sandbox/config       JSON subset of the above -> the new config. Top-level
+                                keys set every API; per-API blocks (applied after
+                                them) set one. Validated as a whole: 400 changes nothing.
+                                latency_ms / latency_jitter_ms: 0..600000 (processing
+                                time of charges and lookups); error_rate 0..1 (charges
+                                fail with 500 "charged":false before anything is taken);
+                                timeout_mode "charge" (default: sleep, then charge --
+                                a client that timed out leaves a real charge) or "drop"
+                                (charge requests sleep, then the connection is closed
+                                with no response, nothing charged or journaled);
+                                paypal.token_ttl_s 1..31622400 (default 32400).
+    GET  /_sandbox/stats        -> {"paypal_token_grants":N,
+                                    "requests":{"card":N,"paypal":N,"ewallet":N}}
+    POST /_sandbox/stats/reset  zeroes the counters -> the zeroed stats
 """
 
 from __future__ import annotations
@@ -36,8 +56,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from card_api import CardApi
-from sandbox_core import (ApiError, IdempotencyStore, Journal, JournalError, Request, Response,
-                          Router, SandboxConfig, error_response)
+from ewallet_api import EwalletApi
+from paypal_api import PaypalApi, read_credentials
+from sandbox_core import (ApiError, DropConnection, IdempotencyStore, Journal, JournalError,
+                          Request, Response, Router, SandboxConfig, Stats, error_response)
 
 MAX_BODY_BYTES = 64 * 1024
 CONNECTION_TIMEOUT_S = 30.0
@@ -53,15 +75,24 @@ _QUIET_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError, ssl.SSLEOFError, E
 class ControlApi:
     """Test-only knobs; unauthenticated (bind the sandbox to loopback)."""
 
-    def __init__(self, config: SandboxConfig):
+    def __init__(self, config: SandboxConfig, stats: Stats | None = None):
         self._config = config
+        self._stats = stats if stats is not None else Stats(())
 
     def routes(self):
         return [
             ("GET", r"/_sandbox/health", self.health),
             ("GET", r"/_sandbox/config", self.get_config),
             ("POST", r"/_sandbox/config", self.set_config),
+            ("GET", r"/_sandbox/stats", self.get_stats),
+            ("POST", r"/_sandbox/stats/reset", self.reset_stats),
         ]
+
+    def get_stats(self, req: Request) -> Response:
+        return Response.json(200, self._stats.snapshot())
+
+    def reset_stats(self, req: Request) -> Response:
+        return Response.json(200, self._stats.reset())
 
     def health(self, req: Request) -> Response:
         return Response.json(200, {"ok": True})
@@ -165,6 +196,9 @@ class SandboxServer(ThreadingHTTPServer):
 
 class SandboxHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes: without TCP_NODELAY, Nagle
+    # holds the body until the client's delayed ACK (~40 ms per response).
+    disable_nagle_algorithm = True
     server_version = "psp-sandbox/1.0"
     sys_version = ""
     timeout = CONNECTION_TIMEOUT_S
@@ -210,9 +244,22 @@ class SandboxHandler(BaseHTTPRequestHandler):
             query = urllib.parse.urlsplit(self.path).query
             req = Request(method=self.command, path=path,
                           query=urllib.parse.parse_qs(query, keep_blank_values=True),
-                          headers=self.headers, body=body, client=self.client_address[0])
+                          headers=self.headers, body=body, client=self.client_address[0],
+                          target=self.path)
             try:
                 resp = self.server.router.dispatch(req)
+            except DropConnection:
+                # Fault injection: the request is "lost" -- no response at all.
+                self.close_connection = True
+                try:
+                    self.request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                ms = (time.monotonic() - started) * 1000.0
+                self.server.log(f"{self.client_address[0]} {self.command} {path} dropped "
+                                f"(timeout_mode=drop) idempotency_key={self._fallback_log_key()} "
+                                f"{ms:.1f}ms")
+                return
             except Exception as e:  # a bug in a handler: report, keep serving
                 self.server.log(f"handler error on {self.command} {path}: "
                                 + "".join(traceback.format_exception(e)).replace("\n", " | "))
@@ -225,12 +272,21 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 ms = (time.monotonic() - started) * 1000.0
                 key = resp.log_key
                 if key is None:
-                    key = (self.headers.get("Idempotency-Key")
-                           or urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                           .get("idempotency_key", ["-"])[0])
+                    key = self._fallback_log_key()
                 self.server.log(f"{self.client_address[0]} {self.command} {path} {resp.status} "
                                 f"idempotency_key={key}{' replayed' if resp.replayed else ''} "
                                 f"{ms:.1f}ms")
+
+    def _fallback_log_key(self) -> str:
+        for header in ("Idempotency-Key", "PayPal-Request-Id", "X-Idempotency-Key"):
+            value = self.headers.get(header)
+            if value:
+                return value
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        for name in ("idempotency_key", "paypal_request_id"):
+            if query.get(name):
+                return query[name][0]
+        return "-"
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding"):
@@ -294,7 +350,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="PSP sandbox HTTPS server (card API).")
+    p = argparse.ArgumentParser(description="PSP sandbox HTTPS server (card, PayPal and "
+                                            "e-wallet APIs).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8443, help="0 binds a free port")
     p.add_argument("--cert", required=True, help="server certificate chain (PEM)")
@@ -302,6 +359,11 @@ def parse_args(argv):
     p.add_argument("--journal", required=True, help="JSON-lines journal of charges taken")
     p.add_argument("--card-secret-file", required=True,
                    help="file holding the card API bearer secret")
+    p.add_argument("--paypal-credentials-file",
+                   help="enables the PayPal API: file with two lines, client_id then "
+                        "client_secret")
+    p.add_argument("--ewallet-secret-file",
+                   help="enables the e-wallet API: file holding the shared HMAC secret")
     p.add_argument("--latency-ms", type=float, default=0)
     p.add_argument("--latency-jitter-ms", type=float, default=0)
     p.add_argument("--error-rate", type=float, default=0.0)
@@ -345,6 +407,18 @@ def main(argv=None) -> int:
         card_secret = read_secret(args.card_secret_file)
     except (OSError, ValueError) as e:
         return fail(f"cannot read card secret: {e}")
+    paypal_credentials = None
+    if args.paypal_credentials_file:
+        try:
+            paypal_credentials = read_credentials(args.paypal_credentials_file)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            return fail(f"cannot read PayPal credentials: {e}")
+    ewallet_secret = None
+    if args.ewallet_secret_file:
+        try:
+            ewallet_secret = read_secret(args.ewallet_secret_file)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            return fail(f"cannot read e-wallet secret: {e}")
     try:
         ssl_ctx = build_ssl_context(args.cert, args.key)
     except (OSError, ssl.SSLError) as e:
@@ -356,7 +430,13 @@ def main(argv=None) -> int:
 
     journal = Journal(args.journal)
     store = IdempotencyStore()
-    apis = [CardApi(card_secret, store, journal, config)]
+    stats = Stats(("card", "paypal", "ewallet"))
+    apis = [
+        CardApi(card_secret, store, journal, config.register_api("card")),
+        PaypalApi(paypal_credentials, store, journal,
+                  config.register_api("paypal", PaypalApi.CONFIG_EXTRA), stats),
+        EwalletApi(ewallet_secret, store, journal, config.register_api("ewallet")),
+    ]
     by_name = {api.name: api for api in apis}
     try:
         records = journal.load()
@@ -371,13 +451,24 @@ def main(argv=None) -> int:
     except (OSError, JournalError, KeyError, TypeError, ValueError) as e:
         return fail(f"cannot load journal {args.journal}: {e!r}")
 
-    router = Router()
-    for api in [ControlApi(config), *apis]:
-        for method, pattern, handler in api.routes():
-            router.add(method, pattern, handler)
+    def counted(api_name, handler):
+        def wrapper(req: Request) -> Response:
+            stats.count_request(api_name)
+            return handler(req)
+        return wrapper
 
+    router = Router()
+    for method, pattern, handler in ControlApi(config, stats).routes():
+        router.add(method, pattern, handler)
+    for api in apis:
+        for method, pattern, handler in api.routes():
+            router.add(method, pattern, counted(api.name, handler))
+
+    redact = [card_secret, ewallet_secret or ""]
+    if paypal_credentials:
+        redact.append(paypal_credentials[1])
     try:
-        server = SandboxServer((args.host, args.port), ssl_ctx, router, redact=[card_secret])
+        server = SandboxServer((args.host, args.port), ssl_ctx, router, redact=redact)
     except OSError as e:
         journal.close()
         return fail(f"cannot listen on {args.host}:{args.port}: {e}")
@@ -400,8 +491,11 @@ def main(argv=None) -> int:
             journal.close()
             return fail(f"cannot write port file: {e}")
 
+    enabled = ["card"] + (["paypal"] if paypal_credentials else []) + \
+        (["ewallet"] if ewallet_secret else [])
     server.log(f"listening on https://{args.host}:{server.port} "
-               f"(journal {args.journal}, {len(records)} charges restored, config "
+               f"(apis {','.join(enabled)}; "
+               f"journal {args.journal}, {len(records)} charges restored, config "
                f"{json.dumps(config.snapshot(), separators=(',', ':'))})")
     try:
         server.serve_forever(poll_interval=0.2)

@@ -15,10 +15,11 @@ for name in card_api_key fingerprint.key ewallet_secret; do
     (umask 077; openssl rand -hex 32 > "$f")
   fi
 done
-# PayPal client credentials for the sandbox's OAuth2 endpoint.
-if [ ! -s "$VARDIR/secrets/paypal_credentials.json" ]; then
-  (umask 077; printf '{"client_id": "sandbox-%s", "client_secret": "%s"}\n' \
-    "$(openssl rand -hex 8)" "$(openssl rand -hex 24)" > "$VARDIR/secrets/paypal_credentials.json")
+# PayPal client credentials for the sandbox's OAuth2 endpoint: two lines,
+# the client id, then the client secret.
+if [ ! -s "$VARDIR/secrets/paypal_credentials" ]; then
+  (umask 077; printf 'sandbox-%s\n%s\n' "$(openssl rand -hex 8)" "$(openssl rand -hex 24)" \
+    > "$VARDIR/secrets/paypal_credentials")
 fi
 # The card API key is a Stripe-style test secret key.
 if ! grep -q '^sk_test_' "$VARDIR/secrets/card_api_key"; then

@@ -42,6 +42,8 @@ rm -f var/sandbox/port
 /usr/bin/python3 sandbox/psp_sandbox.py --host 127.0.0.1 --port "$SANDBOX_PORT" \
   --cert var/certs/server.pem --key var/certs/server.key \
   --journal var/sandbox/journal.jsonl --card-secret-file var/secrets/card_api_key \
+  --paypal-credentials-file var/secrets/paypal_credentials \
+  --ewallet-secret-file var/secrets/ewallet_secret \
   --port-file var/sandbox/port >> var/log/sandbox.log 2>&1 &
 pids+=($!)
 

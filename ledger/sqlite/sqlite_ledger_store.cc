@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS recharges (
   created_at       INTEGER NOT NULL,
   record           BLOB NOT NULL      -- recharge.v1.Recharge
 );
-CREATE INDEX IF NOT EXISTS recharges_user ON recharges (user_id, seq);
+CREATE INDEX IF NOT EXISTS recharges_user ON recharges (user_id, created_at, seq);
+CREATE INDEX IF NOT EXISTS recharges_created ON recharges (created_at, seq);
 CREATE INDEX IF NOT EXISTS recharges_pending ON recharges (status) WHERE status = 6;
 CREATE TABLE IF NOT EXISTS decision_log (
   seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -419,31 +420,35 @@ asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::st
 }
 
 asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListRecharges(
-    std::string user_id, int page_size, std::optional<int64_t> cursor) {
+    std::string user_id, int page_size, std::optional<RechargeCursor> cursor) {
   std::function<absl::StatusOr<RechargePage>(Db&)> body =
       [user_id = std::move(user_id), page_size,
        cursor](Db& db) -> absl::StatusOr<RechargePage> {
-        auto stmt_or = user_id.empty()
-                           ? db.Prepare("SELECT seq, record FROM recharges WHERE seq < ?2"
-                                        " ORDER BY seq DESC LIMIT ?3")
-                           : db.Prepare("SELECT seq, record FROM recharges WHERE user_id = ?1"
-                                        " AND seq < ?2 ORDER BY seq DESC LIMIT ?3");
+        auto stmt_or =
+            user_id.empty()
+                ? db.Prepare("SELECT created_at, seq, record FROM recharges"
+                             " WHERE (created_at < ?2 OR (created_at = ?2 AND seq < ?3))"
+                             " ORDER BY created_at DESC, seq DESC LIMIT ?4")
+                : db.Prepare("SELECT created_at, seq, record FROM recharges WHERE user_id = ?1"
+                             " AND (created_at < ?2 OR (created_at = ?2 AND seq < ?3))"
+                             " ORDER BY created_at DESC, seq DESC LIMIT ?4");
         if (!stmt_or.ok()) return stmt_or.status();
         Db::Stmt& stmt = **stmt_or;
         if (!user_id.empty()) stmt.Text(1, user_id);
-        stmt.Int(2, cursor.value_or(INT64_MAX)).Int(3, page_size + 1);
+        const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MAX, INT64_MAX});
+        stmt.Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
         RechargePage page;
-        int64_t last_seq = 0;
+        RechargeCursor last;
         for (;;) {
           absl::StatusOr<bool> row = stmt.Step();
           if (!row.ok()) return row.status();
           if (!*row) break;
           if (static_cast<int>(page.recharges.size()) == page_size) {
-            page.next_cursor = last_seq;
+            page.next_cursor = last;
             break;
           }
-          last_seq = stmt.ColInt(0);
-          if (!page.recharges.emplace_back().ParseFromString(stmt.ColBlob(1))) {
+          last = RechargeCursor{stmt.ColInt(0), stmt.ColInt(1)};
+          if (!page.recharges.emplace_back().ParseFromString(stmt.ColBlob(2))) {
             return absl::DataLossError("ledger: stored recharge does not parse");
           }
         }

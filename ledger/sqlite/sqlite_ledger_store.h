@@ -42,7 +42,7 @@ class SqliteLedgerStore final : public LedgerStore {
                                                        RecordRechargeResponse response) override;
   asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) override;
   asio::awaitable<absl::StatusOr<RechargePage>> ListRecharges(
-      std::string user_id, int page_size, std::optional<int64_t> cursor) override;
+      std::string user_id, int page_size, std::optional<RechargeCursor> cursor) override;
   asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(
       std::chrono::system_clock::time_point started_before) override;
   asio::awaitable<absl::StatusOr<int64_t>> PurgeKeys(

@@ -140,7 +140,7 @@ TEST_F(LedgerTest, ListIsNewestFirstWithCursorPaging) {
   ASSERT_TRUE(Run(store_->Complete(Done(other, RECHARGE_STATUS_APPROVED))).ok());
 
   std::vector<std::string> seen;
-  std::optional<int64_t> cursor;
+  std::optional<RechargeCursor> cursor;
   std::vector<size_t> sizes;
   do {
     auto page = Run(store_->ListRecharges("lister", 2, cursor));
@@ -151,6 +151,28 @@ TEST_F(LedgerTest, ListIsNewestFirstWithCursorPaging) {
   } while (cursor);
   EXPECT_THAT(sizes, ::testing::ElementsAre(2, 2, 1));
   EXPECT_THAT(seen, ::testing::ElementsAre("list-4", "list-3", "list-2", "list-1", "list-0"));
+}
+
+TEST_F(LedgerTest, ListOrdersByCreationTimeNotByCompletion) {
+  // A recharge made first but recorded last (recovered after a crash) is
+  // listed by when it was made.
+  KeyClaim older = Claim("made-first", "fp", "orderer");
+  older.draft.mutable_created_at()->set_seconds(1000);
+  KeyClaim newer = Claim("made-second", "fp", "orderer");
+  newer.draft.mutable_created_at()->set_seconds(2000);
+  ASSERT_EQ(Run(store_->Begin(older))->kind, Kind::kClaimed);
+  ASSERT_EQ(Run(store_->Begin(newer))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(newer, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(Done(older, RECHARGE_STATUS_APPROVED))).ok());
+  auto page = Run(store_->ListRecharges("orderer", 1, std::nullopt));
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->recharges.size(), 1u);
+  EXPECT_EQ(page->recharges[0].idempotency_key(), "made-second");
+  auto next = Run(store_->ListRecharges("orderer", 1, page->next_cursor));
+  ASSERT_TRUE(next.ok());
+  ASSERT_EQ(next->recharges.size(), 1u);
+  EXPECT_EQ(next->recharges[0].idempotency_key(), "made-first");
+  EXPECT_FALSE(next->next_cursor.has_value());
 }
 
 TEST_F(LedgerTest, UnresolvedListsOldStartedKeysAndPendingRecharges) {
