@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/json_fields.h"
+
 #include "adapters/card/transformers.h"
 #include "io/strings.h"
 
@@ -10,20 +12,15 @@ namespace {
 
 using nlohmann::json;
 
-std::string Str(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
 ChargeOutcome FromPayment(const json& p) {
   ChargeOutcome out;
-  out.provider_reference = Str(p, "id");
-  const std::string status = Str(p, "status");
+  out.provider_reference = JsonString(p, "id");
+  const std::string status = JsonString(p, "status");
   if (status == "succeeded") {
     out.result = ChargeResult::kApproved;
   } else if (status == "declined") {
     out.result = ChargeResult::kDeclined;
-    out.decline_code = Str(p, "decline_code");
+    out.decline_code = JsonString(p, "decline_code");
   } else {
     out.result = ChargeResult::kUnknown;
     out.message = StrCat("payment in state \"", status, "\"");
@@ -57,11 +54,11 @@ http::request<http::string_body> BuildLookupRequest(std::string_view idempotency
 }
 
 ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   const bool object = !j.is_discarded() && j.is_object();
   ChargeOutcome out;
   if (http_status == 200 && object) return FromPayment(j);
-  if (http_status == 200 || (http_status >= 500 && !(object && j.value("charged", true) == false))) {
+  if (http_status == 200 || (http_status >= 500 && !SaysNotCharged(j))) {
     out.result = ChargeResult::kUnknown;
   } else {
     out.result = ChargeResult::kFailed;
@@ -71,7 +68,7 @@ ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   ChargeOutcome out;
   if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("data") ||
       !j["data"].is_array()) {

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/json_fields.h"
+
 #include "io/strings.h"
 
 namespace recharge::card {
@@ -9,21 +11,16 @@ namespace {
 
 using nlohmann::json;
 
-std::string StringField(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
 // A charge object (a lookup's list item) as an outcome.
 ChargeOutcome FromChargeObject(const json& charge) {
   ChargeOutcome out;
-  out.provider_reference = StringField(charge, "id");
-  const std::string status = StringField(charge, "status");
+  out.provider_reference = JsonString(charge, "id");
+  const std::string status = JsonString(charge, "status");
   if (status == "succeeded") {
     out.result = ChargeResult::kApproved;
   } else if (status == "failed") {
     out.result = ChargeResult::kDeclined;
-    out.decline_code = StringField(charge, "failure_code");
+    out.decline_code = JsonString(charge, "failure_code");
     out.message = "the card was declined";
   } else {
     out.result = ChargeResult::kUnknown;
@@ -83,7 +80,7 @@ http::request<http::string_body> BuildLookupRequest(std::string_view idempotency
 
 ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
   ChargeOutcome out;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   if (http_status == 200) {
     if (j.is_discarded() || !j.is_object()) {
       out.result = ChargeResult::kUnknown;  // it said OK: money may have moved
@@ -98,16 +95,15 @@ ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
   }
   if (http_status == 402 && error != nullptr) {
     out.result = ChargeResult::kDeclined;
-    out.decline_code = StringField(*error, "decline_code");
-    if (out.decline_code.empty()) out.decline_code = StringField(*error, "code");
-    out.provider_reference = StringField(*error, "charge");
-    out.message = StringField(*error, "message");
+    out.decline_code = JsonString(*error, "decline_code");
+    if (out.decline_code.empty()) out.decline_code = JsonString(*error, "code");
+    out.provider_reference = JsonString(*error, "charge");
+    out.message = JsonString(*error, "message");
     return out;
   }
   if (http_status >= 500) {
     // Only a 5xx that states nothing was charged is a definite failure.
-    const bool not_charged = error != nullptr && error->contains("charged") &&
-                             (*error)["charged"].is_boolean() && !(*error)["charged"].get<bool>();
+    const bool not_charged = error != nullptr && SaysNotCharged(*error);
     out.result = not_charged ? ChargeResult::kFailed : ChargeResult::kUnknown;
     out.message = StrCat("provider error ", http_status);
     return out;
@@ -116,7 +112,7 @@ ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
   out.result = ChargeResult::kFailed;
   out.message = StrCat("provider rejected the request (HTTP ", http_status, ")");
   if (error != nullptr) {
-    const std::string code = StringField(*error, "code");
+    const std::string code = JsonString(*error, "code");
     if (!code.empty()) StrAppend(&out.message, ": ", code);
   }
   return out;
@@ -124,7 +120,7 @@ ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
   ChargeOutcome out;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("data") ||
       !j["data"].is_array()) {
     out.result = http_status >= 500 ? ChargeResult::kUnknown : ChargeResult::kFailed;

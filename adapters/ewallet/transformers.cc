@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/json_fields.h"
+
 #include "adapters/card/transformers.h"
 #include "io/crypto.h"
 #include "io/strings.h"
@@ -11,11 +13,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string Str(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
 void Sign(http::request<http::string_body>& req, const Secret& secret, int64_t timestamp) {
   req.set("X-Timestamp", std::to_string(timestamp));
   req.set("X-Signature", Signature(secret, timestamp, std::string(req.method_string()),
@@ -24,13 +21,13 @@ void Sign(http::request<http::string_body>& req, const Secret& secret, int64_t t
 
 ChargeOutcome FromPayment(const json& p) {
   ChargeOutcome out;
-  out.provider_reference = Str(p, "payment_id");
-  const std::string status = Str(p, "status");
+  out.provider_reference = JsonString(p, "payment_id");
+  const std::string status = JsonString(p, "status");
   if (status == "SUCCESS") {
     out.result = ChargeResult::kApproved;
   } else if (status == "FAILED") {
     out.result = ChargeResult::kDeclined;
-    out.decline_code = Str(p, "failure_code");
+    out.decline_code = JsonString(p, "failure_code");
     out.message = "the wallet refused the payment";
   } else {
     out.result = ChargeResult::kUnknown;
@@ -76,7 +73,7 @@ http::request<http::string_body> BuildLookupRequest(std::string_view idempotency
 
 ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
   ChargeOutcome out;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   const bool object = !j.is_discarded() && j.is_object();
   if (http_status == 200) {
     if (!object) {
@@ -87,23 +84,22 @@ ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
     return FromPayment(j);
   }
   if (http_status >= 500) {
-    const bool not_charged = object && j.contains("charged") && j["charged"].is_boolean() &&
-                             !j["charged"].get<bool>();
+    const bool not_charged = SaysNotCharged(j);
     out.result = not_charged ? ChargeResult::kFailed : ChargeResult::kUnknown;
-    out.message = StrCat("wallet error ", http_status, object ? " " + Str(j, "code") : "");
+    out.message = StrCat("wallet error ", http_status, object ? " " + JsonString(j, "code") : "");
     return out;
   }
   // 4xx (bad signature, unsupported currency, unknown provider, conflict):
   // refused before anything was charged.
   out.result = ChargeResult::kFailed;
   out.message = StrCat("wallet rejected the request (HTTP ", http_status,
-                       object && !Str(j, "code").empty() ? ": " + Str(j, "code") : "", ")");
+                       object && !JsonString(j, "code").empty() ? ": " + JsonString(j, "code") : "", ")");
   return out;
 }
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
   ChargeOutcome out;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("payments") ||
       !j["payments"].is_array()) {
     out.result = ChargeResult::kUnknown;

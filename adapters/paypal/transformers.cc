@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/json_fields.h"
+
 #include "adapters/card/transformers.h"
 #include "adapters/money.h"
 #include "io/crypto.h"
@@ -12,19 +14,14 @@ namespace {
 
 using nlohmann::json;
 
-std::string Str(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
 // The first `details[].issue` of a PayPal error body, or its `name`.
 std::string IssueOf(const json& j) {
   if (j.contains("details") && j["details"].is_array() && !j["details"].empty() &&
       j["details"][0].is_object()) {
-    std::string issue = Str(j["details"][0], "issue");
+    std::string issue = JsonString(j["details"][0], "issue");
     if (!issue.empty()) return issue;
   }
-  return Str(j, "name");
+  return JsonString(j, "name");
 }
 
 std::string TrimLine(std::string_view s) {
@@ -37,10 +34,10 @@ std::string TrimLine(std::string_view s) {
 
 absl::StatusOr<Credentials> ParseCredentials(std::string_view text) {
   Credentials c;
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(text);
   if (!j.is_discarded() && j.is_object()) {
-    c.client_id = Str(j, "client_id");
-    c.client_secret = Secret(Str(j, "client_secret"));
+    c.client_id = JsonString(j, "client_id");
+    c.client_secret = Secret(JsonString(j, "client_secret"));
   } else {
     size_t nl = text.find('\n');
     if (nl != std::string_view::npos) {
@@ -67,14 +64,14 @@ http::request<http::string_body> BuildTokenRequest(const Credentials& credential
 
 absl::StatusOr<AccessToken> ParseTokenResponse(int http_status, std::string_view body,
                                                std::chrono::steady_clock::time_point now) {
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   if (http_status != 200 || j.is_discarded() || !j.is_object()) {
-    std::string why = j.is_object() ? Str(j, "error") : "";
+    std::string why = j.is_object() ? JsonString(j, "error") : "";
     return absl::UnavailableError(StrCat("PayPal token request failed (HTTP ", http_status,
                                          why.empty() ? "" : ", ", why, ")"));
   }
   AccessToken t;
-  t.value = Secret(Str(j, "access_token"));
+  t.value = Secret(JsonString(j, "access_token"));
   if (t.value.empty() || !j.contains("expires_in") || !j["expires_in"].is_number_integer()) {
     return absl::UnavailableError("PayPal token response has no access_token or expires_in");
   }
@@ -109,22 +106,22 @@ http::request<http::string_body> BuildLookupRequest(std::string_view idempotency
 
 bool IsTokenRejected(int http_status, std::string_view body) {
   if (http_status != 401) return false;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-  return !j.is_discarded() && j.is_object() && Str(j, "error") == "invalid_token";
+  json j = ParseJson(body);
+  return !j.is_discarded() && j.is_object() && JsonString(j, "error") == "invalid_token";
 }
 
 ChargeOutcome ParseCaptureResponse(int http_status, std::string_view body) {
   ChargeOutcome out;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   const bool object = !j.is_discarded() && j.is_object();
   if (http_status == 200 || http_status == 201) {
-    if (!object || Str(j, "status") != "COMPLETED") {
+    if (!object || JsonString(j, "status") != "COMPLETED") {
       out.result = ChargeResult::kUnknown;  // it said OK: money may have moved
       out.message = "unexpected capture response";
       return out;
     }
     out.result = ChargeResult::kApproved;
-    out.provider_reference = Str(j, "id");
+    out.provider_reference = JsonString(j, "id");
     try {
       out.provider_reference = j.at("purchase_units").at(0).at("payments").at("captures").at(0).at("id").get<std::string>();
     } catch (const json::exception&) {
@@ -137,14 +134,13 @@ ChargeOutcome ParseCaptureResponse(int http_status, std::string_view body) {
     // capture was refused; nothing was charged by this request.
     out.result = ChargeResult::kDeclined;
     out.decline_code = IssueOf(j);
-    out.message = Str(j, "message");
+    out.message = JsonString(j, "message");
     return out;
   }
   if (http_status >= 500) {
-    const bool not_charged = object && j.contains("charged") && j["charged"].is_boolean() &&
-                             !j["charged"].get<bool>();
+    const bool not_charged = SaysNotCharged(j);
     out.result = not_charged ? ChargeResult::kFailed : ChargeResult::kUnknown;
-    out.message = StrCat("PayPal error ", http_status, object ? " " + Str(j, "name") : "");
+    out.message = StrCat("PayPal error ", http_status, object ? " " + JsonString(j, "name") : "");
     return out;
   }
   out.result = ChargeResult::kFailed;  // 4xx: the request itself was refused
@@ -155,7 +151,7 @@ ChargeOutcome ParseCaptureResponse(int http_status, std::string_view body) {
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
   ChargeOutcome out;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = ParseJson(body);
   if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("captures") ||
       !j["captures"].is_array()) {
     out.result = ChargeResult::kUnknown;
@@ -167,13 +163,13 @@ ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
     return out;
   }
   const json& c = j["captures"][0];
-  out.provider_reference = Str(c, "id");
-  const std::string status = Str(c, "status");
+  out.provider_reference = JsonString(c, "id");
+  const std::string status = JsonString(c, "status");
   if (status == "COMPLETED") {
     out.result = ChargeResult::kApproved;
   } else if (status == "DECLINED" || status == "FAILED") {
     out.result = ChargeResult::kDeclined;
-    out.decline_code = Str(c, "issue");
+    out.decline_code = JsonString(c, "issue");
   } else {
     out.result = ChargeResult::kUnknown;
     out.message = StrCat("capture in state \"", status, "\"");

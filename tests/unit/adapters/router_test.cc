@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/unit/test_files.h"
+
 #include <filesystem>
 #include <fstream>
 
@@ -11,11 +13,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string WriteTemp(const std::string& name, const std::string& text) {
-  const auto path = std::filesystem::temp_directory_path() / name;
-  std::ofstream(path) << text;
-  return path.string();
-}
+using ::recharge::testing::WriteTemp;
 
 std::string AdaptersYaml(const std::string& extra_instance = "", const std::string& routes = "") {
   const std::string secret = WriteTemp("router_test_key", "sk_test_123\n");

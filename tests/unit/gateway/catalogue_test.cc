@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/unit/test_files.h"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,11 +14,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string WriteTemp(const std::string& name, const std::string& text) {
-  const auto path = std::filesystem::temp_directory_path() / name;
-  std::ofstream(path) << text;
-  return path.string();
-}
+using ::recharge::testing::WriteTemp;
 
 TEST(Catalogue, ShippedFileLoadsWithEveryRequiredRegion) {
   auto c = Catalogue::Load(RECHARGE_SOURCE_DIR "/configs/packages.yaml");

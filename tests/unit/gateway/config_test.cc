@@ -2,6 +2,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "tests/unit/test_files.h"
 #include <stdlib.h>
 
 #include <filesystem>
@@ -12,11 +14,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string WriteTemp(const std::string& name, const std::string& text) {
-  const auto path = std::filesystem::temp_directory_path() / name;
-  std::ofstream(path) << text;
-  return path.string();
-}
+using ::recharge::testing::WriteTemp;
 
 TEST(GatewayConfig, ShippedExampleLoadsWithDocumentedDefaults) {
   unsetenv("GATEWAY_PORT");
