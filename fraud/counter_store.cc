@@ -1,0 +1,256 @@
+#include "fraud/counter_store.h"
+
+#include <openssl/sha.h>
+
+#include <charconv>
+
+#include "io/crypto.h"
+#include "io/strings.h"
+
+namespace recharge {
+namespace {
+
+// KEYS: for each counter its bucket keys, current bucket first; then the keys
+//       whose existence is asked.
+// ARGV: [1] number of counters; per counter: kind (c|s|d), buckets, ttl ms,
+//       value, update (1|0); then the number of existence keys.
+// Returns: one value per counter (as a string), then 0/1 per existence key.
+constexpr std::string_view kUpdateAndRead = R"lua(
+local n = tonumber(ARGV[1])
+local k, a = 1, 2
+local out = {}
+for i = 1, n do
+  local kind, b, ttl, val, upd = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  a = a + 5
+  local cur = KEYS[k]
+  if kind == 'd' then
+    if upd == '1' then redis.call('PFADD', cur, val); redis.call('PEXPIRE', cur, ttl) end
+    out[i] = tostring(redis.call('PFCOUNT', unpack(KEYS, k, k + b - 1)))
+  else
+    if upd == '1' then
+      if kind == 'c' then redis.call('INCRBY', cur, val) else redis.call('INCRBYFLOAT', cur, val) end
+      redis.call('PEXPIRE', cur, ttl)
+    end
+    local total = 0
+    for _, v in ipairs(redis.call('MGET', unpack(KEYS, k, k + b - 1))) do
+      if v then total = total + tonumber(v) end
+    end
+    out[i] = tostring(total)
+  end
+  k = k + b
+end
+local m = tonumber(ARGV[a])
+for j = 0, m - 1 do out[n + 1 + j] = redis.call('EXISTS', KEYS[k + j]) end
+return out
+)lua";
+
+std::string Sha1Hex(std::string_view text) {
+  unsigned char digest[SHA_DIGEST_LENGTH];
+  SHA1(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
+  return HexEncode(std::string_view(reinterpret_cast<const char*>(digest), sizeof digest));
+}
+
+const std::string& ScriptSha() {
+  static const std::string sha = Sha1Hex(kUpdateAndRead);
+  return sha;
+}
+
+int64_t Millis(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+// The entity tag of a counter key: one hash slot per entity.
+std::string EntityTag(const std::string& field, const std::string& value) {
+  if (field == "user_id") return StrCat("{u:", value, "}");
+  if (field == "seller_id") return StrCat("{s:", value, "}");
+  if (field == "card_fingerprint") return StrCat("{c:", value, "}");
+  if (field == "instrument_fingerprint") return StrCat("{i:", value, "}");
+  if (field == "device_id") return StrCat("{d:", value, "}");
+  if (field == "ip") return StrCat("{ip:", value, "}");
+  return StrCat("{", field, ":", value, "}");
+}
+
+void AppendBucketArgs(const CounterUpdate& c, std::chrono::system_clock::time_point now,
+                      std::vector<std::string>* keys, std::vector<std::string>* args) {
+  const int64_t bucket_ms = std::max<int64_t>(1, c.window.count() / std::max(1, c.buckets));
+  const int64_t current = Millis(now) / bucket_ms;
+  for (int i = 0; i < c.buckets; ++i) keys->push_back(StrCat(c.key, ":", current - i));
+  const char* kind = c.kind == CounterUpdate::Kind::kCount ? "c"
+                     : c.kind == CounterUpdate::Kind::kSum ? "s"
+                                                           : "d";
+  args->push_back(kind);
+  args->push_back(std::to_string(c.buckets));
+  args->push_back(std::to_string(c.window.count() + bucket_ms));
+  args->push_back(c.kind == CounterUpdate::Kind::kCount && c.value.empty() ? "1" : c.value);
+  args->push_back(c.update ? "1" : "0");
+}
+
+absl::StatusOr<double> ParseNumber(const RedisReply& r) {
+  if (r.type == RedisReply::Type::kInteger) return static_cast<double>(r.integer);
+  if (r.type == RedisReply::Type::kString) {
+    double v = 0;
+    auto [ptr, ec] = std::from_chars(r.str.data(), r.str.data() + r.str.size(), v);
+    if (ec == std::errc()) return v;
+  }
+  return absl::InternalError("redis: unexpected counter value");
+}
+
+}  // namespace
+
+RedisCounterStore::RedisCounterStore(RedisClient& redis, std::string prefix,
+                                     std::chrono::milliseconds timeout)
+    : redis_(redis), prefix_(std::move(prefix)), timeout_(timeout) {}
+
+std::chrono::steady_clock::time_point RedisCounterStore::Deadline() const {
+  return std::chrono::steady_clock::now() + timeout_;
+}
+
+std::string RedisCounterStore::SellerFlagKey(const std::string& seller_id) const {
+  return StrCat(prefix_, ":{s:", seller_id, "}:flag");
+}
+std::string RedisCounterStore::CardBlockKey(const std::string& card_fingerprint) const {
+  return StrCat(prefix_, ":{c:", card_fingerprint, "}:blocked");
+}
+std::string RedisCounterStore::DeviceBlockKey(const std::string& device_id) const {
+  return StrCat(prefix_, ":{d:", device_id, "}:blocked");
+}
+std::string RedisCounterStore::CounterKey(const std::string& per_field, const std::string& per_value,
+                                          const std::string& counter_name) const {
+  return StrCat(prefix_, ":", EntityTag(per_field, per_value), ":", counter_name);
+}
+
+asio::awaitable<absl::StatusOr<RedisReply>> RedisCounterStore::Eval(std::vector<std::string> keys,
+                                                                    std::vector<std::string> args) {
+  std::vector<std::string> command = {"EVALSHA", ScriptSha(), std::to_string(keys.size())};
+  command.insert(command.end(), keys.begin(), keys.end());
+  command.insert(command.end(), args.begin(), args.end());
+  const auto deadline = Deadline();
+  absl::StatusOr<RedisReply> r = co_await redis_.Command(command, deadline);
+  if (r.ok() && r->type == RedisReply::Type::kError && r->str.rfind("NOSCRIPT", 0) == 0) {
+    // First call on this server (or it restarted): load the script, retry once.
+    std::vector<std::string> load = {"SCRIPT", "LOAD", std::string(kUpdateAndRead)};
+    absl::StatusOr<RedisReply> loaded = co_await redis_.Command(std::move(load), deadline);
+    if (!loaded.ok()) co_return loaded.status();
+    r = co_await redis_.Command(std::move(command), deadline);
+  }
+  if (r.ok() && r->type == RedisReply::Type::kError) {
+    co_return absl::InternalError(StrCat("redis: ", r->str));
+  }
+  co_return r;
+}
+
+asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead(
+    const std::vector<CounterUpdate>& counters, const std::vector<std::string>& check_keys,
+    std::chrono::system_clock::time_point now) {
+  std::vector<std::string> keys;
+  std::vector<std::string> args = {std::to_string(counters.size())};
+  for (const CounterUpdate& c : counters) AppendBucketArgs(c, now, &keys, &args);
+  args.push_back(std::to_string(check_keys.size()));
+  keys.insert(keys.end(), check_keys.begin(), check_keys.end());
+  absl::StatusOr<RedisReply> r = co_await Eval(std::move(keys), std::move(args));
+  if (!r.ok()) co_return r.status();
+  if (r->type != RedisReply::Type::kArray ||
+      r->elements.size() != counters.size() + check_keys.size()) {
+    co_return absl::InternalError("redis: unexpected script reply");
+  }
+  CounterReadout out;
+  for (size_t i = 0; i < counters.size(); ++i) {
+    absl::StatusOr<double> v = ParseNumber(r->elements[i]);
+    if (!v.ok()) co_return v.status();
+    out.values.push_back(*v);
+  }
+  for (size_t i = 0; i < check_keys.size(); ++i) {
+    out.exists.push_back(r->elements[counters.size() + i].integer != 0);
+  }
+  co_return out;
+}
+
+asio::awaitable<absl::Status> RedisCounterStore::Increment(const std::vector<CounterUpdate>& counters,
+                                                           std::chrono::system_clock::time_point now) {
+  absl::StatusOr<CounterReadout> r = co_await UpdateAndRead(counters, {}, now);
+  co_return r.status();
+}
+
+asio::awaitable<absl::StatusOr<std::vector<double>>> RedisCounterStore::Read(
+    std::vector<CounterUpdate> counters, std::chrono::system_clock::time_point now) {
+  for (CounterUpdate& c : counters) c.update = false;
+  absl::StatusOr<CounterReadout> r = co_await UpdateAndRead(counters, {}, now);
+  if (!r.ok()) co_return r.status();
+  co_return std::move(r->values);
+}
+
+asio::awaitable<absl::Status> RedisCounterStore::FlagSeller(const SellerFlag& flag) {
+  const std::string key = SellerFlagKey(flag.seller_id);
+  const int64_t ttl = std::max<int64_t>(1, flag.expires_at_ms - flag.flagged_at_ms);
+  const auto deadline = Deadline();
+  std::vector<std::string> hset = {"HSET", key, "rule_id", flag.rule_id, "reason", flag.reason,
+                                   "flagged_at", std::to_string(flag.flagged_at_ms),
+                                   "expires_at", std::to_string(flag.expires_at_ms)};
+  absl::StatusOr<RedisReply> a = co_await redis_.Command(std::move(hset), deadline);
+  if (!a.ok()) co_return a.status();
+  std::vector<std::string> expire = {"PEXPIRE", key, std::to_string(ttl)};
+  absl::StatusOr<RedisReply> b = co_await redis_.Command(std::move(expire), deadline);
+  if (!b.ok()) co_return b.status();
+  // An index of flagged sellers for ListFlaggedSellers, scored by expiry.
+  std::vector<std::string> zadd = {"ZADD", StrCat(prefix_, ":flagged"),
+                                   std::to_string(flag.expires_at_ms), flag.seller_id};
+  absl::StatusOr<RedisReply> c = co_await redis_.Command(std::move(zadd), deadline);
+  co_return c.status();
+}
+
+asio::awaitable<absl::StatusOr<std::optional<SellerFlag>>> RedisCounterStore::GetFlag(
+    const std::string& seller_id) {
+  std::vector<std::string> hgetall = {"HGETALL", SellerFlagKey(seller_id)};
+  absl::StatusOr<RedisReply> r = co_await redis_.Command(std::move(hgetall), Deadline());
+  if (!r.ok()) co_return r.status();
+  if (r->type != RedisReply::Type::kArray || r->elements.empty()) {
+    co_return std::optional<SellerFlag>();
+  }
+  SellerFlag f;
+  f.seller_id = seller_id;
+  for (size_t i = 0; i + 1 < r->elements.size(); i += 2) {
+    const std::string& field = r->elements[i].str;
+    const std::string& value = r->elements[i + 1].str;
+    if (field == "rule_id") f.rule_id = value;
+    if (field == "reason") f.reason = value;
+    if (field == "flagged_at") std::from_chars(value.data(), value.data() + value.size(), f.flagged_at_ms);
+    if (field == "expires_at") std::from_chars(value.data(), value.data() + value.size(), f.expires_at_ms);
+  }
+  co_return std::optional<SellerFlag>(std::move(f));
+}
+
+asio::awaitable<absl::StatusOr<std::vector<SellerFlag>>> RedisCounterStore::ListFlags(int64_t now_ms) {
+  const std::string index = StrCat(prefix_, ":flagged");
+  std::vector<std::string> prune = {"ZREMRANGEBYSCORE", index, "-inf", std::to_string(now_ms)};
+  absl::StatusOr<RedisReply> pruned = co_await redis_.Command(std::move(prune), Deadline());
+  if (!pruned.ok()) co_return pruned.status();
+  std::vector<std::string> range = {"ZRANGE", index, "0", "-1"};
+  absl::StatusOr<RedisReply> members = co_await redis_.Command(std::move(range), Deadline());
+  if (!members.ok()) co_return members.status();
+  std::vector<SellerFlag> out;
+  for (const RedisReply& m : members->elements) {
+    absl::StatusOr<std::optional<SellerFlag>> f = co_await GetFlag(m.str);
+    if (!f.ok()) co_return f.status();
+    if (*f) out.push_back(**f);
+  }
+  co_return out;
+}
+
+asio::awaitable<absl::StatusOr<bool>> RedisCounterStore::ClearFlag(const std::string& seller_id) {
+  std::vector<std::string> del = {"DEL", SellerFlagKey(seller_id)};
+  absl::StatusOr<RedisReply> r = co_await redis_.Command(std::move(del), Deadline());
+  if (!r.ok()) co_return r.status();
+  std::vector<std::string> zrem = {"ZREM", StrCat(prefix_, ":flagged"), seller_id};
+  absl::StatusOr<RedisReply> z = co_await redis_.Command(std::move(zrem), Deadline());
+  if (!z.ok()) co_return z.status();
+  co_return r->integer > 0;
+}
+
+asio::awaitable<absl::Status> RedisCounterStore::Block(const std::string& key,
+                                                       std::chrono::milliseconds ttl) {
+  std::vector<std::string> set = {"SET", key, "1", "PX", std::to_string(ttl.count())};
+  absl::StatusOr<RedisReply> r = co_await redis_.Command(std::move(set), Deadline());
+  co_return r.status();
+}
+
+}  // namespace recharge

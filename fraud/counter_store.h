@@ -1,0 +1,97 @@
+// CounterStore: the fraud filter's rate counters, seller flags and block
+// lists, kept in Redis (DESIGN §6). Approximate and short-lived by design:
+// money records never live here.
+//
+// Counters are sliding windows approximated by time buckets: a window of W
+// split into B buckets is B keys, each living W + W/B; an update touches the
+// current bucket, a read sums (count, sum) or merges (distinct, HyperLogLog)
+// the live ones. Every counter of a request is updated and read in ONE round
+// trip: one Lua script, loaded once and called by SHA (reloaded on NOSCRIPT),
+// with every key it touches passed in KEYS. Keys are hash-tagged per entity
+// ({u:<user>}, {s:<seller>}, {c:<card fingerprint>}...) and all carry a TTL.
+//
+// Thread-safety: all methods may be called concurrently from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "io/redis_client.h"
+
+namespace recharge {
+
+// One counter of one request, resolved to its entity.
+struct CounterUpdate {
+  enum class Kind { kCount, kSum, kDistinct };
+  Kind kind = Kind::kCount;
+  std::string key;        // base key, e.g. "rc:{s:seller-9}:seller_users_1h"
+  std::chrono::milliseconds window{3'600'000};
+  int buckets = 12;
+  std::string value;      // kSum: the amount; kDistinct: the element
+  bool update = true;     // false: read only (outcome counters on a request)
+};
+
+struct CounterReadout {
+  std::vector<double> values;  // one per CounterUpdate, in order
+  std::vector<bool> exists;    // one per key given to check
+};
+
+struct SellerFlag {
+  std::string seller_id;
+  std::string rule_id;
+  std::string reason;
+  int64_t flagged_at_ms = 0;
+  int64_t expires_at_ms = 0;
+};
+
+class RedisCounterStore {
+ public:
+  // `prefix` starts every key ("rc" by default; tests use their own).
+  RedisCounterStore(RedisClient& redis, std::string prefix, std::chrono::milliseconds timeout);
+
+  // Applies and reads `counters` and tells which of `check_keys` exist (flags,
+  // block lists), atomically, in one round trip. `now` picks the buckets.
+  asio::awaitable<absl::StatusOr<CounterReadout>> UpdateAndRead(
+      const std::vector<CounterUpdate>& counters, const std::vector<std::string>& check_keys,
+      std::chrono::system_clock::time_point now);
+
+  // Adds 1 to count counters (outcome events: declines, chargebacks).
+  asio::awaitable<absl::Status> Increment(const std::vector<CounterUpdate>& counters,
+                                          std::chrono::system_clock::time_point now);
+  // Reads counters without changing them (GetSellerRisk).
+  asio::awaitable<absl::StatusOr<std::vector<double>>> Read(
+      std::vector<CounterUpdate> counters, std::chrono::system_clock::time_point now);
+
+  // Seller flags: visible to every replica, expiring on their own.
+  asio::awaitable<absl::Status> FlagSeller(const SellerFlag& flag);
+  asio::awaitable<absl::StatusOr<std::optional<SellerFlag>>> GetFlag(const std::string& seller_id);
+  asio::awaitable<absl::StatusOr<std::vector<SellerFlag>>> ListFlags(int64_t now_ms);
+  // Returns whether a flag was there.
+  asio::awaitable<absl::StatusOr<bool>> ClearFlag(const std::string& seller_id);
+
+  // Block lists (card fingerprints, devices), with a TTL.
+  asio::awaitable<absl::Status> Block(const std::string& key, std::chrono::milliseconds ttl);
+
+  // Key names.
+  std::string SellerFlagKey(const std::string& seller_id) const;
+  std::string CardBlockKey(const std::string& card_fingerprint) const;
+  std::string DeviceBlockKey(const std::string& device_id) const;
+  // The base key of a counter for an entity, hash-tagged by the entity.
+  std::string CounterKey(const std::string& per_field, const std::string& per_value,
+                         const std::string& counter_name) const;
+
+ private:
+  asio::awaitable<absl::StatusOr<RedisReply>> Eval(std::vector<std::string> keys,
+                                                   std::vector<std::string> args);
+  std::chrono::steady_clock::time_point Deadline() const;
+
+  RedisClient& redis_;
+  const std::string prefix_;
+  const std::chrono::milliseconds timeout_;
+};
+
+}  // namespace recharge

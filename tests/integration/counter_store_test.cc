@@ -1,0 +1,188 @@
+// RedisCounterStore against a real redis-server: window arithmetic, atomicity
+// under concurrency, one round trip per request, NOSCRIPT recovery, flags and
+// block lists.
+#include "fraud/counter_store.h"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/use_future.hpp>
+#include <gtest/gtest.h>
+
+#include <set>
+#include <thread>
+
+#include "tests/integration/redis_server.h"
+
+namespace recharge {
+namespace {
+
+using namespace std::chrono_literals;
+using Kind = CounterUpdate::Kind;
+
+// The calls of one Redis command so far, from INFO commandstats.
+int64_t CommandCalls(testing::RedisServer& redis, const std::string& command) {
+  const std::string info = redis.Run("INFO commandstats");
+  const std::string tag = "cmdstat_" + command + ":calls=";
+  const size_t at = info.find(tag);
+  if (at == std::string::npos) return 0;
+  return std::stoll(info.substr(at + tag.size()));
+}
+
+class CounterStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { io_.run(); });
+    client_ = std::make_unique<RedisClient>(io_.get_executor(),
+                                            RedisClient::Options{"127.0.0.1", redis_.port(), 2});
+    store_ = std::make_unique<RedisCounterStore>(*client_, "t", 2000ms);
+  }
+  void TearDown() override {
+    work_.reset();
+    io_.stop();
+    for (auto& t : threads_) t.join();
+    store_.reset();
+    client_.reset();
+  }
+  template <typename T>
+  T Run(asio::awaitable<T> a) {
+    return asio::co_spawn(io_, std::move(a), asio::use_future).get();
+  }
+  CounterUpdate Counter(Kind kind, const std::string& name, std::chrono::milliseconds window,
+                        int buckets, std::string value = "") {
+    CounterUpdate c;
+    c.kind = kind;
+    c.key = store_->CounterKey("seller_id", "s1", name);
+    c.window = window;
+    c.buckets = buckets;
+    c.value = std::move(value);
+    return c;
+  }
+
+  testing::RedisServer redis_;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
+  std::vector<std::thread> threads_;
+  std::unique_ptr<RedisClient> client_;
+  std::unique_ptr<RedisCounterStore> store_;
+};
+
+TEST_F(CounterStoreTest, CountSumAndDistinctIncludeTheCurrentRequest) {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::hours(500000));
+  std::vector<CounterUpdate> counters = {
+      Counter(Kind::kCount, "n", 1h, 12), Counter(Kind::kSum, "usd", 1h, 12, "0.99"),
+      Counter(Kind::kDistinct, "users", 1h, 12, "u1")};
+  auto first = Run(store_->UpdateAndRead(counters, {}, now));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->values, (std::vector<double>{1, 0.99, 1}));
+  counters[2].value = "u2";
+  auto second = Run(store_->UpdateAndRead(counters, {}, now + 1min));
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->values[0], 2);
+  EXPECT_DOUBLE_EQ(second->values[1], 1.98);
+  EXPECT_EQ(second->values[2], 2);
+  counters[2].value = "u1";  // seen already: distinct stays 2
+  EXPECT_EQ(Run(store_->UpdateAndRead(counters, {}, now + 2min))->values[2], 2);
+}
+
+TEST_F(CounterStoreTest, ACounterDropsOutAfterItsWindow) {
+  // A fixed clock, moved by hand: window 60 s in 6 buckets of 10 s.
+  const auto t0 = std::chrono::system_clock::time_point(std::chrono::hours(400000));
+  std::vector<CounterUpdate> c = {Counter(Kind::kCount, "w", 60s, 6)};
+  ASSERT_EQ(Run(store_->UpdateAndRead(c, {}, t0))->values[0], 1);
+  ASSERT_EQ(Run(store_->UpdateAndRead(c, {}, t0 + 30s))->values[0], 2);
+  auto read = [&](auto t) { return (*Run(store_->Read(c, t)))[0]; };
+  EXPECT_EQ(read(t0 + 59s), 2);   // both inside the window
+  EXPECT_EQ(read(t0 + 61s), 1);   // the first bucket left it
+  EXPECT_EQ(read(t0 + 95s), 0);   // both gone
+  // Every key carries a TTL.
+  const std::string ttl = redis_.Run("PTTL " + c[0].key + ":" +
+                                     std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                        (t0 + 30s).time_since_epoch()).count() / 10000));
+  ASSERT_FALSE(ttl.empty());
+  EXPECT_GT(std::stoll(ttl), 0);
+  EXPECT_LE(std::stoll(ttl), 70000);
+}
+
+TEST_F(CounterStoreTest, ParallelRequestsEachSeeADistinctCount) {
+  constexpr int kRequests = 300;
+  const auto now = std::chrono::system_clock::now();
+  std::vector<CounterUpdate> c = {Counter(Kind::kCount, "race", 1h, 12)};
+  std::vector<std::future<absl::StatusOr<CounterReadout>>> futures;
+  for (int i = 0; i < kRequests; ++i) {
+    futures.push_back(asio::co_spawn(io_, store_->UpdateAndRead(c, {}, now), asio::use_future));
+  }
+  std::set<double> seen;
+  for (auto& f : futures) {
+    auto r = f.get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    seen.insert(r->values[0]);
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kRequests));
+  EXPECT_EQ(*seen.rbegin(), kRequests);
+}
+
+TEST_F(CounterStoreTest, OneRoundTripForAllCountersAndChecks) {
+  const auto now = std::chrono::system_clock::now();
+  std::vector<CounterUpdate> c = {Counter(Kind::kCount, "a", 1h, 12), Counter(Kind::kSum, "b", 24h, 24, "4.99"),
+                                  Counter(Kind::kDistinct, "c", 1h, 12, "x"), Counter(Kind::kCount, "d", 24h, 24)};
+  ASSERT_TRUE(Run(store_->UpdateAndRead(c, {store_->CardBlockKey("fp")}, now)).ok());  // loads the script
+  const int64_t evalsha = CommandCalls(redis_, "evalsha");
+  const uint64_t sent = client_->commands_sent();
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(Run(store_->UpdateAndRead(c, {store_->CardBlockKey("fp"), store_->SellerFlagKey("s1")}, now)).ok());
+  }
+  EXPECT_EQ(CommandCalls(redis_, "evalsha") - evalsha, 10);
+  EXPECT_EQ(client_->commands_sent() - sent, 10u);  // nothing else went to Redis
+}
+
+TEST_F(CounterStoreTest, ScriptIsReloadedAfterAFlush) {
+  std::vector<CounterUpdate> c = {Counter(Kind::kCount, "flush", 1h, 12)};
+  ASSERT_TRUE(Run(store_->UpdateAndRead(c, {}, std::chrono::system_clock::now())).ok());
+  redis_.Run("SCRIPT FLUSH");
+  auto r = Run(store_->UpdateAndRead(c, {}, std::chrono::system_clock::now()));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->values[0], 2);
+}
+
+TEST_F(CounterStoreTest, FlagsAndBlockListsExpire) {
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch()).count();
+  SellerFlag flag{"s9", "seller-many-accounts", "many accounts", now_ms, now_ms + 60'000};
+  ASSERT_TRUE(Run(store_->FlagSeller(flag)).ok());
+  auto got = Run(store_->GetFlag("s9"));
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ((*got)->rule_id, "seller-many-accounts");
+  EXPECT_EQ((*got)->expires_at_ms, now_ms + 60'000);
+  auto list = Run(store_->ListFlags(now_ms));
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].seller_id, "s9");
+  EXPECT_GT(std::stoll(redis_.Run("PTTL " + store_->SellerFlagKey("s9"))), 0);
+
+  auto check = Run(store_->UpdateAndRead({}, {store_->SellerFlagKey("s9"), store_->CardBlockKey("fp1")},
+                                         std::chrono::system_clock::now()));
+  ASSERT_TRUE(check.ok());
+  EXPECT_EQ(check->exists, (std::vector<bool>{true, false}));
+
+  ASSERT_TRUE(Run(store_->Block(store_->CardBlockKey("fp1"), 60s)).ok());
+  EXPECT_TRUE(Run(store_->UpdateAndRead({}, {store_->CardBlockKey("fp1")}, std::chrono::system_clock::now()))
+                  ->exists[0]);
+
+  EXPECT_TRUE(*Run(store_->ClearFlag("s9")));
+  EXPECT_FALSE(*Run(store_->ClearFlag("s9")));
+  EXPECT_FALSE(Run(store_->GetFlag("s9"))->has_value());
+  // An expired flag is not listed.
+  SellerFlag old{"s8", "r", "x", now_ms - 10'000, now_ms - 1};
+  ASSERT_TRUE(Run(store_->FlagSeller(old)).ok());
+  EXPECT_TRUE(Run(store_->ListFlags(now_ms))->empty());
+}
+
+TEST_F(CounterStoreTest, UnreachableRedisIsAnErrorWithinTheTimeout) {
+  redis_.Stop();
+  std::vector<CounterUpdate> c = {Counter(Kind::kCount, "down", 1h, 12)};
+  auto r = Run(store_->UpdateAndRead(c, {}, std::chrono::system_clock::now()));
+  EXPECT_FALSE(r.ok());
+}
+
+}  // namespace
+}  // namespace recharge
