@@ -169,7 +169,9 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
         absl::StatusOr<Recharge> pending = co_await ledger_.GetRecharge(begun->recharge_id);
         if (pending.ok() && pending->status() == recharge::v1::RECHARGE_STATUS_PENDING) {
           UnresolvedRecharge u{req.idempotency_key(), *std::move(pending), /*started=*/false};
-          std::optional<RecordRechargeResponse> settled = co_await reconciler_.Resolve(u);
+          const auto lookup_deadline = deadline - kRecordMargin;
+          std::optional<RecordRechargeResponse> settled =
+              co_await reconciler_.Resolve(u, lookup_deadline);
           if (settled) stored = *std::move(settled);
         }
       }

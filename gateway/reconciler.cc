@@ -11,6 +11,9 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
+// How long the background rounds give one recharge's lookups.
+constexpr std::chrono::seconds kLookupTimeout(10);
+
 std::string MethodOf(const Recharge& r, std::string* provider) {
   const std::string& label = r.payment_method();
   if (label.rfind("ewallet:", 0) == 0) {
@@ -36,7 +39,8 @@ asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
   }
   for (const UnresolvedRecharge& u : *list) {
     ++report.examined;
-    std::optional<RecordRechargeResponse> settled = co_await Resolve(u);
+    const auto deadline = std::chrono::steady_clock::now() + kLookupTimeout;
+    std::optional<RecordRechargeResponse> settled = co_await Resolve(u, deadline);
     if (settled) ++report.resolved;
   }
   co_return report;
@@ -58,7 +62,7 @@ asio::awaitable<void> Reconciler::Run(std::chrono::milliseconds interval) {
 }
 
 asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
-    const UnresolvedRecharge& u) {
+    const UnresolvedRecharge& u, std::chrono::steady_clock::time_point deadline) {
   std::string provider;
   const std::string method = MethodOf(u.recharge, &provider);
   absl::StatusOr<const Router::Route*> route =
@@ -69,25 +73,39 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
   }
   // A PENDING recharge is only declared FAILED once it is old enough that
   // no request can still be on its way to the provider.
-  const bool settled = TimeUtil::TimestampToTimeT(u.recharge.created_at()) <=
-                       std::chrono::system_clock::to_time_t(std::chrono::system_clock::now() -
-                                                            settle_after_);
+  const int64_t age_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::system_clock::now().time_since_epoch()).count() -
+      TimeUtil::TimestampToMicroseconds(u.recharge.created_at());
+  const bool settled = age_us >= std::chrono::duration_cast<std::chrono::microseconds>(settle_after_).count();
+
+  // Ask the instance that handled the charge first, then the route's others
+  // (a crash can leave a key before any instance was recorded). "No charge"
+  // needs every instance to say so; one that cannot be asked leaves the
+  // recharge unsettled until the next round.
+  std::vector<PaymentAdapter*> order;
+  if (PaymentAdapter* used = router_.Find(u.recharge.payment().adapter())) order.push_back(used);
+  for (Router::Instance* instance : (*route)->instances) {
+    if (order.empty() || instance->adapter.get() != order.front()) {
+      order.push_back(instance->adapter.get());
+    }
+  }
   ChargeOutcome found;
   found.result = ChargeResult::kNotFound;
   PaymentAdapter* where = nullptr;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  for (Router::Instance* instance : (*route)->instances) {
-    PaymentAdapter* adapter = instance->adapter.get();
+  bool incomplete = false;
+  for (PaymentAdapter* adapter : order) {
     ChargeOutcome o = co_await adapter->Lookup(u.idempotency_key, deadline);
     if (o.result == ChargeResult::kNotFound) continue;
     if (o.result != ChargeResult::kApproved && o.result != ChargeResult::kDeclined) {
-      // Could not ask this provider: undecidable for now, try next round.
-      co_return std::nullopt;
+      incomplete = true;
+      continue;
     }
     found = o;
     where = adapter;
     break;
   }
+  if (found.result == ChargeResult::kNotFound && incomplete) co_return std::nullopt;
   if (found.result == ChargeResult::kNotFound && !settled) co_return std::nullopt;
 
   Recharge r = u.recharge;

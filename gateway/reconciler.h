@@ -29,9 +29,10 @@ class Reconciler {
   };
   asio::awaitable<Report> RunOnce();
   // Settles one recharge now if the provider can tell (a retry of a PENDING
-  // key calls this). Returns the response now stored, or nullopt if it stays
-  // unsettled.
-  asio::awaitable<std::optional<RecordRechargeResponse>> Resolve(const UnresolvedRecharge& u);
+  // key calls this, with the retry's deadline). Returns the response now
+  // stored, or nullopt if it stays unsettled.
+  asio::awaitable<std::optional<RecordRechargeResponse>> Resolve(
+      const UnresolvedRecharge& u, std::chrono::steady_clock::time_point deadline);
   // RunOnce now, then every `interval`, until the executor is stopped.
   asio::awaitable<void> Run(std::chrono::milliseconds interval);
 

@@ -9,6 +9,9 @@
 #include <boost/beast/ssl.hpp>
 #include <openssl/ssl.h>
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <charconv>
 
 #include "io/strings.h"
@@ -75,12 +78,27 @@ absl::StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options
   return client;
 }
 
+namespace {
+
+// An idle keep-alive connection the server has closed (or sent anything on,
+// such as a TLS close_notify) must not carry a request: a failure on it would
+// look ambiguous although nothing could have been processed.
+bool StillOpen(int fd) {
+  char byte;
+  const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+}  // namespace
+
 std::unique_ptr<HttpsClient::Connection> HttpsClient::TakeIdle() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (idle_.empty()) return nullptr;
-  std::unique_ptr<Connection> c = std::move(idle_.back());
-  idle_.pop_back();
-  return c;
+  while (!idle_.empty()) {
+    std::unique_ptr<Connection> c = std::move(idle_.back());
+    idle_.pop_back();
+    if (StillOpen(beast::get_lowest_layer(c->stream).socket().native_handle())) return c;
+  }
+  return nullptr;
 }
 
 void HttpsClient::ReturnIdle(std::unique_ptr<Connection> connection) {
@@ -148,30 +166,38 @@ asio::awaitable<HttpsResult> HttpsClient::Send(http::request<http::string_body> 
     boost::system::error_code ec;
     beast::get_lowest_layer(c->stream).expires_at(deadline);
     co_await http::async_write(c->stream, request, asio::redirect_error(asio::use_awaitable, ec));
-    bool nothing_read = true;
-    if (!ec) {
-      http::response_parser<http::string_body> parser;
-      parser.body_limit(1 << 20);
-      co_await http::async_read(c->stream, c->buffer, parser,
-                                asio::redirect_error(asio::use_awaitable, ec));
-      if (!ec) {
-        result.response = parser.release();
-        const bool keep = result.response.keep_alive();
-        result.status = absl::OkStatus();
-        if (keep) ReturnIdle(std::move(c));
-        co_return result;
-      }
-      nothing_read = !parser.got_some();
+    const bool time_left = std::chrono::steady_clock::now() < deadline;
+    if (ec) {
+      // The request was not written whole, so the server cannot have acted
+      // on it: a fresh connection may be tried once, whatever the request.
+      if (reused && attempt == 0 && time_left && ec != beast::error::timeout) continue;
+      result.maybe_sent = maybe_sent;
+      result.status = !time_left || ec == beast::error::timeout
+                          ? absl::DeadlineExceededError("request not sent before the deadline")
+                          : absl::UnavailableError(StrCat("connection: ", ec.message()));
+      co_return result;
     }
-    maybe_sent = true;  // some or all of the request may have been written
-    // A keep-alive connection the server had already closed fails at once
+    maybe_sent = true;  // the whole request reached the connection
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(1 << 20);
+    co_await http::async_read(c->stream, c->buffer, parser,
+                              asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) {
+      result.response = parser.release();
+      const bool keep = result.response.keep_alive();
+      result.status = absl::OkStatus();
+      if (keep) ReturnIdle(std::move(c));
+      co_return result;
+    }
+    // A keep-alive connection the server closed as we sent fails at once
     // with EOF or a reset and no answer: try once more on a fresh connection,
-    // only when a repeat cannot charge twice and time remains.
+    // only when a repeat cannot charge twice and time remains. The outcome
+    // stays "maybe sent" whatever the retry does.
     const bool stale_connection =
         ec == http::error::end_of_stream || ec == asio::error::eof ||
         ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
         ec == asio::ssl::error::stream_truncated;
-    if (reused && idempotent && attempt == 0 && nothing_read && stale_connection &&
+    if (reused && idempotent && attempt == 0 && !parser.got_some() && stale_connection &&
         std::chrono::steady_clock::now() < deadline) {
       continue;
     }

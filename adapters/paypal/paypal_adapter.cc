@@ -10,7 +10,7 @@
 namespace recharge {
 namespace {
 
-// Time allowed for a token fetch that no caller deadline bounds.
+// The longest a token fetch may take, whatever the caller's deadline.
 constexpr std::chrono::seconds kTokenFetchTimeout(10);
 
 }  // namespace
@@ -21,7 +21,8 @@ PayPalAdapter::PayPalAdapter(std::string name, std::unique_ptr<HttpProvider> htt
     : name_(std::move(name)),
       http_(std::move(http)),
       credentials_(std::move(credentials)),
-      tokens_([this] { return FetchToken(); }, refresh_margin) {}
+      tokens_([this](std::chrono::steady_clock::time_point deadline) { return FetchToken(deadline); },
+              refresh_margin) {}
 
 absl::StatusOr<std::unique_ptr<PaymentAdapter>> PayPalAdapter::FromConfig(
     const std::string& name, const ConfigNode& config) {
@@ -50,8 +51,10 @@ absl::StatusOr<std::unique_ptr<PaymentAdapter>> PayPalAdapter::FromConfig(
   return std::make_unique<PayPalAdapter>(name, *std::move(http), *std::move(credentials), *margin);
 }
 
-asio::awaitable<absl::StatusOr<AccessToken>> PayPalAdapter::FetchToken() {
-  const auto deadline = std::chrono::steady_clock::now() + kTokenFetchTimeout;
+asio::awaitable<absl::StatusOr<AccessToken>> PayPalAdapter::FetchToken(
+    std::chrono::steady_clock::time_point caller_deadline) {
+  const auto deadline =
+      std::min(caller_deadline, std::chrono::steady_clock::now() + kTokenFetchTimeout);
   HttpsResult r = co_await http_->Send(paypal::BuildTokenRequest(credentials_), deadline,
                                        /*idempotent=*/true);
   if (!r.status.ok()) {
@@ -67,7 +70,7 @@ template <typename Build>
 asio::awaitable<HttpsResult> PayPalAdapter::SendAuthorized(
     Build build, std::chrono::steady_clock::time_point deadline) {
   for (int attempt = 0;; ++attempt) {
-    absl::StatusOr<Secret> token = co_await tokens_.Get();
+    absl::StatusOr<Secret> token = co_await tokens_.Get(deadline);
     if (!token.ok()) {
       HttpsResult failed;
       failed.status = token.status();

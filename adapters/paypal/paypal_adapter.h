@@ -33,7 +33,8 @@ class PayPalAdapter final : public PaymentAdapter {
   uint64_t token_fetches() const { return tokens_.fetches(); }
 
  private:
-  asio::awaitable<absl::StatusOr<AccessToken>> FetchToken();
+  asio::awaitable<absl::StatusOr<AccessToken>> FetchToken(
+      std::chrono::steady_clock::time_point deadline);
   // Sends the request `build(token)` makes; on a refused token, fetches a new
   // one and sends once more.
   template <typename Build>

@@ -12,7 +12,8 @@ void TokenCache::Invalidate(const Secret& token) {
   if (token_ && token_->value.Reveal() == token.Reveal()) token_.reset();
 }
 
-asio::awaitable<absl::StatusOr<Secret>> TokenCache::Get() {
+asio::awaitable<absl::StatusOr<Secret>> TokenCache::Get(
+    std::chrono::steady_clock::time_point deadline) {
   bool leader = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -26,7 +27,7 @@ asio::awaitable<absl::StatusOr<Secret>> TokenCache::Get() {
     }
   }
   if (leader) {
-    absl::StatusOr<AccessToken> fetched = co_await fetch_();
+    absl::StatusOr<AccessToken> fetched = co_await fetch_(deadline);
     absl::StatusOr<Secret> result =
         fetched.ok() ? absl::StatusOr<Secret>(fetched->value) : fetched.status();
     std::vector<Waiter> waiters;

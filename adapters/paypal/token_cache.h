@@ -26,12 +26,16 @@ struct AccessToken {
 
 class TokenCache {
  public:
-  using Fetch = std::function<asio::awaitable<absl::StatusOr<AccessToken>>()>;
+  // Fetches a token; it must answer by the deadline it is given.
+  using Fetch = std::function<asio::awaitable<absl::StatusOr<AccessToken>>(
+      std::chrono::steady_clock::time_point deadline)>;
   // `refresh_margin`: a token this close to expiry is treated as expired.
   TokenCache(Fetch fetch, std::chrono::milliseconds refresh_margin)
       : fetch_(std::move(fetch)), margin_(refresh_margin) {}
 
-  asio::awaitable<absl::StatusOr<Secret>> Get();
+  // The current token, fetching one if needed. A fetch started by this call
+  // ends by `deadline`; a caller that finds a fetch under way waits for it.
+  asio::awaitable<absl::StatusOr<Secret>> Get(std::chrono::steady_clock::time_point deadline);
   // The provider rejected `token`: forget it (if it is still the current one).
   void Invalidate(const Secret& token);
   uint64_t fetches() const;

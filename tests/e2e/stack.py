@@ -8,6 +8,15 @@ temporary directory.
     stack.kill_gateway(); stack.start_gateway()
     stack.stop()                              # always, in tearDown/tearDownClass
 
+Options for the adapter tests: `Stack(..., paypal=True, ewallet=True)` starts
+the sandbox with its PayPal and e-wallet APIs (credentials and secret files
+under secrets/); `stack.adapters_text` replaces the generated adapters.yaml,
+`stack.ledger_name` picks the ledger file, `stack.extra_env` adds gateway
+environment variables; `stack.stop_sandbox()` / `stack.start_sandbox()`
+stop and restart the sandbox on its port, and `stack.start_extra_sandbox()`
+starts another sandbox (a `Sandbox`, same certificates and secrets, its own
+journal) on a chosen port.
+
 Every wait is a bounded poll: the sandbox port file, `redis-cli ping`, and the
 gRPC health service answering SERVING. Every process runs in its own process
 group, which stop() kills, and is killed by the kernel if the test process
@@ -201,12 +210,144 @@ class Proc:
             return ""
 
 
+class Sandbox:
+    """One PSP sandbox process (sandbox/psp_sandbox.py) over HTTPS, with its
+    journal, port file and log in `directory`. Can be stopped and started
+    again (by default on the same port); its journal survives restarts."""
+
+    def __init__(self, name: str, directory: Path, certs: Path, card_secret_file: Path,
+                 card_secret: str, paypal_credentials_file: Path | None = None,
+                 ewallet_secret_file: Path | None = None, log_path: Path | None = None):
+        self.name = name
+        self.dir = directory
+        self.certs = certs
+        self.card_secret_file = card_secret_file
+        self.card_secret = card_secret
+        self.paypal_credentials_file = paypal_credentials_file
+        self.ewallet_secret_file = ewallet_secret_file
+        self.log_path = log_path or directory / "sandbox.log"
+        self.proc: Proc | None = None
+        self.port = 0
+        self._ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.dir / "journal.jsonl"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def start(self, port: int | None = None) -> "Sandbox":
+        """Starts on `port` (None: the port it had before, or a free one) and
+        waits for its port file."""
+        assert not self.alive(), f"{self.name} already running"
+        if port is None:
+            port = self.port
+        port_file = self.dir / "port"
+        port_file.unlink(missing_ok=True)
+        argv = [PYTHON, str(SANDBOX), "--host", "127.0.0.1", "--port", str(port),
+                "--cert", str(self.certs / "server.pem"), "--key", str(self.certs / "server.key"),
+                "--journal", str(self.journal_path),
+                "--card-secret-file", str(self.card_secret_file),
+                "--port-file", str(port_file)]
+        if self.paypal_credentials_file is not None:
+            argv += ["--paypal-credentials-file", str(self.paypal_credentials_file)]
+        if self.ewallet_secret_file is not None:
+            argv += ["--ewallet-secret-file", str(self.ewallet_secret_file)]
+        self.proc = Proc(self.name, argv, self.log_path)
+
+        def ready():
+            if not self.proc.alive():
+                raise AssertionError(f"{self.name} exited {self.proc.popen.returncode}:\n"
+                                     f"{self.proc.log()}")
+            if port_file.exists():
+                text = port_file.read_text()
+                if text.endswith("\n"):
+                    return int(text)
+            return None
+
+        self.port = wait_until(ready, START_DEADLINE_S, f"the {self.name} port file")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stops the process (if running); the port is kept for start()."""
+        if self.proc is None:
+            return None
+        rc = self.proc.stop(sig)
+        self.proc = None
+        return rc
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None):
+        c = http.client.HTTPSConnection("127.0.0.1", self.port, context=self._ctx, timeout=15)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+        finally:
+            c.close()
+
+    def config(self, **changes) -> dict:
+        """POST /_sandbox/config: top-level fields, or per-API blocks such as
+        config(card={"latency_ms": 2000}, paypal={"token_ttl_s": 2})."""
+        status, body = self.request("POST", "/_sandbox/config", json.dumps(changes).encode(),
+                                    {"Content-Type": "application/json"})
+        if status != 200:
+            raise AssertionError(f"{self.name} config {changes}: HTTP {status} {body}")
+        return body
+
+    def stats(self) -> dict:
+        """GET /_sandbox/stats: {"paypal_token_grants", "requests": {api: n}}."""
+        status, body = self.request("GET", "/_sandbox/stats")
+        if status != 200:
+            raise AssertionError(f"{self.name} stats: HTTP {status} {body}")
+        return body
+
+    def reset_stats(self) -> dict:
+        status, body = self.request("POST", "/_sandbox/stats/reset")
+        if status != 200:
+            raise AssertionError(f"{self.name} stats reset: HTTP {status} {body}")
+        return body
+
+    def journal(self) -> list[dict]:
+        if not self.journal_path.exists():
+            return []
+        return [json.loads(line) for line in self.journal_path.read_text().splitlines()
+                if line.strip()]
+
+    def journal_for(self, key: str) -> list[dict]:
+        return [r for r in self.journal() if r.get("idempotency_key") == key]
+
+
 class Stack:
     """Redis + PSP sandbox + gateway, for one test module."""
 
     def __init__(self, name: str, *, card_timeout: str = "5s", recovery_interval: str = "5s",
-                 settle_after: str = "15s", shutdown_grace: str = "10s", io_threads: int = 2):
+                 settle_after: str = "15s", shutdown_grace: str = "10s", io_threads: int = 2,
+                 paypal: bool = False, ewallet: bool = False):
         self.name = name
+        # The sandbox's PayPal / e-wallet APIs (off: those paths answer 404).
+        self.paypal = paypal
+        self.ewallet = ewallet
+        self.paypal_client_id = "AZe2e" + secrets.token_hex(16)
+        self.paypal_client_secret = "EPe2e" + secrets.token_hex(24)
+        self.ewallet_secret = "ews_e2e_" + secrets.token_hex(24)
+        # When set, written as adapters.yaml instead of the generated one.
+        self.adapters_text: str | None = None
+        # The ledger file under ledger/ (a test may switch to a fresh one).
+        self.ledger_name = "ledger.db"
+        # Extra environment for the gateway process.
+        self.extra_env: dict[str, str] = {}
+        self.psp: Sandbox | None = None
+        self.extra_sandboxes: list[Sandbox] = []
         self.card_timeout = card_timeout
         self.recovery_interval = recovery_interval
         self.settle_after = settle_after
@@ -230,12 +371,28 @@ class Stack:
         return self.tmp / "certs"
 
     @property
+    def secrets_dir(self) -> Path:
+        return self.tmp / "secrets"
+
+    @property
+    def card_secret_file(self) -> Path:
+        return self.secrets_dir / "card_api_key"
+
+    @property
+    def paypal_credentials_file(self) -> Path:
+        return self.secrets_dir / "paypal_credentials"
+
+    @property
+    def ewallet_secret_file(self) -> Path:
+        return self.secrets_dir / "ewallet_secret"
+
+    @property
     def journal_path(self) -> Path:
         return self.tmp / "sandbox" / "journal.jsonl"
 
     @property
     def ledger_path(self) -> Path:
-        return self.tmp / "ledger" / "ledger.db"
+        return self.tmp / "ledger" / self.ledger_name
 
     @property
     def gateway_yaml(self) -> Path:
@@ -261,8 +418,12 @@ class Stack:
                 (self.tmp / d).mkdir(mode=0o700)
             subprocess.run(["bash", str(MAKE_CERTS), str(self.certs)], check=True, timeout=60,
                            stdout=subprocess.DEVNULL)
-            (self.tmp / "secrets" / "card_api_key").write_text(self.card_secret + "\n")
-            (self.tmp / "secrets" / "card_api_key").chmod(0o600)
+            self._write_secret(self.card_secret_file, self.card_secret + "\n")
+            if self.paypal:
+                self._write_secret(self.paypal_credentials_file,
+                                   f"{self.paypal_client_id}\n{self.paypal_client_secret}\n")
+            if self.ewallet:
+                self._write_secret(self.ewallet_secret_file, self.ewallet_secret + "\n")
             self._start_redis()
             self._start_sandbox()
             self.write_configs()
@@ -272,11 +433,30 @@ class Stack:
             raise
         return self
 
+    @staticmethod
+    def _write_secret(path: Path, text: str) -> None:
+        path.write_text(text)
+        path.chmod(0o600)
+
     def stop(self) -> None:
         """Stops everything that was started; safe to call more than once."""
         self._close_channel()
         errors = []
+        for extra in self.extra_sandboxes:
+            try:
+                extra.stop()
+            except Exception as e:  # keep tearing down the others
+                errors.append(f"{extra.name}: {e!r}")
+        self.extra_sandboxes = []
         for attr in ("gateway", "sandbox", "redis"):
+            if attr == "sandbox" and self.psp is not None:
+                try:
+                    self.psp.stop()
+                except Exception as e:  # keep tearing down the others
+                    errors.append(f"sandbox: {e!r}")
+                self.psp = None
+                self.sandbox = None
+                continue
             proc = getattr(self, attr)
             if proc is not None:
                 try:
@@ -316,27 +496,42 @@ class Stack:
         log = (self.tmp / "log" / "redis.log").read_text()
         raise AssertionError(f"redis-server did not start:\n{log}")
 
+    def new_sandbox(self, name: str) -> Sandbox:
+        """A (not yet started) sandbox with this stack's certificates and
+        secrets (and its PayPal / e-wallet APIs if the stack has them), its
+        journal and log under <tmp>/<name>/."""
+        return Sandbox(name, self.tmp / name, self.certs, self.card_secret_file, self.card_secret,
+                       self.paypal_credentials_file if self.paypal else None,
+                       self.ewallet_secret_file if self.ewallet else None)
+
     def _start_sandbox(self) -> None:
-        port_file = self.tmp / "sandbox" / "port"
-        self.sandbox = Proc("sandbox", [
-            PYTHON, str(SANDBOX), "--host", "127.0.0.1", "--port", "0",
-            "--cert", str(self.certs / "server.pem"), "--key", str(self.certs / "server.key"),
-            "--journal", str(self.journal_path),
-            "--card-secret-file", str(self.tmp / "secrets" / "card_api_key"),
-            "--port-file", str(port_file)], self.tmp / "log" / "sandbox.log")
+        if self.psp is None:
+            self.sandbox_port = 0
+            self.psp = Sandbox("sandbox", self.tmp / "sandbox", self.certs, self.card_secret_file,
+                               self.card_secret,
+                               self.paypal_credentials_file if self.paypal else None,
+                               self.ewallet_secret_file if self.ewallet else None,
+                               log_path=self.tmp / "log" / "sandbox.log")
+        self.psp.start(self.sandbox_port)
+        self.sandbox = self.psp.proc
+        self.sandbox_port = self.psp.port
+        self._sandbox_ctx = self.psp._ctx
 
-        def ready():
-            if not self.sandbox.alive():
-                raise AssertionError(f"sandbox exited {self.sandbox.popen.returncode}:\n"
-                                     f"{self.sandbox.log()}")
-            if port_file.exists():
-                text = port_file.read_text()
-                if text.endswith("\n"):
-                    return int(text)
-            return None
+    def stop_sandbox(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stops the stack's sandbox; start_sandbox() brings it back on the same port."""
+        rc = self.psp.stop(sig) if self.psp is not None else None
+        self.sandbox = None
+        return rc
 
-        self.sandbox_port = wait_until(ready, START_DEADLINE_S, "the sandbox port file")
-        self._sandbox_ctx = ssl.create_default_context(cafile=str(self.certs / "ca.pem"))
+    def start_sandbox(self) -> None:
+        """(Re)starts the stack's sandbox on the port it had."""
+        self._start_sandbox()
+
+    def start_extra_sandbox(self, name: str, port: int = 0) -> Sandbox:
+        """Starts another sandbox on `port` (0: a free one); stop() stops it."""
+        box = self.new_sandbox(name)
+        self.extra_sandboxes.append(box)
+        return box.start(port)
 
     def gateway_yaml_text(self, **override) -> str:
         """The gateway.yaml this stack runs with; keyword arguments replace
@@ -362,7 +557,12 @@ class Stack:
 
     def write_configs(self) -> None:
         self.gateway_yaml.write_text(self.gateway_yaml_text())
-        self.adapters_yaml.write_text(
+        self.adapters_yaml.write_text(self.adapters_text if self.adapters_text is not None
+                                      else self.default_adapters_text())
+
+    def default_adapters_text(self) -> str:
+        """The generated adapters.yaml: one card instance on the sandbox."""
+        return (
             "# Written by tests/e2e/stack.py\n"
             "instances:\n"
             "  card-primary:\n"
@@ -381,6 +581,7 @@ class Stack:
     def gateway_env(self) -> dict:
         env = dict(os.environ)
         env["RECHARGE_FINGERPRINT_KEY"] = self.fingerprint_key
+        env.update(self.extra_env)
         return env
 
     def run_gateway_once(self, config: Path, timeout: float = 20.0) -> subprocess.CompletedProcess:
@@ -460,6 +661,12 @@ class Stack:
             self.stop_gateway()
         self.start_gateway()
 
+    def close_channel(self) -> None:
+        """Closes the stack's channel. Before a planned stop: the gateway's
+        graceful shutdown waits about 5 s for a client that keeps an idle
+        connection open, and returns at once when there is none."""
+        self._close_channel()
+
     def _close_channel(self) -> None:
         if self._channel is not None:
             self._channel.close()
@@ -503,7 +710,7 @@ class Stack:
             return ""
 
     def sandbox_log(self) -> str:
-        return self.sandbox.log() if self.sandbox else ""
+        return self.psp.log() if self.psp else ""
 
     def journal(self) -> list[dict]:
         """The sandbox's JSON-lines journal: one record per charge taken."""
@@ -538,15 +745,14 @@ class Stack:
 
     def _sandbox_request(self, method: str, path: str, body: bytes | None = None,
                          headers: dict | None = None):
-        c = http.client.HTTPSConnection("127.0.0.1", self.sandbox_port,
-                                        context=self._sandbox_ctx, timeout=15)
-        try:
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-        finally:
-            c.close()
+        return self.psp.request(method, path, body, headers)
+
+    def sandbox_stats(self) -> dict:
+        """The sandbox's /_sandbox/stats (requests per API, PayPal token grants)."""
+        return self.psp.stats()
+
+    def sandbox_reset_stats(self) -> dict:
+        return self.psp.reset_stats()
 
     def sandbox_config(self, **changes) -> dict:
         """POSTs to the sandbox's /_sandbox/config (latency_ms, error_rate...)."""

@@ -121,7 +121,7 @@ TEST_F(TokenCacheTest, ConcurrentCallersShareOneFetchAndExpiryFetchesOnceMore) {
   std::atomic<int> fetched{0};
   std::atomic<std::chrono::seconds::rep> lifetime{3600};
   TokenCache cache(
-      [&]() -> asio::awaitable<absl::StatusOr<AccessToken>> {
+      [&](std::chrono::steady_clock::time_point) -> asio::awaitable<absl::StatusOr<AccessToken>> {
         const int n = ++fetched;
         // Stay in flight for a while so that other callers pile up behind.
         asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(50));
@@ -133,7 +133,7 @@ TEST_F(TokenCacheTest, ConcurrentCallersShareOneFetchAndExpiryFetchesOnceMore) {
 
   auto get_many = [&](int n) {
     std::vector<std::future<absl::StatusOr<Secret>>> f;
-    for (int i = 0; i < n; ++i) f.push_back(asio::co_spawn(io_, cache.Get(), asio::use_future));
+    for (int i = 0; i < n; ++i) f.push_back(asio::co_spawn(io_, cache.Get(std::chrono::steady_clock::now() + std::chrono::seconds(5)), asio::use_future));
     std::vector<std::string> out;
     for (auto& x : f) {
       auto r = x.get();
@@ -157,14 +157,14 @@ TEST_F(TokenCacheTest, ConcurrentCallersShareOneFetchAndExpiryFetchesOnceMore) {
 
 TEST_F(TokenCacheTest, FailedFetchIsReportedToEveryWaiter) {
   TokenCache cache(
-      []() -> asio::awaitable<absl::StatusOr<AccessToken>> {
+      [](std::chrono::steady_clock::time_point) -> asio::awaitable<absl::StatusOr<AccessToken>> {
         asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(20));
         co_await t.async_wait(asio::use_awaitable);
         co_return absl::UnavailableError("token endpoint down");
       },
       std::chrono::seconds(1));
   std::vector<std::future<absl::StatusOr<Secret>>> f;
-  for (int i = 0; i < 5; ++i) f.push_back(asio::co_spawn(io_, cache.Get(), asio::use_future));
+  for (int i = 0; i < 5; ++i) f.push_back(asio::co_spawn(io_, cache.Get(std::chrono::steady_clock::now() + std::chrono::seconds(5)), asio::use_future));
   for (auto& x : f) EXPECT_FALSE(x.get().ok());
 }
 
