@@ -11,7 +11,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "io/asio.h"
 #include "recharge/v1/recharge.pb.h"
@@ -34,14 +36,18 @@ struct FraudInput {
   int64_t coins = 0;
   int64_t amount_usd_cents = 0;        // the package's USD price
 
-  // The inputs as a JSON object, for the decision log.
+  // The inputs as a JSON object, for the decision log, and back.
   std::string ToJson() const;
+  static std::optional<FraudInput> FromJson(std::string_view json);
 };
 
 class FraudFilter {
  public:
   virtual ~FraudFilter() = default;
   virtual asio::awaitable<recharge::v1::FraudAssessment> Assess(const FraudInput& input) = 0;
+  // The provider declined the request: outcome counters learn of it. Must
+  // not delay the caller (work goes in the background on `executor`).
+  virtual void OnDeclined(const FraudInput& /*input*/, const asio::any_io_executor& /*executor*/) {}
 };
 
 // Allows everything. The named placeholder policy until rules are configured.

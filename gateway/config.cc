@@ -19,7 +19,7 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   if (!root.ok()) return root.status();
   if (absl::Status s = root->CheckKeys({"listen", "io_threads", "shutdown_grace", "catalogue",
                                         "adapters", "ledger", "redis", "fingerprint_key_file",
-                                        "recovery"});
+                                        "recovery", "fraud"});
       !s.ok()) {
     return s;
   }
@@ -58,9 +58,16 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   }
   if (root->Has("redis")) {
     ConfigNode redis = root->Child("redis");
-    if (absl::Status s = redis.CheckKeys({"address", "timeout"}); !s.ok()) return s;
+    if (absl::Status s = redis.CheckKeys({"address", "timeout", "key_prefix"}); !s.ok()) return s;
     CONFIG_ASSIGN(c.redis_address, redis.GetString("address", c.redis_address));
+    CONFIG_ASSIGN(c.redis_prefix, redis.GetString("key_prefix", c.redis_prefix));
+    if (c.redis_prefix.empty()) return redis.Child("key_prefix").Error("must not be empty");
     CONFIG_ASSIGN(c.redis_timeout, redis.GetDuration("timeout", c.redis_timeout));
+  }
+  if (root->Has("fraud")) {
+    ConfigNode fraud = root->Child("fraud");
+    if (absl::Status s = fraud.CheckKeys({"rules"}); !s.ok()) return s;
+    CONFIG_ASSIGN(c.fraud_rules_path, fraud.GetString("rules", c.fraud_rules_path));
   }
   if (root->Has("recovery")) {
     ConfigNode rec = root->Child("recovery");

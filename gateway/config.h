@@ -22,6 +22,8 @@ struct GatewayConfig {
   std::chrono::milliseconds key_retention{24 * 3'600'000};
   std::string redis_address = "127.0.0.1:6390";
   std::chrono::milliseconds redis_timeout{50};
+  std::string fraud_rules_path;  // empty (no fraud section): the allow-all policy
+  std::string redis_prefix = "rc";
   std::string fingerprint_key_file = "var/secrets/fingerprint.key";
   std::chrono::milliseconds recovery_interval{5'000};
   std::chrono::milliseconds recovery_settle_after{15'000};

@@ -3,6 +3,7 @@
 // rules land, an empty FraudAdmin), the health service and reflection.
 //
 // Usage: recharge-gateway [--config configs/gateway.yaml] [--listen host:port]
+// SIGHUP: reload the fraud rules (the old ones stay live if the file is bad).
 // SIGINT/SIGTERM: health goes NOT_SERVING, no new calls are taken, in-flight
 // calls get `shutdown_grace` to finish, then the process exits 0.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -20,6 +21,8 @@
 
 #include "adapters/router.h"
 #include "fraud/fraud_filter.h"
+#include "fraud/rule_engine.h"
+#include "gateway/admin_service.h"
 #include "gateway/catalogue.h"
 #include "gateway/config.h"
 #include "gateway/reconciler.h"
@@ -27,6 +30,7 @@
 #include "gateway/service.h"
 #include "io/asio.h"
 #include "io/log.h"
+#include "io/redis_client.h"
 #include "io/strings.h"
 #include "ledger/sqlite/sqlite_ledger_store.h"
 
@@ -62,10 +66,12 @@ int Main(int argc, char** argv) {
   // have left SIGINT ignored (background jobs of a shell): restore it.
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
+  signal(SIGHUP, SIG_DFL);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   absl::StatusOr<GatewayConfig> config = GatewayConfig::Load(config_path);
@@ -88,9 +94,27 @@ int Main(int argc, char** argv) {
       {.path = config->ledger_path, .group_commit_max = static_cast<size_t>(config->group_commit_max)});
   if (!ledger.ok()) return Fail(ledger.status());
 
-  AllowAllFilter fraud;
+  // The fraud filter: the rule engine over Redis counters, or the named
+  // allow-all policy when no rule file is configured.
+  absl::StatusOr<RedisClient::Options> redis_options = ParseRedisAddress(config->redis_address);
+  if (!redis_options.ok()) return Fail(redis_options.status());
+  RedisClient redis(io.get_executor(), *redis_options);
+  RedisCounterStore counters(redis, config->redis_prefix, config->redis_timeout);
+  std::unique_ptr<RuleEngine> engine;
+  AllowAllFilter allow_all;
+  FraudFilter* fraud = &allow_all;
+  if (!config->fraud_rules_path.empty()) {
+    absl::StatusOr<std::shared_ptr<const rules::RuleSet>> rule_set =
+        rules::RuleSet::LoadFile(config->fraud_rules_path);
+    if (!rule_set.ok()) return Fail(rule_set.status());
+    engine = std::make_unique<RuleEngine>(counters, *std::move(rule_set), config->fraud_rules_path);
+    fraud = engine.get();
+  } else {
+    LogWarn("fraud_rules_not_configured", {{"policy", "allow-all"}});
+  }
+
   Reconciler reconciler(**ledger, **router, config->recovery_settle_after);
-  RechargeFlow flow(*catalogue, **ledger, **router, fraud, reconciler, *std::move(fingerprint_key));
+  RechargeFlow flow(*catalogue, **ledger, **router, *fraud, reconciler, *std::move(fingerprint_key));
 
   auto work = asio::make_work_guard(io);
   std::vector<std::thread> pool;
@@ -114,7 +138,7 @@ int Main(int argc, char** argv) {
       asio::detached);
 
   RechargeGatewayService gateway(io, flow, **ledger, *catalogue);
-  recharge::v1::FraudAdmin::CallbackService fraud_admin;  // rules land with the fraud filter
+  FraudAdminService fraud_admin(io, engine.get(), **ledger, **router);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -134,10 +158,16 @@ int Main(int argc, char** argv) {
   LogInfo("serving", {{"listen", config->listen},
                       {"port", std::to_string(bound_port)},
                       {"io_threads", std::to_string(threads)},
-                      {"ledger", config->ledger_path}});
+                      {"ledger", config->ledger_path},
+                      {"rules", engine ? engine->rules()->version() : "allow-all"}});
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  for (;;) {
+    sigwait(&signals, &sig);
+    if (sig != SIGHUP) break;
+    // SIGHUP: reload the fraud rules; a broken file leaves the old ones live.
+    if (engine) (void)engine->Reload();
+  }
   LogInfo("shutting_down", {{"signal", strsignal(sig)}});
   server->GetHealthCheckService()->SetServingStatus(false);
   server->Shutdown(std::chrono::system_clock::now() + config->shutdown_grace);

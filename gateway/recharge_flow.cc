@@ -85,6 +85,57 @@ std::string RequestFingerprint(const RecordRechargeRequest& req, std::string_vie
 
 std::string NewRechargeId() { return StrCat("rch_", RandomHex(12)); }
 
+void ApplyChargeOutcome(const ChargeOutcome& outcome, const std::string& adapter,
+                        Recharge* recharge) {
+  recharge::v1::PaymentResult* payment = recharge->mutable_payment();
+  payment->set_adapter(adapter);
+  payment->set_provider_reference(outcome.provider_reference);
+  payment->set_decline_code(outcome.decline_code);
+  payment->set_message(outcome.message);
+  switch (outcome.result) {
+    case ChargeResult::kApproved:
+      recharge->set_status(recharge::v1::RECHARGE_STATUS_APPROVED);
+      break;
+    case ChargeResult::kDeclined:
+      recharge->set_status(recharge::v1::RECHARGE_STATUS_DECLINED);
+      break;
+    case ChargeResult::kFailed:
+    case ChargeResult::kNotFound:
+      recharge->set_status(recharge::v1::RECHARGE_STATUS_FAILED);
+      break;
+    case ChargeResult::kUnknown:
+      recharge->set_status(recharge::v1::RECHARGE_STATUS_PENDING);
+      break;
+  }
+}
+
+RecordRechargeResponse ResponseOf(const Recharge& recharge) {
+  RecordRechargeResponse r;
+  r.set_recharge_id(recharge.recharge_id());
+  r.set_status(recharge.status());
+  if (recharge.status() == recharge::v1::RECHARGE_STATUS_APPROVED) r.set_coins_credited(recharge.coins());
+  *r.mutable_fraud() = recharge.fraud();
+  *r.mutable_payment() = recharge.payment();
+  return r;
+}
+
+ChargeRequest ChargeRequestOf(const Recharge& recharge,
+                              std::chrono::steady_clock::time_point deadline) {
+  ChargeRequest c;
+  c.idempotency_key = recharge.idempotency_key();
+  c.recharge_id = recharge.recharge_id();
+  c.currency = recharge.amount().currency();
+  c.minor_units = recharge.amount().minor_units();
+  c.region = recharge.region();
+  c.description = StrCat(recharge.package_id(), " for ", recharge.user_id());
+  c.paypal_order_id = recharge.paypal().order_id();
+  c.paypal_payer_id = recharge.paypal().payer_id();
+  c.wallet_provider = recharge.ewallet().provider();
+  c.wallet_account = recharge.ewallet().account_id();
+  c.deadline = deadline;
+  return c;
+}
+
 RechargeFlow::RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
                            FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key)
     : catalogue_(catalogue),
@@ -150,6 +201,9 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   draft.set_payment_method(v->method_label);
   draft.set_card_masked(v->card_masked);
   draft.set_seller_id(req.seller_id());
+  // The references a later charge (a review approval) pays with; no secret.
+  if (req.has_paypal()) *draft.mutable_paypal() = req.paypal();
+  if (req.has_ewallet()) *draft.mutable_ewallet() = req.ewallet();
   // TimeUtil::GetCurrentTime() has whole seconds in this protobuf: use micros.
   *draft.mutable_created_at() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
       std::chrono::duration_cast<std::chrono::microseconds>(
@@ -203,27 +257,11 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
     const auto charge_deadline = deadline - kRecordMargin;
     ChargeRequest charge = MakeChargeRequest(req, recharge.recharge_id(), charge_deadline);
     Router::Routed routed = co_await router_.Charge(**route, charge);
-    const ChargeOutcome& outcome = routed.outcome;
-    recharge::v1::PaymentResult* payment = recharge.mutable_payment();
-    payment->set_adapter(routed.adapter);
-    payment->set_provider_reference(outcome.provider_reference);
-    payment->set_decline_code(outcome.decline_code);
-    payment->set_message(outcome.message);
-    switch (outcome.result) {
-      case ChargeResult::kApproved:
-        recharge.set_status(recharge::v1::RECHARGE_STATUS_APPROVED);
-        response.set_coins_credited(recharge.coins());
-        break;
-      case ChargeResult::kDeclined:
-        recharge.set_status(recharge::v1::RECHARGE_STATUS_DECLINED);
-        break;
-      case ChargeResult::kFailed:
-      case ChargeResult::kNotFound:
-        recharge.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
-        break;
-      case ChargeResult::kUnknown:
-        recharge.set_status(recharge::v1::RECHARGE_STATUS_PENDING);
-        break;
+    ApplyChargeOutcome(routed.outcome, routed.adapter, &recharge);
+    if (recharge.status() == recharge::v1::RECHARGE_STATUS_APPROVED) {
+      response.set_coins_credited(recharge.coins());
+    } else if (recharge.status() == recharge::v1::RECHARGE_STATUS_DECLINED) {
+      fraud_.OnDeclined(input, co_await asio::this_coro::executor);
     }
   }
   *recharge.mutable_fraud() = assessment;

@@ -55,4 +55,14 @@ std::string RequestFingerprint(const recharge::v1::RecordRechargeRequest& reques
 // A new recharge id, "rch_" and 24 random hex digits.
 std::string NewRechargeId();
 
+// Writes a charge's outcome into the recharge (status, payment, coins).
+void ApplyChargeOutcome(const ChargeOutcome& outcome, const std::string& adapter,
+                        Recharge* recharge);
+// The response that stands for a stored recharge (what a replay returns).
+RecordRechargeResponse ResponseOf(const Recharge& recharge);
+// The charge request that pays for a stored recharge (no card: a review
+// approval pays with the PayPal order or wallet account kept with it).
+ChargeRequest ChargeRequestOf(const Recharge& recharge,
+                              std::chrono::steady_clock::time_point deadline);
+
 }  // namespace recharge

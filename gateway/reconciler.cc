@@ -143,7 +143,8 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
     if (!stored.ok()) co_return std::nullopt;
     response = *std::move(stored);
   } else {
-    absl::StatusOr<bool> ok = co_await ledger_.ResolvePending(r, response);
+    absl::StatusOr<bool> ok =
+        co_await ledger_.Transition(r, response, recharge::v1::RECHARGE_STATUS_PENDING);
     if (!ok.ok() || !*ok) co_return std::nullopt;
   }
   LogInfo("reconciled", {{"recharge_id", r.recharge_id()},

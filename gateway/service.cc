@@ -3,6 +3,7 @@
 #include <charconv>
 
 #include "io/strings.h"
+#include "gateway/reactor.h"
 #include "gateway/validation.h"
 #include "io/crypto.h"
 #include "io/log.h"
@@ -14,41 +15,6 @@ using namespace recharge::v1;
 
 constexpr int kDefaultPageSize = 20;
 constexpr int kMaxPageSize = 100;
-// Used when the caller sets no deadline: the flow still needs one.
-constexpr std::chrono::seconds kDefaultDeadline(30);
-
-std::chrono::steady_clock::time_point DeadlineOf(const grpc::CallbackServerContext& ctx) {
-  const auto now_sys = std::chrono::system_clock::now();
-  const auto now = std::chrono::steady_clock::now();
-  const auto remaining = ctx.deadline() - now_sys;
-  if (remaining > kDefaultDeadline) return now + kDefaultDeadline;
-  return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(remaining);
-}
-
-// Runs `body` as a coroutine on `io` and finishes `reactor` with its status.
-// An exception escaping the body is a bug: INTERNAL, logged.
-template <typename Body>
-grpc::ServerUnaryReactor* Spawn(asio::io_context& io, grpc::CallbackServerContext* ctx,
-                                Body body) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  asio::co_spawn(io, std::move(body),
-                 [reactor](std::exception_ptr e, absl::Status status) {
-                   if (e) {
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       LogError("handler_exception", {{"what", ex.what()}});
-                     } catch (...) {
-                       LogError("handler_exception", {{"what", "unknown"}});
-                     }
-                     reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "internal error"));
-                     return;
-                   }
-                   reactor->Finish(ToGrpcStatus(status));
-                 });
-  return reactor;
-}
-
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {

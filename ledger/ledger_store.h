@@ -96,10 +96,12 @@ class LedgerStore {
   // was already completed (recovery raced the flow) that earlier one wins.
   virtual asio::awaitable<absl::StatusOr<RecordRechargeResponse>> Complete(Completion done) = 0;
 
-  // Replaces a PENDING recharge and its stored response with the resolved
-  // outcome. Returns false if the recharge was no longer PENDING.
-  virtual asio::awaitable<absl::StatusOr<bool>> ResolvePending(Recharge resolved,
-                                                               RecordRechargeResponse response) = 0;
+  // Replaces a recharge that is in status `from` (and its key's stored
+  // response) with `next`, atomically. Returns false if the recharge was no
+  // longer in `from` (someone else moved it): the caller lost the race.
+  virtual asio::awaitable<absl::StatusOr<bool>> Transition(Recharge next,
+                                                           RecordRechargeResponse response,
+                                                           recharge::v1::RechargeStatus from) = 0;
 
   // NOT_FOUND if there is no such recharge.
   virtual asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) = 0;
@@ -109,6 +111,14 @@ class LedgerStore {
   // empty: all users. `cursor` from a previous page.
   virtual asio::awaitable<absl::StatusOr<RechargePage>> ListRecharges(
       std::string user_id, int page_size, std::optional<RechargeCursor> cursor) = 0;
+
+  // Recharges in `status` (the review queue: PENDING_REVIEW), oldest first.
+  virtual asio::awaitable<absl::StatusOr<RechargePage>> ListByStatus(
+      recharge::v1::RechargeStatus status, int page_size, std::optional<RechargeCursor> cursor) = 0;
+
+  // The fraud inputs recorded with the recharge's decision (JSON), NOT_FOUND
+  // if there is none.
+  virtual asio::awaitable<absl::StatusOr<std::string>> GetDecisionInputs(std::string recharge_id) = 0;
 
   // Keys `started` before `started_before`, and every PENDING recharge.
   virtual asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(

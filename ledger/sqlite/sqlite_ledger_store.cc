@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS recharges (
 CREATE INDEX IF NOT EXISTS recharges_user ON recharges (user_id, created_at, seq);
 CREATE INDEX IF NOT EXISTS recharges_created ON recharges (created_at, seq);
 CREATE INDEX IF NOT EXISTS recharges_pending ON recharges (status) WHERE status = 6;
+CREATE INDEX IF NOT EXISTS recharges_status ON recharges (status, created_at, seq);
 CREATE TABLE IF NOT EXISTS decision_log (
   seq          INTEGER PRIMARY KEY AUTOINCREMENT,
   recharge_id  TEXT NOT NULL,
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS decision_log (
   inputs       TEXT NOT NULL,       -- JSON of the rule inputs
   assessment   BLOB NOT NULL        -- recharge.v1.FraudAssessment
 );
+CREATE INDEX IF NOT EXISTS decision_log_recharge ON decision_log (recharge_id);
 )sql";
 
 int64_t UnixMicros(std::chrono::system_clock::time_point t) {
@@ -375,18 +377,19 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> SqliteLedgerStore::Compl
   co_return co_await Submit<absl::StatusOr<RecordRechargeResponse>>(std::move(body));
 }
 
-asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::ResolvePending(
-    Recharge resolved, RecordRechargeResponse response) {
+asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::Transition(
+    Recharge next, RecordRechargeResponse response, recharge::v1::RechargeStatus from) {
   std::function<absl::StatusOr<bool>(Db&)> body =
-      [resolved = std::move(resolved),
-       response = std::move(response)](Db& db) -> absl::StatusOr<bool> {
+      [next = std::move(next), response = std::move(response),
+       from](Db& db) -> absl::StatusOr<bool> {
         {
           LEDGER_PREPARE(update,
                          "UPDATE recharges SET status = ?1, record = ?2"
-                         " WHERE recharge_id = ?3 AND status = 6");
-          LEDGER_RETURN_IF_ERROR(update.Int(1, resolved.status())
-                                     .Blob(2, resolved.SerializeAsString())
-                                     .Text(3, resolved.recharge_id())
+                         " WHERE recharge_id = ?3 AND status = ?4");
+          LEDGER_RETURN_IF_ERROR(update.Int(1, next.status())
+                                     .Blob(2, next.SerializeAsString())
+                                     .Text(3, next.recharge_id())
+                                     .Int(4, from)
                                      .Run());
         }
         if (db.Changes() == 0) return false;
@@ -395,11 +398,57 @@ asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::ResolvePending(
                        " WHERE key = ?3");
         LEDGER_RETURN_IF_ERROR(key.Blob(1, response.SerializeAsString())
                                    .Int(2, NowMicros())
-                                   .Text(3, resolved.idempotency_key())
+                                   .Text(3, next.idempotency_key())
                                    .Run());
         return true;
       };
   co_return co_await Submit<absl::StatusOr<bool>>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListByStatus(
+    recharge::v1::RechargeStatus status, int page_size, std::optional<RechargeCursor> cursor) {
+  std::function<absl::StatusOr<RechargePage>(Db&)> body =
+      [status, page_size, cursor](Db& db) -> absl::StatusOr<RechargePage> {
+        LEDGER_PREPARE(stmt,
+                       "SELECT created_at, seq, record FROM recharges WHERE status = ?1"
+                       " AND (created_at > ?2 OR (created_at = ?2 AND seq > ?3))"
+                       " ORDER BY created_at, seq LIMIT ?4");
+        const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MIN, INT64_MIN});
+        stmt.Int(1, status).Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
+        RechargePage page;
+        RechargeCursor last;
+        for (;;) {
+          absl::StatusOr<bool> row = stmt.Step();
+          if (!row.ok()) return row.status();
+          if (!*row) break;
+          if (static_cast<int>(page.recharges.size()) == page_size) {
+            page.next_cursor = last;
+            break;
+          }
+          last = RechargeCursor{stmt.ColInt(0), stmt.ColInt(1)};
+          if (!page.recharges.emplace_back().ParseFromString(stmt.ColBlob(2))) {
+            return absl::DataLossError("ledger: stored recharge does not parse");
+          }
+        }
+        return page;
+      };
+  co_return co_await Submit<absl::StatusOr<RechargePage>>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<std::string>> SqliteLedgerStore::GetDecisionInputs(
+    std::string recharge_id) {
+  std::function<absl::StatusOr<std::string>(Db&)> body =
+      [id = std::move(recharge_id)](Db& db) -> absl::StatusOr<std::string> {
+        LEDGER_PREPARE(select,
+                       "SELECT inputs FROM decision_log WHERE recharge_id = ?1"
+                       " ORDER BY seq DESC LIMIT 1");
+        select.Text(1, id);
+        absl::StatusOr<bool> row = select.Step();
+        if (!row.ok()) return row.status();
+        if (!*row) return absl::NotFoundError(StrCat("recharge_id: no decision recorded for \"", id, "\""));
+        return select.ColText(0);
+      };
+  co_return co_await Submit<absl::StatusOr<std::string>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::string id) {

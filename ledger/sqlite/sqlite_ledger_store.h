@@ -38,8 +38,12 @@ class SqliteLedgerStore final : public LedgerStore {
 
   asio::awaitable<absl::StatusOr<BeginResult>> Begin(KeyClaim claim) override;
   asio::awaitable<absl::StatusOr<RecordRechargeResponse>> Complete(Completion done) override;
-  asio::awaitable<absl::StatusOr<bool>> ResolvePending(Recharge resolved,
-                                                       RecordRechargeResponse response) override;
+  asio::awaitable<absl::StatusOr<bool>> Transition(Recharge next, RecordRechargeResponse response,
+                                                   recharge::v1::RechargeStatus from) override;
+  asio::awaitable<absl::StatusOr<RechargePage>> ListByStatus(
+      recharge::v1::RechargeStatus status, int page_size,
+      std::optional<RechargeCursor> cursor) override;
+  asio::awaitable<absl::StatusOr<std::string>> GetDecisionInputs(std::string recharge_id) override;
   asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) override;
   asio::awaitable<absl::StatusOr<RechargePage>> ListRecharges(
       std::string user_id, int page_size, std::optional<RechargeCursor> cursor) override;

@@ -203,10 +203,10 @@ TEST_F(LedgerTest, UnresolvedListsOldStartedKeysAndPendingRecharges) {
   response.set_recharge_id(resolved.recharge_id());
   response.set_status(RECHARGE_STATUS_APPROVED);
   response.set_coins_credited(65);
-  auto ok = Run(store_->ResolvePending(resolved, response));
+  auto ok = Run(store_->Transition(resolved, response, RECHARGE_STATUS_PENDING));
   ASSERT_TRUE(ok.ok());
   EXPECT_TRUE(*ok);
-  EXPECT_FALSE(*Run(store_->ResolvePending(resolved, response)));
+  EXPECT_FALSE(*Run(store_->Transition(resolved, response, RECHARGE_STATUS_PENDING)));
   auto replay = Run(store_->Begin(pending));
   EXPECT_EQ(replay->kind, Kind::kReplay);
   EXPECT_EQ(replay->stored.coins_credited(), 65);

@@ -1,0 +1,462 @@
+#include "fraud/rules/rule_set.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <fstream>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "fraud/rules/yaml_position.h"
+#include "io/config_node.h"
+#include "io/strings.h"
+
+namespace recharge::rules {
+namespace {
+
+bool IsLetter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+bool IsIdentifier(std::string_view s) {
+  if (s.empty() || !(IsLetter(s[0]) || s[0] == '_')) return false;
+  for (char c : s) {
+    if (!(IsLetter(c) || IsDigit(c) || c == '_')) return false;
+  }
+  return true;
+}
+
+bool IsKeyword(std::string_view s) {
+  return s == "and" || s == "or" || s == "not" || s == "in" || s == "true" || s == "false";
+}
+
+bool IsRuleId(std::string_view s) {
+  if (s.empty() || !(IsLetter(s[0]) || IsDigit(s[0]))) return false;
+  for (char c : s) {
+    if (!(IsLetter(c) || IsDigit(c) || c == '_' || c == '-' || c == '.')) return false;
+  }
+  return true;
+}
+
+// A share of traffic: a decimal number in (0, 1].
+absl::StatusOr<double> GetShare(const ConfigNode& parent, std::string_view key, double def) {
+  if (!parent.Has(key)) return def;
+  const ConfigNode node = parent.Child(key);
+  absl::StatusOr<std::string> text = node.AsString();
+  if (!text.ok()) return text.status();
+  double v = 0;
+  auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), v);
+  if (ec != std::errc() || ptr != text->data() + text->size() || !(v > 0 && v <= 1)) {
+    return node.Error(StrCat("must be a share of traffic greater than 0 and at most 1 "
+                             "(0.2 = 20%), got \"", *text, "\""));
+  }
+  return v;
+}
+
+// A field named by `key` of `parent`, of type `type`.
+absl::StatusOr<Field> GetField(const ConfigNode& parent, std::string_view key, ValueType type,
+                               std::string_view what) {
+  absl::StatusOr<std::string> name = parent.GetString(key);
+  if (!name.ok()) return name.status();
+  std::optional<Field> field = FieldByName(*name);
+  if (!field) {
+    return parent.Child(key).Error(StrCat("unknown request field '", *name, "'"));
+  }
+  if (FieldType(*field) != type) {
+    return parent.Child(key).Error(StrCat(what, ", and '", *name, "' is a ",
+                                          ValueTypeName(FieldType(*field))));
+  }
+  return *field;
+}
+
+}  // namespace
+
+std::string_view FailModeName(FailMode mode) {
+  return mode == FailMode::kOpen ? "open" : "closed";
+}
+
+std::string_view CounterKindName(CounterKind kind) {
+  switch (kind) {
+    case CounterKind::kCount: return "count";
+    case CounterKind::kSum: return "sum";
+    case CounterKind::kDistinct: return "distinct";
+  }
+  return "?";
+}
+
+std::string_view CounterEventName(CounterEvent event) {
+  switch (event) {
+    case CounterEvent::kRequest: return "request";
+    case CounterEvent::kDecline: return "decline";
+    case CounterEvent::kChargeback: return "chargeback";
+  }
+  return "?";
+}
+
+std::string_view ActionName(Action action) {
+  switch (action) {
+    case Action::kAllow: return "allow";
+    case Action::kReview: return "review";
+    case Action::kBlock: return "block";
+    case Action::kFlagSeller: return "flag_seller";
+  }
+  return "?";
+}
+
+// Builds a RuleSet from the parsed file; one instance per load.
+class RuleSetLoader {
+ public:
+  RuleSetLoader(const std::string& text, const std::string& name, YAML::Node raw)
+      : text_(text), raw_(std::move(raw)), set_(new RuleSet) {
+    set_->name_ = name;
+  }
+
+  absl::StatusOr<std::shared_ptr<const RuleSet>> Load(const ConfigNode& root) {
+    absl::Status s = root.CheckKeys({"version", "fail_mode", "blast_radius", "counters", "rules"});
+    if (s.ok()) s = LoadHeader(root);
+    if (s.ok() && root.Has("counters")) s = LoadCounters(root.Child("counters"));
+    if (s.ok() && root.Has("rules")) s = LoadRules(root.Child("rules"));
+    if (!s.ok()) return s;
+    return std::shared_ptr<const RuleSet>(std::move(set_));
+  }
+
+ private:
+  absl::Status LoadHeader(const ConfigNode& root) {
+    absl::StatusOr<std::string> version = root.GetString("version");
+    if (!version.ok()) return version.status();
+    if (version->empty()) return root.Child("version").Error("must not be empty");
+    set_->version_ = *version;
+
+    absl::StatusOr<std::string> fail_mode = root.GetString("fail_mode", "open");
+    if (!fail_mode.ok()) return fail_mode.status();
+    if (*fail_mode == "open") {
+      set_->fail_mode_ = FailMode::kOpen;
+    } else if (*fail_mode == "closed") {
+      set_->fail_mode_ = FailMode::kClosed;
+    } else {
+      return root.Child("fail_mode").Error(StrCat("must be open or closed, got \"", *fail_mode, "\""));
+    }
+
+    if (!root.Has("blast_radius")) return absl::OkStatus();
+    const ConfigNode guard = root.Child("blast_radius");
+    absl::Status s = guard.CheckKeys({"max_block_share", "window", "min_requests"});
+    if (!s.ok()) return s;
+    BlastRadius& b = set_->blast_radius_;
+    absl::StatusOr<double> share = GetShare(guard, "max_block_share", b.max_block_share);
+    if (!share.ok()) return share.status();
+    b.max_block_share = *share;
+    absl::StatusOr<std::chrono::milliseconds> window = guard.GetDuration("window", b.window);
+    if (!window.ok()) return window.status();
+    if (window->count() <= 0) return guard.Child("window").Error("must be longer than 0");
+    b.window = *window;
+    absl::StatusOr<int64_t> min_requests =
+        guard.GetInt("min_requests", b.min_requests, 1, 1'000'000'000);
+    if (!min_requests.ok()) return min_requests.status();
+    b.min_requests = *min_requests;
+    return absl::OkStatus();
+  }
+
+  absl::Status LoadCounters(const ConfigNode& counters) {
+    if (!counters.IsMap()) return counters.Error("must be a mapping of counter names to counters");
+    for (const auto& [name, node] : counters.Entries()) {
+      if (!IsIdentifier(name)) {
+        return node.Error(StrCat("counter name '", name, "' must be letters, digits and '_', "
+                                 "starting with a letter or '_'"));
+      }
+      if (IsKeyword(name)) return node.Error(StrCat("counter name '", name, "' is a keyword"));
+      if (FieldByName(name) || FlagByName(name)) {
+        return node.Error(StrCat("counter name '", name, "' is already the name of a ",
+                                 FieldByName(name) ? "request field" : "flag",
+                                 " (counters, fields and flags share one namespace)"));
+      }
+      if (set_->counter_index(name)) {
+        return node.Error(StrCat("counter '", name, "' is defined twice"));
+      }
+      if (set_->counters_.size() == kMaxCounters) {
+        return node.Error(StrCat("too many counters (at most ", kMaxCounters, ")"));
+      }
+      absl::StatusOr<CounterSpec> spec = LoadCounter(name, node);
+      if (!spec.ok()) return spec.status();
+      set_->counters_.push_back(*std::move(spec));
+      set_->counter_names_.push_back(name);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<CounterSpec> LoadCounter(const std::string& name, const ConfigNode& node) {
+    absl::Status s = node.CheckKeys({"count", "sum", "distinct", "per", "window", "buckets", "on"});
+    if (!s.ok()) return s;
+    CounterSpec spec;
+    spec.name = name;
+    const int kinds = node.Has("count") + node.Has("sum") + node.Has("distinct");
+    if (kinds != 1) {
+      return node.Error("needs exactly one of count: true, sum: <number field>, "
+                        "distinct: <string field>");
+    }
+    if (node.Has("count")) {
+      absl::StatusOr<bool> count = node.GetBool("count");
+      if (!count.ok()) return count.status();
+      if (!*count) return node.Child("count").Error("must be true (count: true counts events)");
+      spec.kind = CounterKind::kCount;
+    } else if (node.Has("sum")) {
+      absl::StatusOr<Field> field =
+          GetField(node, "sum", ValueType::kNumber, "sum adds up a number field");
+      if (!field.ok()) return field.status();
+      spec.kind = CounterKind::kSum;
+      spec.value_field = *field;
+    } else {
+      absl::StatusOr<Field> field =
+          GetField(node, "distinct", ValueType::kString, "distinct counts values of a string field");
+      if (!field.ok()) return field.status();
+      spec.kind = CounterKind::kDistinct;
+      spec.value_field = *field;
+    }
+    absl::StatusOr<Field> per =
+        GetField(node, "per", ValueType::kString, "per names the entity, a string field");
+    if (!per.ok()) return per.status();
+    spec.per = *per;
+
+    absl::StatusOr<std::chrono::milliseconds> window = node.GetDuration("window");
+    if (!window.ok()) return window.status();
+    if (window->count() <= 0) return node.Child("window").Error("must be longer than 0");
+    spec.window = *window;
+    absl::StatusOr<int64_t> buckets = node.GetInt("buckets", 12, 1, 1000);
+    if (!buckets.ok()) return buckets.status();
+    spec.buckets = static_cast<int>(*buckets);
+    if (spec.window.count() % (spec.buckets * int64_t{1000}) != 0) {
+      return node.Child(node.Has("buckets") ? "buckets" : "window")
+          .Error(StrCat("the window does not split into ", spec.buckets,
+                        " buckets of a whole number of seconds"));
+    }
+
+    absl::StatusOr<std::string> on = node.GetString("on", "request");
+    if (!on.ok()) return on.status();
+    if (*on == "request") {
+      spec.on = CounterEvent::kRequest;
+    } else if (*on == "decline") {
+      spec.on = CounterEvent::kDecline;
+    } else if (*on == "chargeback") {
+      spec.on = CounterEvent::kChargeback;
+    } else {
+      return node.Child("on").Error(
+          StrCat("must be request, decline or chargeback, got \"", *on, "\""));
+    }
+    return spec;
+  }
+
+  absl::Status LoadRules(const ConfigNode& rules) {
+    if (!rules.IsSequence()) return rules.Error("must be a list of rules");
+    const std::vector<ConfigNode> items = rules.Items();
+    if (items.size() > kMaxRules) {
+      return items[kMaxRules].Error(StrCat("too many rules (at most ", kMaxRules, ")"));
+    }
+    for (size_t i = 0; i < items.size(); ++i) {
+      absl::Status s = LoadRule(i, items[i]);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status LoadRule(size_t index, const ConfigNode& node) {
+    absl::Status s = node.CheckKeys(
+        {"id", "when", "action", "flag_ttl", "reason", "mode", "max_block_share"});
+    if (!s.ok()) return s;
+    Rule rule;
+
+    absl::StatusOr<std::string> id = node.GetString("id");
+    if (!id.ok()) return id.status();
+    if (!IsRuleId(*id)) {
+      return node.Child("id").Error(StrCat("rule id '", *id, "' must be letters, digits, "
+                                           "'-', '_' and '.', starting with a letter or digit"));
+    }
+    for (size_t i = 0; i < set_->rules_.size(); ++i) {
+      if (set_->rules_[i].id_ == *id) {
+        return node.Child("id").Error(StrCat("duplicate rule id '", *id, "' (also rules[", i, "])"));
+      }
+    }
+    rule.id_ = *id;
+
+    absl::StatusOr<std::string> action = node.GetString("action");
+    if (!action.ok()) return action.status();
+    if (*action == "allow") {
+      rule.action_ = Action::kAllow;
+    } else if (*action == "review") {
+      rule.action_ = Action::kReview;
+    } else if (*action == "block") {
+      rule.action_ = Action::kBlock;
+    } else if (*action == "flag_seller") {
+      rule.action_ = Action::kFlagSeller;
+    } else {
+      return node.Child("action").Error(
+          StrCat("must be allow, review, block or flag_seller, got \"", *action, "\""));
+    }
+
+    if (rule.action_ == Action::kFlagSeller) {
+      absl::StatusOr<std::chrono::milliseconds> ttl = node.GetDuration("flag_ttl");
+      if (!ttl.ok()) return ttl.status();
+      if (ttl->count() <= 0) return node.Child("flag_ttl").Error("must be longer than 0");
+      rule.flag_ttl_ = *ttl;
+    } else if (node.Has("flag_ttl")) {
+      return node.Child("flag_ttl").Error("applies only to action flag_seller");
+    }
+
+    absl::StatusOr<std::string> reason = node.GetString("reason", "");
+    if (!reason.ok()) return reason.status();
+    rule.reason_ = reason->empty() ? rule.id_ : *reason;
+
+    absl::StatusOr<std::string> mode = node.GetString("mode", "enforce");
+    if (!mode.ok()) return mode.status();
+    if (*mode != "enforce" && *mode != "shadow") {
+      return node.Child("mode").Error(StrCat("must be enforce or shadow, got \"", *mode, "\""));
+    }
+    rule.shadow_ = *mode == "shadow";
+
+    absl::StatusOr<double> share =
+        GetShare(node, "max_block_share", set_->blast_radius_.max_block_share);
+    if (!share.ok()) return share.status();
+    rule.max_block_share_ = *share;
+
+    s = CompileWhen(index, node, &rule);
+    if (!s.ok()) return s;
+    set_->rules_.push_back(std::move(rule));
+    return absl::OkStatus();
+  }
+
+  // Compiles the rule's `when:`; an error points at the offending token in
+  // the file.
+  absl::Status CompileWhen(size_t index, const ConfigNode& node, Rule* rule) {
+    const ConfigNode when = node.Child("when");
+    // Checks presence and kind, with ConfigNode's message.
+    absl::StatusOr<std::string> checked = when.AsString();
+    if (!checked.ok()) return checked.status();
+    // The condition is taken as written: no ${ENV} expansion, so that offsets
+    // in it are offsets in the file.
+    const YAML::Node& raw = raw_;
+    const YAML::Node scalar = raw["rules"][index]["when"];
+    if (!scalar.IsDefined() || !scalar.IsScalar()) return when.Error("must be a condition");
+    if (const std::string& tag = scalar.Tag(); tag.size() > 1 && tag[0] == '!') {
+      // `when: !seller_flagged` is a YAML tag followed by an empty value.
+      return when.Error(StrCat("YAML reads '", tag, "' as a tag, not as part of the condition: "
+                               "write 'not' instead of '!', or quote the condition"));
+    }
+    rule->when_ = scalar.Scalar();
+
+    size_t offset = 0;
+    absl::StatusOr<Program> program = Program::Compile(rule->when_, set_->counter_names_, &offset);
+    if (program.ok() && program->type() != ValueType::kBool) {
+      offset = rule->when_.find_first_not_of(" \t\r\n");
+      if (offset == std::string::npos) offset = 0;
+      program = absl::InvalidArgumentError(
+          StrCat("a condition must be true or false, and this one is a ",
+                 ValueTypeName(program->type())));
+    }
+    if (!program.ok()) {
+      const YAML::Mark mark = scalar.Mark();
+      const internal::SourcePosition at = internal::MapScalarOffset(
+          text_, mark.pos, mark.line, mark.column, rule->when_, offset);
+      return absl::InvalidArgumentError(StrCat(set_->name_, ":", at.line, ":", at.column, ": ",
+                                               when.path(), ": ", program.status().message()));
+    }
+    rule->program_ = *std::move(program);
+    return absl::OkStatus();
+  }
+
+  const std::string& text_;
+  YAML::Node raw_;
+  std::unique_ptr<RuleSet> set_;
+};
+
+absl::StatusOr<std::shared_ptr<const RuleSet>> RuleSet::LoadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(StrCat(path, ": cannot open the file"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return absl::InvalidArgumentError(StrCat(path, ": cannot read the file"));
+  return Parse(text.str(), path);
+}
+
+absl::StatusOr<std::shared_ptr<const RuleSet>> RuleSet::Parse(const std::string& text,
+                                                              const std::string& name) {
+  absl::StatusOr<ConfigNode> root = ConfigNode::LoadString(text, name);
+  if (!root.ok()) return root.status();
+  // A second, raw view of the same text: ConfigNode does not expose the
+  // marks (byte positions) that conditions' error positions are computed from.
+  YAML::Node raw;
+  try {
+    raw = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(StrCat(name, ": ", e.msg));
+  }
+  RuleSetLoader loader(text, name, std::move(raw));
+  // ConfigNode converts every map key to a string, and yaml-cpp throws
+  // BadConversion on a key that is a list or a mapping ("? [a]: 1").
+  try {
+    return loader.Load(*root);
+  } catch (const YAML::BadConversion& e) {
+    return absl::InvalidArgumentError(StrCat(name, ":", e.mark.line + 1, ":", e.mark.column + 1,
+                                             ": a key must be a name, not a list or a mapping"));
+  } catch (const YAML::Exception& e) {
+    // Any other yaml-cpp exception. A bad file must be an error, never a
+    // crash: a reload keeps the old rules.
+    return absl::InvalidArgumentError(
+        StrCat(name, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
+  }
+}
+
+std::optional<size_t> RuleSet::counter_index(std::string_view name) const {
+  for (size_t i = 0; i < counters_.size(); ++i) {
+    if (counters_[i].name == name) return i;
+  }
+  return std::nullopt;
+}
+
+void RuleSet::Evaluate(const EvalContext& context, EvalResult* result,
+                       const RuleMask* demoted) const {
+  result->enforced.clear();
+  result->shadow.clear();
+  for (size_t i = 0; i < rules_.size(); ++i) {
+    const Rule& rule = rules_[i];
+    if (!rule.Matches(context)) continue;
+    const auto index = static_cast<uint16_t>(i);
+    if (rule.shadow() || (demoted != nullptr && demoted->test(i))) {
+      result->shadow.push_back(index);
+    } else {
+      result->enforced.push_back(index);
+    }
+  }
+  result->decision = Decide(result->enforced.span());
+}
+
+Decision RuleSet::Decide(std::span<const uint16_t> enforced_hits) const {
+  Decision d;
+  for (const uint16_t index : enforced_hits) {
+    if (index >= rules_.size()) continue;
+    const Rule& rule = rules_[index];
+    switch (rule.action()) {
+      case Action::kAllow:
+        if (d.rule < 0) d.rule = index;
+        break;
+      case Action::kBlock:
+        if (d.action != Action::kBlock) {
+          d.action = Action::kBlock;
+          d.rule = index;
+        }
+        break;
+      case Action::kFlagSeller:
+        if (!d.flag_seller || rule.flag_ttl() > d.flag_ttl) {
+          d.flag_seller = true;
+          d.flag_rule = index;
+          d.flag_ttl = rule.flag_ttl();
+        }
+        [[fallthrough]];
+      case Action::kReview:
+        if (d.action == Action::kAllow) {
+          d.action = Action::kReview;
+          d.rule = index;
+        }
+        break;
+    }
+  }
+  return d;
+}
+
+}  // namespace recharge::rules

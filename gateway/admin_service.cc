@@ -1,0 +1,249 @@
+#include "gateway/admin_service.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "gateway/reactor.h"
+#include "gateway/recharge_flow.h"
+#include "gateway/service.h"
+#include "gateway/validation.h"
+#include "io/strings.h"
+
+namespace recharge {
+namespace {
+
+using namespace recharge::v1;
+using google::protobuf::util::TimeUtil;
+
+constexpr int kDefaultPageSize = 20;
+constexpr int kMaxPageSize = 100;
+// Page tokens of the review queue are bound to this scope name.
+constexpr const char* kReviewScope = "review-queue";
+
+absl::Status NoRules() {
+  return absl::FailedPreconditionError(
+      "fraud rules are not configured (gateway.yaml fraud.rules is empty: allow-all policy)");
+}
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+void ToProto(const SellerFlag& f, FlaggedSeller* out) {
+  out->set_seller_id(f.seller_id);
+  out->set_rule_id(f.rule_id);
+  out->set_reason(f.reason);
+  *out->mutable_flagged_at() = TimeUtil::MillisecondsToTimestamp(f.flagged_at_ms);
+  *out->mutable_expires_at() = TimeUtil::MillisecondsToTimestamp(f.expires_at_ms);
+}
+
+}  // namespace
+
+FraudAdminService::FraudAdminService(asio::io_context& io, RuleEngine* engine, LedgerStore& ledger,
+                                     const Router& router)
+    : io_(io), engine_(engine), ledger_(ledger), router_(router) {}
+
+grpc::ServerUnaryReactor* FraudAdminService::ListFlaggedSellers(
+    grpc::CallbackServerContext* ctx, const ListFlaggedSellersRequest*,
+    ListFlaggedSellersResponse* response) {
+  return Spawn(io_, ctx, [this, response]() -> asio::awaitable<absl::Status> {
+    if (engine_ == nullptr) co_return NoRules();
+    absl::StatusOr<std::vector<SellerFlag>> flags = co_await engine_->store().ListFlags(NowMs());
+    if (!flags.ok()) co_return absl::UnavailableError(StrCat("redis: ", flags.status().message()));
+    for (const SellerFlag& f : *flags) ToProto(f, response->add_sellers());
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::GetSellerRisk(grpc::CallbackServerContext* ctx,
+                                                           const GetSellerRiskRequest* request,
+                                                           SellerRisk* response) {
+  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+    if (engine_ == nullptr) co_return NoRules();
+    if (absl::Status s = ValidateId("seller_id", request->seller_id(), true); !s.ok()) co_return s;
+    absl::StatusOr<std::optional<SellerFlag>> flag =
+        co_await engine_->store().GetFlag(request->seller_id());
+    if (!flag.ok()) co_return absl::UnavailableError(StrCat("redis: ", flag.status().message()));
+    response->set_seller_id(request->seller_id());
+    if (*flag && (*flag)->expires_at_ms > NowMs()) {
+      response->set_flagged(true);
+      ToProto(**flag, response->mutable_flag());
+    }
+    // The seller's own counters (those counted per seller_id), read only.
+    std::shared_ptr<const rules::RuleSet> rs = engine_->rules();
+    FraudInput input;
+    input.seller_id = request->seller_id();
+    std::vector<int> index;
+    std::vector<CounterUpdate> reads =
+        engine_->CounterUpdates(*rs, input, rules::CounterEvent::kRequest, &index);
+    absl::StatusOr<std::vector<double>> values =
+        co_await engine_->store().Read(reads, std::chrono::system_clock::now());
+    if (!values.ok()) co_return absl::UnavailableError(StrCat("redis: ", values.status().message()));
+    for (size_t i = 0; i < rs->counters().size(); ++i) {
+      if (index[i] >= 0) (*response->mutable_counters())[rs->counters()[i].name] = (*values)[index[i]];
+    }
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::ClearSellerFlag(grpc::CallbackServerContext* ctx,
+                                                             const ClearSellerFlagRequest* request,
+                                                             ClearSellerFlagResponse* response) {
+  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+    if (engine_ == nullptr) co_return NoRules();
+    if (absl::Status s = ValidateId("seller_id", request->seller_id(), true); !s.ok()) co_return s;
+    absl::StatusOr<bool> was = co_await engine_->store().ClearFlag(request->seller_id());
+    if (!was.ok()) co_return absl::UnavailableError(StrCat("redis: ", was.status().message()));
+    response->set_was_flagged(*was);
+    LogInfo("seller_flag_cleared", {{"seller_id", request->seller_id()}, {"note", request->note()}});
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::ReloadRules(grpc::CallbackServerContext* ctx,
+                                                         const ReloadRulesRequest*,
+                                                         ReloadRulesResponse* response) {
+  return Spawn(io_, ctx, [this, response]() -> asio::awaitable<absl::Status> {
+    if (engine_ == nullptr) co_return NoRules();
+    absl::StatusOr<std::string> version = engine_->Reload();
+    if (!version.ok()) {
+      co_return absl::InvalidArgumentError(
+          StrCat(version.status().message(), " (the rules loaded before stay live)"));
+    }
+    response->set_rules_version(*version);
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::GetRuleStats(grpc::CallbackServerContext* ctx,
+                                                          const GetRuleStatsRequest*,
+                                                          GetRuleStatsResponse* response) {
+  return Spawn(io_, ctx, [this, response]() -> asio::awaitable<absl::Status> {
+    if (engine_ == nullptr) co_return NoRules();
+    for (const RuleStatsSnapshot& s : engine_->Stats()) {
+      RuleStats* r = response->add_rules();
+      r->set_rule_id(s.rule_id);
+      r->set_evaluated(s.evaluated);
+      r->set_hits(s.hits);
+      r->set_shadow(s.shadow);
+    }
+    response->set_rules_version(engine_->rules()->version());
+    response->set_degraded_decisions(engine_->degraded_decisions());
+    response->set_demoted_rules(engine_->demotions());
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::ListReviews(grpc::CallbackServerContext* ctx,
+                                                         const ListReviewsRequest* request,
+                                                         ListReviewsResponse* response) {
+  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+    if (request->page_size() < 0) co_return absl::InvalidArgumentError("page_size: must not be negative");
+    const int page_size = request->page_size() == 0 ? kDefaultPageSize
+                                                    : std::min(request->page_size(), kMaxPageSize);
+    std::optional<RechargeCursor> cursor;
+    if (!request->page_token().empty()) {
+      absl::StatusOr<RechargeCursor> c = DecodePageToken(request->page_token(), kReviewScope);
+      if (!c.ok()) co_return c.status();
+      cursor = *c;
+    }
+    absl::StatusOr<RechargePage> page =
+        co_await ledger_.ListByStatus(RECHARGE_STATUS_PENDING_REVIEW, page_size, cursor);
+    if (!page.ok()) co_return page.status();
+    for (Recharge& r : page->recharges) *response->add_recharges() = std::move(r);
+    if (page->next_cursor) response->set_next_page_token(EncodePageToken(*page->next_cursor, kReviewScope));
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerContext* ctx,
+                                                           const ResolveReviewRequest* request,
+                                                           Recharge* response) {
+  const auto deadline = DeadlineOf(*ctx);
+  return Spawn(io_, ctx, [this, request, response, deadline]() -> asio::awaitable<absl::Status> {
+    if (absl::Status s = ValidateId("recharge_id", request->recharge_id(), true); !s.ok()) co_return s;
+    absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
+    if (!r.ok()) co_return r.status();
+    if (r->status() != RECHARGE_STATUS_PENDING_REVIEW) {
+      co_return absl::FailedPreconditionError(StrCat("recharge_id: not in review (status ",
+                                                     RechargeStatus_Name(r->status()), ")"));
+    }
+    Recharge next = *r;
+    next.set_review_note(request->note());
+    if (!request->approve()) {
+      next.set_status(RECHARGE_STATUS_DECLINED);
+      next.mutable_payment()->set_decline_code("review_rejected");
+      next.mutable_payment()->set_message("rejected by fraud review");
+      absl::StatusOr<bool> moved = co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_PENDING_REVIEW);
+      if (!moved.ok()) co_return moved.status();
+      if (!*moved) co_return absl::FailedPreconditionError("recharge_id: the review was resolved meanwhile");
+      *response = std::move(next);
+      co_return absl::OkStatus();
+    }
+    if (r->payment_method() == "card") {
+      // The card number is never stored, so a card held for review cannot be
+      // charged later; the buyer has to pay again.
+      co_return absl::FailedPreconditionError(
+          "recharge_id: a card recharge held for review cannot be charged after the fact (card "
+          "data is never stored); reject it and let the buyer pay again");
+    }
+    std::string provider;
+    std::string method = r->payment_method();
+    if (method.rfind("ewallet:", 0) == 0) {
+      provider = method.substr(8);
+      method = "ewallet";
+    }
+    absl::StatusOr<const Router::Route*> route =
+        router_.Select(method, provider, r->region(), r->amount().currency());
+    if (!route.ok()) co_return route.status();
+    // Claim the review (exactly once): PENDING_REVIEW -> PENDING. From here a
+    // crash is recovered like any PENDING recharge, through Lookup.
+    next.set_status(RECHARGE_STATUS_PENDING);
+    absl::StatusOr<bool> claimed = co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_PENDING_REVIEW);
+    if (!claimed.ok()) co_return claimed.status();
+    if (!*claimed) co_return absl::FailedPreconditionError("recharge_id: the review was resolved meanwhile");
+    ChargeRequest charge = ChargeRequestOf(*r, deadline - std::chrono::milliseconds(100));
+    Router::Routed routed = co_await router_.Charge(**route, charge);
+    Recharge done = next;
+    ApplyChargeOutcome(routed.outcome, routed.adapter, &done);
+    if (done.status() != RECHARGE_STATUS_PENDING) {
+      absl::StatusOr<bool> moved = co_await ledger_.Transition(done, ResponseOf(done), RECHARGE_STATUS_PENDING);
+      if (!moved.ok()) co_return moved.status();
+    }
+    *response = std::move(done);
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServerContext* ctx,
+                                                              const ReportChargebackRequest* request,
+                                                              ReportChargebackResponse* response) {
+  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+    if (engine_ == nullptr) co_return NoRules();
+    if (absl::Status s = ValidateId("recharge_id", request->recharge_id(), true); !s.ok()) co_return s;
+    absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
+    if (!r.ok()) co_return r.status();
+    if (r->status() != RECHARGE_STATUS_APPROVED) {
+      co_return absl::FailedPreconditionError(StrCat("recharge_id: only an APPROVED recharge can be charged back (status ",
+                                                     RechargeStatus_Name(r->status()), ")"));
+    }
+    absl::StatusOr<std::string> inputs = co_await ledger_.GetDecisionInputs(request->recharge_id());
+    if (!inputs.ok()) co_return inputs.status();
+    std::optional<FraudInput> input = FraudInput::FromJson(*inputs);
+    if (!input) co_return absl::DataLossError("ledger: the decision inputs do not parse");
+    absl::StatusOr<RuleEngine::ChargebackResult> result = co_await engine_->RecordChargeback(*input);
+    if (!result.ok()) co_return absl::UnavailableError(StrCat("redis: ", result.status().message()));
+    if (!r->charged_back()) {
+      Recharge next = *r;
+      next.set_charged_back(true);
+      absl::StatusOr<bool> moved = co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_APPROVED);
+      if (!moved.ok()) co_return moved.status();
+    }
+    response->set_seller_flagged(result->seller_flagged);
+    for (const std::string& b : result->blocked) response->add_blocked(b);
+    LogInfo("chargeback_reported", {{"recharge_id", request->recharge_id()}, {"reason", request->reason()}});
+    co_return absl::OkStatus();
+  });
+}
+
+}  // namespace recharge

@@ -1,0 +1,55 @@
+// FraudAdminService: the ops API (DESIGN §4 FraudAdmin): flagged sellers and
+// their risk, rule reload and statistics, the review queue, chargebacks.
+// Thin like the RechargeGateway service: each call is a coroutine; errors
+// leave through ToGrpcStatus.
+//
+// Thread-safety: holds only references to thread-safe parts.
+#pragma once
+
+#include "adapters/router.h"
+#include "fraud/rule_engine.h"
+#include "ledger/ledger_store.h"
+#include "recharge/v1/recharge.grpc.pb.h"
+
+namespace recharge {
+
+class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService {
+ public:
+  // `engine` may be null (fraud.rules empty: the allow-all policy); the
+  // rule and seller calls then answer FAILED_PRECONDITION.
+  FraudAdminService(asio::io_context& io, RuleEngine* engine, LedgerStore& ledger,
+                    const Router& router);
+
+  grpc::ServerUnaryReactor* ListFlaggedSellers(grpc::CallbackServerContext* ctx,
+                                               const recharge::v1::ListFlaggedSellersRequest* request,
+                                               recharge::v1::ListFlaggedSellersResponse* response) override;
+  grpc::ServerUnaryReactor* GetSellerRisk(grpc::CallbackServerContext* ctx,
+                                          const recharge::v1::GetSellerRiskRequest* request,
+                                          recharge::v1::SellerRisk* response) override;
+  grpc::ServerUnaryReactor* ClearSellerFlag(grpc::CallbackServerContext* ctx,
+                                            const recharge::v1::ClearSellerFlagRequest* request,
+                                            recharge::v1::ClearSellerFlagResponse* response) override;
+  grpc::ServerUnaryReactor* ReloadRules(grpc::CallbackServerContext* ctx,
+                                        const recharge::v1::ReloadRulesRequest* request,
+                                        recharge::v1::ReloadRulesResponse* response) override;
+  grpc::ServerUnaryReactor* GetRuleStats(grpc::CallbackServerContext* ctx,
+                                         const recharge::v1::GetRuleStatsRequest* request,
+                                         recharge::v1::GetRuleStatsResponse* response) override;
+  grpc::ServerUnaryReactor* ListReviews(grpc::CallbackServerContext* ctx,
+                                        const recharge::v1::ListReviewsRequest* request,
+                                        recharge::v1::ListReviewsResponse* response) override;
+  grpc::ServerUnaryReactor* ResolveReview(grpc::CallbackServerContext* ctx,
+                                          const recharge::v1::ResolveReviewRequest* request,
+                                          recharge::v1::Recharge* response) override;
+  grpc::ServerUnaryReactor* ReportChargeback(grpc::CallbackServerContext* ctx,
+                                             const recharge::v1::ReportChargebackRequest* request,
+                                             recharge::v1::ReportChargebackResponse* response) override;
+
+ private:
+  asio::io_context& io_;
+  RuleEngine* engine_;
+  LedgerStore& ledger_;
+  const Router& router_;
+};
+
+}  // namespace recharge
