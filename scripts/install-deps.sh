@@ -9,6 +9,7 @@ PACKAGES=(
   libboost-dev libssl-dev openssl libsqlite3-dev sqlite3
   libyaml-cpp-dev libhiredis-dev nlohmann-json3-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev
   redis-server redis-tools
   python3 python3-grpcio python3-protobuf
   nghttp2-client

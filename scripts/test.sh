@@ -4,11 +4,13 @@
 #     tests, the sandbox's tests, and end-to-end tests that start their own
 #     Redis, PSP sandbox and gateway on free loopback ports;
 #  2. the sanitizer flavour (build/asan, ASan + UBSan): the unit, integration
-#     and end-to-end tests again, against the instrumented code.
+#     and end-to-end tests again, against the instrumented code;
+#  3. the fuzz flavour (build/fuzz, clang + libFuzzer): each fuzz target of
+#     tests/fuzz for a bounded time (FUZZ_SECONDS each, default 60).
 # Prints ctest's summary for each and exits non-zero on any failure.
 #
 # Environment: TEST_JOBS (ctest parallelism, default 2), CTEST_ARGS (extra
-# ctest arguments, e.g. "-R e2e"), SKIP_ASAN=1 to run the Release flavour only.
+# ctest arguments, e.g. "-R e2e"), SKIP_ASAN=1 / SKIP_FUZZ=1 to leave a flavour out.
 # Safe to run twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +31,26 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
   # shellcheck disable=SC2086
   (cd build/asan && ctest -j "$JOBS" --output-on-failure --timeout 600 -L 'unit|integration|e2e' ${CTEST_ARGS:-}) || status=1
 fi
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== Fuzz flavour ==" >&2
+  if [ ! -f build/fuzz/build.ninja ]; then
+    cmake -S tests/fuzz -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+  fi
+  cmake --build build/fuzz -j "${BUILD_JOBS:-$(nproc)}"
+  for target in rule_parser_fuzz rule_expression_fuzz; do
+    corpus="build/fuzz/corpus-$target"
+    mkdir -p "$corpus"
+    seeds="tests/fuzz/corpus/${target%_fuzz}"
+    [ -d "$seeds" ] || seeds="tests/fuzz/corpus"
+    if build/fuzz/$target -max_total_time="${FUZZ_SECONDS:-60}" -dict=tests/fuzz/rules.dict \
+        -print_final_stats=1 "$corpus" "$seeds" > "build/fuzz/$target.log" 2>&1; then
+      echo "fuzz: $target: $(grep -E 'stat::number_of_executed_units' "build/fuzz/$target.log" | awk '{print $2}') runs, no crash" >&2
+    else
+      echo "fuzz: $target FAILED (build/fuzz/$target.log):" >&2
+      tail -40 "build/fuzz/$target.log" >&2
+      status=1
+    fi
+  done
+fi
+echo "test.sh: $([ "$status" = 0 ] && echo "all flavours passed" || echo "FAILURES above")" >&2
 exit "$status"
