@@ -195,7 +195,18 @@ asio::awaitable<absl::Status> RedisCounterStore::FlagSeller(const SellerFlag& fl
   std::vector<std::string> zadd = {"ZADD", StrCat(prefix_, ":flagged"),
                                    std::to_string(flag.expires_at_ms), flag.seller_id};
   absl::StatusOr<RedisReply> c = co_await redis_.Command(std::move(zadd), deadline);
-  co_return c.status();
+  if (!c.ok()) co_return c.status();
+  // The index lives as long as its longest flag (GT: only ever extended).
+  std::vector<std::string> expire_index = {"PEXPIREAT", StrCat(prefix_, ":flagged"),
+                                           std::to_string(flag.expires_at_ms), "GT"};
+  absl::StatusOr<RedisReply> d = co_await redis_.Command(std::move(expire_index), deadline);
+  if (d.ok() && d->type == RedisReply::Type::kInteger && d->integer == 0) {
+    // GT does not set an expiry on a key that has none (a new index).
+    std::vector<std::string> nx = {"PEXPIREAT", StrCat(prefix_, ":flagged"),
+                                   std::to_string(flag.expires_at_ms), "NX"};
+    d = co_await redis_.Command(std::move(nx), deadline);
+  }
+  co_return d.status();
 }
 
 asio::awaitable<absl::StatusOr<std::optional<SellerFlag>>> RedisCounterStore::GetFlag(

@@ -77,6 +77,18 @@ absl::StatusOr<std::string> RuleEngine::Reload() {
     return loaded.status();
   }
   const std::string version = (*loaded)->version();
+  {
+    // A reload is ops' word on the rules: demoted rules take part again, and
+    // the guard starts a fresh window.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, state] : states_) {
+      state->demoted = false;
+      std::lock_guard<std::mutex> window(state->mu);
+      state->seen.clear();
+      state->stopped.clear();
+      state->bucket = -1;
+    }
+  }
   Activate(*std::move(loaded));
   LogInfo("rules_reloaded", {{"version", version}});
   return version;
@@ -221,15 +233,17 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
     ++s.evaluated;
     if (hit[i]) ++s.hits;
     const rules::Rule& rule = rs.rules()[i];
-    if (!rule.guarded() || rule.shadow() || demoted.test(i)) continue;
+    // The guard watches the rules that block: a review keeps the sale open.
+    if (rule.action() != Action::kBlock || rule.shadow() || demoted.test(i)) continue;
     const bool stopped = hit[i];
     if (GuardRecord(s, rs.blast_radius(), rule.max_block_share(), stopped) &&
         !s.demoted.exchange(true)) {
       ++demotions_;
       LogWarn("rule_demoted_to_shadow",
               {{"rule_id", rule.id()},
-               {"reason", StrCat("stops more than ", rule.max_block_share() * 100,
-                                 "% of requests in the blast-radius window")}});
+               {"reason", StrCat("blocks more than ",
+                                 static_cast<int>(rule.max_block_share() * 100 + 0.5),
+                                 "% of the requests of the blast-radius window")}});
     }
   }
 
@@ -280,7 +294,7 @@ void RuleEngine::OnDeclined(const FraudInput& input, const asio::any_io_executor
 }
 
 asio::awaitable<absl::StatusOr<RuleEngine::ChargebackResult>> RuleEngine::RecordChargeback(
-    const FraudInput& input) {
+    const FraudInput& input, bool count) {
   std::shared_ptr<const Active> act = active();
   const rules::RuleSet& rs = *act->rules;
   ChargebackResult out;
@@ -299,7 +313,9 @@ asio::awaitable<absl::StatusOr<RuleEngine::ChargebackResult>> RuleEngine::Record
   std::vector<int> index;
   std::vector<CounterUpdate> updates = CounterUpdates(rs, input, CounterEvent::kRequest, &index);
   for (size_t i = 0; i < rs.counters().size(); ++i) {
-    if (index[i] >= 0) updates[index[i]].update = rs.counters()[i].on == CounterEvent::kChargeback;
+    if (index[i] >= 0) {
+      updates[index[i]].update = count && rs.counters()[i].on == CounterEvent::kChargeback;
+    }
   }
   std::vector<std::string> checks;
   if (!input.seller_id.empty()) checks.push_back(store_.SellerFlagKey(input.seller_id));

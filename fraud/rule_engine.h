@@ -9,8 +9,9 @@
 // decides (open: allow, closed: review), the assessment says degraded, and
 // the degraded counter and a warn-level log line record it.
 //
-// The blast-radius guard demotes to shadow a rule that stops more than its
-// share of the recent requests, with a warn log line and a counter. Reload
+// The blast-radius guard demotes to shadow a block rule that blocks more than
+// its share of the recent requests, with a warn log line and a counter, until
+// the rules are reloaded. Reload
 // (SIGHUP, FraudAdmin.ReloadRules) swaps the rule set atomically; in-flight
 // calls finish on the set they started with, and a broken file leaves the
 // old set live.
@@ -51,14 +52,16 @@ class RuleEngine final : public FraudFilter {
   // After the payment: counts a decline against the counters declared
   // `on: decline`. Runs in the background (no round trip on the caller's path).
   void OnDeclined(const FraudInput& input, const asio::any_io_executor& executor) override;
-  // Counts a chargeback (`on: chargeback` counters), block-lists the card
-  // fingerprint and the device, and flags the seller if a flag_seller rule
-  // now matches. Returns what was block-listed and whether the seller is flagged.
+  // Block-lists the card fingerprint and the device, counts the chargeback
+  // (`on: chargeback` counters) if `count` (false when the same chargeback is
+  // reported again), and flags the seller if a flag_seller rule now matches.
+  // Returns what was block-listed and whether the seller is flagged.
   struct ChargebackResult {
     std::vector<std::string> blocked;
     bool seller_flagged = false;
   };
-  asio::awaitable<absl::StatusOr<ChargebackResult>> RecordChargeback(const FraudInput& input);
+  asio::awaitable<absl::StatusOr<ChargebackResult>> RecordChargeback(const FraudInput& input,
+                                                                     bool count);
 
   // Loads the rule file again; the old set stays live on any error.
   absl::StatusOr<std::string> Reload();

@@ -231,14 +231,20 @@ grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServ
     if (!inputs.ok()) co_return inputs.status();
     std::optional<FraudInput> input = FraudInput::FromJson(*inputs);
     if (!input) co_return absl::DataLossError("ledger: the decision inputs do not parse");
-    absl::StatusOr<RuleEngine::ChargebackResult> result = co_await engine_->RecordChargeback(*input);
-    if (!result.ok()) co_return absl::UnavailableError(StrCat("redis: ", result.status().message()));
+    // Mark the recharge first: only the report that marks it counts the
+    // chargeback, so a retried or duplicated report never counts twice.
+    bool first_report = false;
     if (!r->charged_back()) {
       Recharge next = *r;
       next.set_charged_back(true);
-      absl::StatusOr<bool> moved = co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_APPROVED);
+      absl::StatusOr<bool> moved =
+          co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_APPROVED);
       if (!moved.ok()) co_return moved.status();
+      first_report = *moved;
     }
+    absl::StatusOr<RuleEngine::ChargebackResult> result =
+        co_await engine_->RecordChargeback(*input, first_report);
+    if (!result.ok()) co_return absl::UnavailableError(StrCat("redis: ", result.status().message()));
     response->set_seller_flagged(result->seller_flagged);
     for (const std::string& b : result->blocked) response->add_blocked(b);
     LogInfo("chargeback_reported", {{"recharge_id", request->recharge_id()}, {"reason", request->reason()}});

@@ -4,13 +4,15 @@ namespace recharge::rules {
 namespace {
 
 constexpr std::array<std::string_view, kNumFields> kFieldNames = {
-    "user_id",        "seller_id", "ip",       "device_id", "card_fingerprint",
-    "instrument_fingerprint",      "payment_method",        "wallet_provider",
-    "region",         "currency",  "package_id", "coins",   "amount_usd",
+    "user_id",        "seller_id",        "ip",
+    "device_id",      "card_fingerprint", "instrument_fingerprint",
+    "payment_method", "wallet_provider",  "region",
+    "currency",       "package_id",       "coins",
+    "amount_usd",
 };
 
-constexpr std::array<std::string_view, kNumFlags> kFlagNames = {
-    "seller_flagged", "card_blocked", "device_blocked"};
+constexpr std::array<std::string_view, kNumFlags> kFlagNames = {"seller_flagged", "card_blocked",
+                                                                "device_blocked"};
 
 }  // namespace
 

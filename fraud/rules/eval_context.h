@@ -70,9 +70,7 @@ std::optional<Flag> FlagByName(std::string_view name);
 // Position of a string field in EvalContext::strings, and of a number field
 // in EvalContext::numbers. REQUIRES: FieldType(field) is that type.
 constexpr size_t StringSlot(Field field) { return static_cast<size_t>(field); }
-constexpr size_t NumberSlot(Field field) {
-  return static_cast<size_t>(field) - kNumStringFields;
-}
+constexpr size_t NumberSlot(Field field) { return static_cast<size_t>(field) - kNumStringFields; }
 
 // The values of one evaluation. Default-constructed: every string empty,
 // every number, counter and flag zero/false.

@@ -38,7 +38,9 @@ class Compiler {
   const Token& Peek() const { return tokens_[pos_]; }
   const Token& Next() { return tokens_[pos_ < tokens_.size() - 1 ? pos_++ : pos_]; }
 
-  absl::Status Fail(const Token& at, std::string message) { return FailAt(at.offset, std::move(message)); }
+  absl::Status Fail(const Token& at, std::string message) {
+    return FailAt(at.offset, std::move(message));
+  }
   absl::Status FailAt(size_t offset, std::string message) {
     error_offset_ = offset;
     return absl::InvalidArgumentError(std::move(message));
@@ -48,17 +50,46 @@ class Compiler {
   absl::Status Emit(Program::Op op, uint32_t arg, size_t offset) {
     using Op = Program::Op;
     switch (op) {
-      case Op::kPushNumber: case Op::kLoadNumber: case Op::kLoadCounter: ++numbers_; break;
-      case Op::kPushString: case Op::kLoadString: ++strings_; break;
-      case Op::kPushBool: case Op::kLoadFlag: ++bools_; break;
-      case Op::kNeg: case Op::kNot: case Op::kInBools: break;
-      case Op::kAdd: case Op::kSub: case Op::kMul: case Op::kDiv: --numbers_; break;
-      case Op::kEqNumber: case Op::kNeNumber: case Op::kLt: case Op::kLe: case Op::kGt:
-      case Op::kGe: numbers_ -= 2; ++bools_; break;
-      case Op::kEqString: case Op::kNeString: strings_ -= 2; ++bools_; break;
-      case Op::kEqBool: case Op::kNeBool: case Op::kAnd: case Op::kOr: --bools_; break;
-      case Op::kInNumbers: --numbers_; ++bools_; break;
-      case Op::kInStrings: --strings_; ++bools_; break;
+      case Op::kPushNumber:
+      case Op::kLoadNumber:
+      case Op::kLoadCounter: ++numbers_; break;
+      case Op::kPushString:
+      case Op::kLoadString: ++strings_; break;
+      case Op::kPushBool:
+      case Op::kLoadFlag: ++bools_; break;
+      case Op::kNeg:
+      case Op::kNot:
+      case Op::kInBools: break;
+      case Op::kAdd:
+      case Op::kSub:
+      case Op::kMul:
+      case Op::kDiv: --numbers_; break;
+      case Op::kEqNumber:
+      case Op::kNeNumber:
+      case Op::kLt:
+      case Op::kLe:
+      case Op::kGt:
+      case Op::kGe:
+        numbers_ -= 2;
+        ++bools_;
+        break;
+      case Op::kEqString:
+      case Op::kNeString:
+        strings_ -= 2;
+        ++bools_;
+        break;
+      case Op::kEqBool:
+      case Op::kNeBool:
+      case Op::kAnd:
+      case Op::kOr: --bools_; break;
+      case Op::kInNumbers:
+        --numbers_;
+        ++bools_;
+        break;
+      case Op::kInStrings:
+        --strings_;
+        ++bools_;
+        break;
     }
     if (numbers_ > Program::kMaxStackDepth || bools_ > Program::kMaxStackDepth ||
         strings_ > Program::kMaxStackDepth) {
@@ -72,8 +103,8 @@ class Compiler {
 
   absl::Status Enter(const Token& at) {
     if (++nesting_ > Program::kMaxNesting) {
-      return Fail(at, StrCat("the condition nests more than ", Program::kMaxNesting,
-                             " levels deep"));
+      return Fail(at,
+                  StrCat("the condition nests more than ", Program::kMaxNesting, " levels deep"));
     }
     return absl::OkStatus();
   }
@@ -166,8 +197,8 @@ class Compiler {
       }
     } else {
       if (*left != ValueType::kNumber || *right != ValueType::kNumber) {
-        return Fail(op, StrCat("'", OpName(kind), "' compares numbers, got ",
-                               ValueTypeName(*left), " and ", ValueTypeName(*right)));
+        return Fail(op, StrCat("'", OpName(kind), "' compares numbers, got ", ValueTypeName(*left),
+                               " and ", ValueTypeName(*right)));
       }
       code = kind == TokenKind::kLt   ? Op::kLt
              : kind == TokenKind::kLe ? Op::kLe
@@ -264,9 +295,7 @@ class Compiler {
                  in.offset);
         break;
       }
-      case ValueType::kBool:
-        s = Emit(Op::kInBools, bools, in.offset);
-        break;
+      case ValueType::kBool: s = Emit(Op::kInBools, bools, in.offset); break;
     }
     if (s.ok() && negated) s = Emit(Op::kNot, 0, in.offset);
     if (!s.ok()) return s;
@@ -338,8 +367,7 @@ class Compiler {
         s = Emit(Op::kPushBool, t.kind == TokenKind::kTrue ? 1 : 0, t.offset);
         if (!s.ok()) return s;
         return ValueType::kBool;
-      case TokenKind::kName:
-        return ParseName(t);
+      case TokenKind::kName: return ParseName(t);
       case TokenKind::kLParen: {
         s = Enter(t);
         if (!s.ok()) return s;
@@ -347,16 +375,14 @@ class Compiler {
         if (!inner.ok()) return inner;
         --nesting_;
         if (Peek().kind != TokenKind::kRParen) {
-          return Fail(Peek(), StrCat("expected ')' to close '(', got ",
-                                     internal::DescribeToken(Peek())));
+          return Fail(Peek(),
+                      StrCat("expected ')' to close '(', got ", internal::DescribeToken(Peek())));
         }
         Next();
         return inner;
       }
-      case TokenKind::kEnd:
-        return Fail(t, "unexpected end of the condition: expected a value");
-      default:
-        return Fail(t, StrCat("expected a value, got ", internal::DescribeToken(t)));
+      case TokenKind::kEnd: return Fail(t, "unexpected end of the condition: expected a value");
+      default: return Fail(t, StrCat("expected a value, got ", internal::DescribeToken(t)));
     }
   }
 
@@ -446,26 +472,71 @@ void Program::Run(const EvalContext& context, Machine* m) const {
       case Op::kLoadCounter: num[n++] = context.counter(in.arg); break;
       case Op::kLoadFlag: bit[b++] = context.flag(static_cast<Flag>(in.arg)); break;
       case Op::kNeg: num[n - 1] = -num[n - 1]; break;
-      case Op::kAdd: --n; num[n - 1] += num[n]; break;
-      case Op::kSub: --n; num[n - 1] -= num[n]; break;
-      case Op::kMul: --n; num[n - 1] *= num[n]; break;
+      case Op::kAdd:
+        --n;
+        num[n - 1] += num[n];
+        break;
+      case Op::kSub:
+        --n;
+        num[n - 1] -= num[n];
+        break;
+      case Op::kMul:
+        --n;
+        num[n - 1] *= num[n];
+        break;
       case Op::kDiv:
         --n;
         num[n - 1] = num[n] == 0 ? 0.0 : num[n - 1] / num[n];  // x / 0 is 0, by definition
         break;
-      case Op::kEqNumber: n -= 2; bit[b++] = num[n] == num[n + 1]; break;
-      case Op::kNeNumber: n -= 2; bit[b++] = num[n] != num[n + 1]; break;
-      case Op::kLt: n -= 2; bit[b++] = num[n] < num[n + 1]; break;
-      case Op::kLe: n -= 2; bit[b++] = num[n] <= num[n + 1]; break;
-      case Op::kGt: n -= 2; bit[b++] = num[n] > num[n + 1]; break;
-      case Op::kGe: n -= 2; bit[b++] = num[n] >= num[n + 1]; break;
-      case Op::kEqString: s -= 2; bit[b++] = str[s].view() == str[s + 1].view(); break;
-      case Op::kNeString: s -= 2; bit[b++] = str[s].view() != str[s + 1].view(); break;
-      case Op::kEqBool: --b; bit[b - 1] = bit[b - 1] == bit[b]; break;
-      case Op::kNeBool: --b; bit[b - 1] = bit[b - 1] != bit[b]; break;
+      case Op::kEqNumber:
+        n -= 2;
+        bit[b++] = num[n] == num[n + 1];
+        break;
+      case Op::kNeNumber:
+        n -= 2;
+        bit[b++] = num[n] != num[n + 1];
+        break;
+      case Op::kLt:
+        n -= 2;
+        bit[b++] = num[n] < num[n + 1];
+        break;
+      case Op::kLe:
+        n -= 2;
+        bit[b++] = num[n] <= num[n + 1];
+        break;
+      case Op::kGt:
+        n -= 2;
+        bit[b++] = num[n] > num[n + 1];
+        break;
+      case Op::kGe:
+        n -= 2;
+        bit[b++] = num[n] >= num[n + 1];
+        break;
+      case Op::kEqString:
+        s -= 2;
+        bit[b++] = str[s].view() == str[s + 1].view();
+        break;
+      case Op::kNeString:
+        s -= 2;
+        bit[b++] = str[s].view() != str[s + 1].view();
+        break;
+      case Op::kEqBool:
+        --b;
+        bit[b - 1] = bit[b - 1] == bit[b];
+        break;
+      case Op::kNeBool:
+        --b;
+        bit[b - 1] = bit[b - 1] != bit[b];
+        break;
       case Op::kNot: bit[b - 1] = !bit[b - 1]; break;
-      case Op::kAnd: --b; bit[b - 1] = bit[b - 1] && bit[b]; break;
-      case Op::kOr: --b; bit[b - 1] = bit[b - 1] || bit[b]; break;
+      case Op::kAnd:
+        --b;
+        bit[b - 1] = bit[b - 1] && bit[b];
+        break;
+      case Op::kOr:
+        --b;
+        bit[b - 1] = bit[b - 1] || bit[b];
+        break;
       case Op::kInNumbers: {
         const std::vector<double>& set = number_sets_[in.arg];
         --n;
@@ -478,9 +549,7 @@ void Program::Run(const EvalContext& context, Machine* m) const {
         bit[b++] = std::binary_search(set.begin(), set.end(), str[s].view(), std::less<>());
         break;
       }
-      case Op::kInBools:
-        bit[b - 1] = (in.arg & (bit[b - 1] ? 2u : 1u)) != 0;
-        break;
+      case Op::kInBools: bit[b - 1] = (in.arg & (bit[b - 1] ? 2u : 1u)) != 0; break;
     }
   }
   m->n = n;
@@ -509,10 +578,10 @@ Program::Value Program::Evaluate(const EvalContext& context) const {
 
 std::string Program::Disassemble() const {
   static constexpr std::string_view kNames[] = {
-      "push_number", "push_string", "push_bool", "load_string", "load_number", "load_counter",
-      "load_flag",   "neg",         "add",       "sub",         "mul",         "div",
-      "eq_number",   "ne_number",   "lt",        "le",          "gt",          "ge",
-      "eq_string",   "ne_string",   "eq_bool",   "ne_bool",     "not",         "and",
+      "push_number", "push_string", "push_bool",  "load_string", "load_number", "load_counter",
+      "load_flag",   "neg",         "add",        "sub",         "mul",         "div",
+      "eq_number",   "ne_number",   "lt",         "le",          "gt",          "ge",
+      "eq_string",   "ne_string",   "eq_bool",    "ne_bool",     "not",         "and",
       "or",          "in_numbers",  "in_strings", "in_bools"};
   std::string out;
   for (const Instr& in : code_) {
@@ -520,17 +589,16 @@ std::string Program::Disassemble() const {
     switch (in.op) {
       case Op::kPushNumber: StrAppend(&out, " ", numbers_[in.arg]); break;
       case Op::kPushString: StrAppend(&out, " \"", strings_[in.arg], "\""); break;
-      case Op::kLoadString:
-        StrAppend(&out, " ", FieldName(static_cast<Field>(in.arg)));
-        break;
+      case Op::kLoadString: StrAppend(&out, " ", FieldName(static_cast<Field>(in.arg))); break;
       case Op::kLoadNumber:
         StrAppend(&out, " ", FieldName(static_cast<Field>(in.arg + kNumStringFields)));
         break;
       case Op::kLoadFlag: StrAppend(&out, " ", FlagName(static_cast<Flag>(in.arg))); break;
-      case Op::kPushBool: case Op::kLoadCounter: case Op::kInNumbers: case Op::kInStrings:
-      case Op::kInBools:
-        StrAppend(&out, " ", in.arg);
-        break;
+      case Op::kPushBool:
+      case Op::kLoadCounter:
+      case Op::kInNumbers:
+      case Op::kInStrings:
+      case Op::kInBools: StrAppend(&out, " ", in.arg); break;
       default: break;
     }
     out += '\n';

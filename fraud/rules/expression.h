@@ -95,14 +95,27 @@ class Program {
     kLoadNumber,   // arg: number slot of a Field
     kLoadCounter,  // arg: counter index
     kLoadFlag,     // arg: Flag
-    kNeg, kAdd, kSub, kMul, kDiv,
-    kEqNumber, kNeNumber, kLt, kLe, kGt, kGe,
-    kEqString, kNeString,
-    kEqBool, kNeBool,
-    kNot, kAnd, kOr,
-    kInNumbers,    // arg: index in number_sets_
-    kInStrings,    // arg: index in string_sets_
-    kInBools,      // arg: bit 0 = false is in the list, bit 1 = true is
+    kNeg,
+    kAdd,
+    kSub,
+    kMul,
+    kDiv,
+    kEqNumber,
+    kNeNumber,
+    kLt,
+    kLe,
+    kGt,
+    kGe,
+    kEqString,
+    kNeString,
+    kEqBool,
+    kNeBool,
+    kNot,
+    kAnd,
+    kOr,
+    kInNumbers,  // arg: index in number_sets_
+    kInStrings,  // arg: index in string_sets_
+    kInBools,    // arg: bit 0 = false is in the list, bit 1 = true is
   };
   struct Instr {
     Op op;

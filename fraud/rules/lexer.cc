@@ -109,7 +109,8 @@ absl::StatusOr<std::vector<Token>> Lex(std::string_view text, size_t* error_offs
         value += d;
         ++i;
       }
-      if (!closed) return Fail(start, error_offset, "unterminated string: missing the closing '\"'");
+      if (!closed)
+        return Fail(start, error_offset, "unterminated string: missing the closing '\"'");
       token.kind = TokenKind::kString;
       token.text = std::move(value);
     } else {
@@ -130,19 +131,24 @@ absl::StatusOr<std::vector<Token>> Lex(std::string_view text, size_t* error_offs
           two(TokenKind::kEq);
           break;
         case '!':
-          if (next != '=') return Fail(start, error_offset, "'!' is not an operator; use 'not' or '!='");
+          if (next != '=')
+            return Fail(start, error_offset, "'!' is not an operator; use 'not' or '!='");
           two(TokenKind::kNe);
           break;
         case '<':
-          if (next == '=') two(TokenKind::kLe); else one(TokenKind::kLt);
+          if (next == '=')
+            two(TokenKind::kLe);
+          else
+            one(TokenKind::kLt);
           break;
         case '>':
-          if (next == '=') two(TokenKind::kGe); else one(TokenKind::kGt);
+          if (next == '=')
+            two(TokenKind::kGe);
+          else
+            one(TokenKind::kGt);
           break;
-        case '&':
-          return Fail(start, error_offset, "unexpected '&'; use 'and'");
-        case '|':
-          return Fail(start, error_offset, "unexpected '|'; use 'or'");
+        case '&': return Fail(start, error_offset, "unexpected '&'; use 'and'");
+        case '|': return Fail(start, error_offset, "unexpected '|'; use 'or'");
         case '\'':
           return Fail(start, error_offset, "strings are written in double quotes: \"like this\"");
         case '+': one(TokenKind::kPlus); break;
@@ -154,8 +160,7 @@ absl::StatusOr<std::vector<Token>> Lex(std::string_view text, size_t* error_offs
         case '[': one(TokenKind::kLBracket); break;
         case ']': one(TokenKind::kRBracket); break;
         case ',': one(TokenKind::kComma); break;
-        default:
-          return Fail(start, error_offset, StrCat("unexpected character ", DescribeChar(c)));
+        default: return Fail(start, error_offset, StrCat("unexpected character ", DescribeChar(c)));
       }
     }
     tokens.push_back(std::move(token));

@@ -19,17 +19,17 @@
 namespace recharge::rules::internal {
 
 enum class TokenKind : uint8_t {
-  kNumber,    // 12, 0.99
-  kString,    // "abc" (text holds the unescaped value)
-  kName,      // user_id, seller_users_1h
+  kNumber,  // 12, 0.99
+  kString,  // "abc" (text holds the unescaped value)
+  kName,    // user_id, seller_users_1h
   kTrue,
   kFalse,
   kAnd,
   kOr,
   kNot,
   kIn,
-  kEq,        // ==
-  kNe,        // !=
+  kEq,  // ==
+  kNe,  // !=
   kLt,
   kLe,
   kGt,
@@ -43,7 +43,7 @@ enum class TokenKind : uint8_t {
   kLBracket,
   kRBracket,
   kComma,
-  kEnd,       // end of the text
+  kEnd,  // end of the text
 };
 
 struct Token {

@@ -46,8 +46,10 @@ absl::StatusOr<double> GetShare(const ConfigNode& parent, std::string_view key, 
   double v = 0;
   auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), v);
   if (ec != std::errc() || ptr != text->data() + text->size() || !(v > 0 && v <= 1)) {
-    return node.Error(StrCat("must be a share of traffic greater than 0 and at most 1 "
-                             "(0.2 = 20%), got \"", *text, "\""));
+    return node.Error(
+        StrCat("must be a share of traffic greater than 0 and at most 1 "
+               "(0.2 = 20%), got \"",
+               *text, "\""));
   }
   return v;
 }
@@ -62,17 +64,15 @@ absl::StatusOr<Field> GetField(const ConfigNode& parent, std::string_view key, V
     return parent.Child(key).Error(StrCat("unknown request field '", *name, "'"));
   }
   if (FieldType(*field) != type) {
-    return parent.Child(key).Error(StrCat(what, ", and '", *name, "' is a ",
-                                          ValueTypeName(FieldType(*field))));
+    return parent.Child(key).Error(
+        StrCat(what, ", and '", *name, "' is a ", ValueTypeName(FieldType(*field))));
   }
   return *field;
 }
 
 }  // namespace
 
-std::string_view FailModeName(FailMode mode) {
-  return mode == FailMode::kOpen ? "open" : "closed";
-}
+std::string_view FailModeName(FailMode mode) { return mode == FailMode::kOpen ? "open" : "closed"; }
 
 std::string_view CounterKindName(CounterKind kind) {
   switch (kind) {
@@ -133,7 +133,8 @@ class RuleSetLoader {
     } else if (*fail_mode == "closed") {
       set_->fail_mode_ = FailMode::kClosed;
     } else {
-      return root.Child("fail_mode").Error(StrCat("must be open or closed, got \"", *fail_mode, "\""));
+      return root.Child("fail_mode")
+          .Error(StrCat("must be open or closed, got \"", *fail_mode, "\""));
     }
 
     if (!root.Has("blast_radius")) return absl::OkStatus();
@@ -159,7 +160,8 @@ class RuleSetLoader {
     if (!counters.IsMap()) return counters.Error("must be a mapping of counter names to counters");
     for (const auto& [name, node] : counters.Entries()) {
       if (!IsIdentifier(name)) {
-        return node.Error(StrCat("counter name '", name, "' must be letters, digits and '_', "
+        return node.Error(StrCat("counter name '", name,
+                                 "' must be letters, digits and '_', "
                                  "starting with a letter or '_'"));
       }
       if (IsKeyword(name)) return node.Error(StrCat("counter name '", name, "' is a keyword"));
@@ -189,8 +191,9 @@ class RuleSetLoader {
     spec.name = name;
     const int kinds = node.Has("count") + node.Has("sum") + node.Has("distinct");
     if (kinds != 1) {
-      return node.Error("needs exactly one of count: true, sum: <number field>, "
-                        "distinct: <string field>");
+      return node.Error(
+          "needs exactly one of count: true, sum: <number field>, "
+          "distinct: <string field>");
     }
     if (node.Has("count")) {
       absl::StatusOr<bool> count = node.GetBool("count");
@@ -204,8 +207,8 @@ class RuleSetLoader {
       spec.kind = CounterKind::kSum;
       spec.value_field = *field;
     } else {
-      absl::StatusOr<Field> field =
-          GetField(node, "distinct", ValueType::kString, "distinct counts values of a string field");
+      absl::StatusOr<Field> field = GetField(node, "distinct", ValueType::kString,
+                                             "distinct counts values of a string field");
       if (!field.ok()) return field.status();
       spec.kind = CounterKind::kDistinct;
       spec.value_field = *field;
@@ -257,20 +260,22 @@ class RuleSetLoader {
   }
 
   absl::Status LoadRule(size_t index, const ConfigNode& node) {
-    absl::Status s = node.CheckKeys(
-        {"id", "when", "action", "flag_ttl", "reason", "mode", "max_block_share"});
+    absl::Status s =
+        node.CheckKeys({"id", "when", "action", "flag_ttl", "reason", "mode", "max_block_share"});
     if (!s.ok()) return s;
     Rule rule;
 
     absl::StatusOr<std::string> id = node.GetString("id");
     if (!id.ok()) return id.status();
     if (!IsRuleId(*id)) {
-      return node.Child("id").Error(StrCat("rule id '", *id, "' must be letters, digits, "
+      return node.Child("id").Error(StrCat("rule id '", *id,
+                                           "' must be letters, digits, "
                                            "'-', '_' and '.', starting with a letter or digit"));
     }
     for (size_t i = 0; i < set_->rules_.size(); ++i) {
       if (set_->rules_[i].id_ == *id) {
-        return node.Child("id").Error(StrCat("duplicate rule id '", *id, "' (also rules[", i, "])"));
+        return node.Child("id").Error(
+            StrCat("duplicate rule id '", *id, "' (also rules[", i, "])"));
       }
     }
     rule.id_ = *id;
@@ -335,7 +340,8 @@ class RuleSetLoader {
     if (!scalar.IsDefined() || !scalar.IsScalar()) return when.Error("must be a condition");
     if (const std::string& tag = scalar.Tag(); tag.size() > 1 && tag[0] == '!') {
       // `when: !seller_flagged` is a YAML tag followed by an empty value.
-      return when.Error(StrCat("YAML reads '", tag, "' as a tag, not as part of the condition: "
+      return when.Error(StrCat("YAML reads '", tag,
+                               "' as a tag, not as part of the condition: "
                                "write 'not' instead of '!', or quote the condition"));
     }
     rule->when_ = scalar.Scalar();
@@ -345,14 +351,13 @@ class RuleSetLoader {
     if (program.ok() && program->type() != ValueType::kBool) {
       offset = rule->when_.find_first_not_of(" \t\r\n");
       if (offset == std::string::npos) offset = 0;
-      program = absl::InvalidArgumentError(
-          StrCat("a condition must be true or false, and this one is a ",
-                 ValueTypeName(program->type())));
+      program = absl::InvalidArgumentError(StrCat(
+          "a condition must be true or false, and this one is a ", ValueTypeName(program->type())));
     }
     if (!program.ok()) {
       const YAML::Mark mark = scalar.Mark();
-      const internal::SourcePosition at = internal::MapScalarOffset(
-          text_, mark.pos, mark.line, mark.column, rule->when_, offset);
+      const internal::SourcePosition at =
+          internal::MapScalarOffset(text_, mark.pos, mark.line, mark.column, rule->when_, offset);
       return absl::InvalidArgumentError(StrCat(set_->name_, ":", at.line, ":", at.column, ": ",
                                                when.path(), ": ", program.status().message()));
     }

@@ -20,7 +20,7 @@
 // Loading checks everything: unknown keys, every name and type in every
 // `when:` condition. An error names the file, the line and the column (for a
 // condition, of the offending token inside it) and the key path, e.g.
-// "configs/fraud_rules.yaml:14:29: rules[2].when: unknown name 'card_user_24h':
+// "configs/fraud_rules.yaml:41:11: rules[2].when: unknown name 'card_user_24h':
 // not a request field, a counter of this file or a flag". A failed load
 // returns no RuleSet, so a caller that reloads keeps the one it has.
 //
@@ -71,10 +71,10 @@ enum class Action : uint8_t {
   kFlagSeller,  // review now, and flag the seller for the rule's flag_ttl
 };
 
-std::string_view FailModeName(FailMode mode);      // "open" | "closed"
-std::string_view CounterKindName(CounterKind kind);  // "count" | "sum" | "distinct"
+std::string_view FailModeName(FailMode mode);           // "open" | "closed"
+std::string_view CounterKindName(CounterKind kind);     // "count" | "sum" | "distinct"
 std::string_view CounterEventName(CounterEvent event);  // "request" | "decline" | "chargeback"
-std::string_view ActionName(Action action);        // "allow" | "review" | "block" | "flag_seller"
+std::string_view ActionName(Action action);  // "allow" | "review" | "block" | "flag_seller"
 
 // A file holds at most this many rules and counters (a load error beyond).
 inline constexpr size_t kMaxRules = 256;
@@ -195,7 +195,7 @@ class RuleSet {
   static absl::StatusOr<std::shared_ptr<const RuleSet>> LoadFile(const std::string& path);
   // Loads `text` as if it were the file `name` (tests, backtests, the fuzzer).
   static absl::StatusOr<std::shared_ptr<const RuleSet>> Parse(const std::string& text,
-                                                               const std::string& name);
+                                                              const std::string& name);
 
   const std::string& name() const { return name_; }        // the file
   const std::string& version() const { return version_; }  // `version:`

@@ -17,6 +17,18 @@ stop and restart the sandbox on its port, and `stack.start_extra_sandbox()`
 starts another sandbox (a `Sandbox`, same certificates and secrets, its own
 journal) on a chosen port.
 
+Options for the fraud tests: `stack.fraud_rules_text` (a rule file's text,
+written as <tmp>/fraud_rules.yaml) or `stack.fraud_rules_source` (a file
+copied there, e.g. configs/fraud_rules.yaml) gives the gateway.yaml a
+`fraud: {rules: <tmp>/fraud_rules.yaml}` section (neither: no fraud section,
+the allow-all policy); `stack.redis_timeout` and `stack.redis_key_prefix` go
+to its `redis:` section. `stack.write_fraud_rules(text)` replaces the file
+the gateway loads (atomically), `stack.sighup_gateway()` asks it to reload;
+`stack.stop_redis()` / `stack.start_redis()` stop and restart Redis on its
+port, `stack.redis_command(...)` sends one command (RESP over a socket, e.g.
+CLIENT PAUSE), `stack.redis_commandstats()` reads INFO commandstats, and
+`stack.gateway_events(name)` returns the gateway's JSON log lines of an event.
+
 Every wait is a bounded poll: the sandbox port file, `redis-cli ping`, and the
 gRPC health service answering SERVING. Every process runs in its own process
 group, which stop() kills, and is killed by the kernel if the test process
@@ -346,6 +358,13 @@ class Stack:
         self.ledger_name = "ledger.db"
         # Extra environment for the gateway process.
         self.extra_env: dict[str, str] = {}
+        # Fraud rules: the text (or a file to copy) written as <tmp>/fraud_rules.yaml
+        # and named by gateway.yaml `fraud.rules`; neither set: allow-all.
+        self.fraud_rules_text: str | None = None
+        self.fraud_rules_source: Path | None = None
+        # gateway.yaml `redis:` section.
+        self.redis_timeout = "50ms"
+        self.redis_key_prefix: str | None = None  # None: the gateway's default ("rc")
         self.psp: Sandbox | None = None
         self.extra_sandboxes: list[Sandbox] = []
         self.card_timeout = card_timeout
@@ -405,6 +424,15 @@ class Stack:
     @property
     def gateway_log_path(self) -> Path:
         return self.tmp / "log" / "gateway.log"
+
+    @property
+    def fraud_rules_path(self) -> Path:
+        """The rule file the gateway loads (when fraud rules are configured)."""
+        return self.tmp / "fraud_rules.yaml"
+
+    @property
+    def fraud_configured(self) -> bool:
+        return self.fraud_rules_text is not None or self.fraud_rules_source is not None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -496,6 +524,56 @@ class Stack:
         log = (self.tmp / "log" / "redis.log").read_text()
         raise AssertionError(f"redis-server did not start:\n{log}")
 
+    def stop_redis(self) -> None:
+        """Stops Redis (its data is lost: no persistence); start_redis()
+        brings it back on the same port."""
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def start_redis(self) -> None:
+        """(Re)starts Redis on the port it had and waits for PONG."""
+        assert self.redis is None or not self.redis.alive(), "redis already running"
+        self.redis = Proc("redis", [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
+            "--dir", str(self.tmp / "redis"), "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--loglevel", "warning"], self.tmp / "log" / "redis.log")
+
+        def ready():
+            if not self.redis.alive():
+                raise AssertionError("redis-server exited:\n" +
+                                     (self.tmp / "log" / "redis.log").read_text())
+            try:
+                return self.redis_command("PING", timeout=1.0) == "PONG"
+            except OSError:
+                return None
+
+        wait_until(ready, START_DEADLINE_S, "redis to answer PING again", interval=0.05)
+
+    def redis_command(self, *args, timeout: float = 5.0):
+        """Sends one command to the stack's Redis on a new connection and
+        returns the decoded reply: str for simple strings, bytes for bulk
+        strings (None for nil), int, list; an error reply raises RedisError."""
+        with socket.create_connection(("127.0.0.1", self.redis_port), timeout=timeout) as sock:
+            out = [f"*{len(args)}\r\n".encode()]
+            for a in args:
+                b = a if isinstance(a, bytes) else str(a).encode()
+                out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+            sock.sendall(b"".join(out))
+            return _read_resp(sock.makefile("rb"))
+
+    def redis_commandstats(self) -> dict[str, int]:
+        """INFO commandstats as {command: calls}, e.g. {"evalsha": 12,
+        "script|load": 1, "info": 3}."""
+        text = self.redis_command("INFO", "commandstats").decode()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, fields = line[len("cmdstat_"):].partition(":")
+                stats = dict(kv.split("=", 1) for kv in fields.split(","))
+                out[name] = int(stats["calls"])
+        return out
+
     def new_sandbox(self, name: str) -> Sandbox:
         """A (not yet started) sandbox with this stack's certificates and
         secrets (and its PayPal / e-wallet APIs if the stack has them), its
@@ -544,11 +622,15 @@ class Stack:
             "adapters": str(self.adapters_yaml),
             "ledger": ("\n  backend: sqlite\n  path: " + str(self.ledger_path) +
                        "\n  group_commit_max: 512\n  key_retention: 24h"),
-            "redis": f"\n  address: 127.0.0.1:{self.redis_port}\n  timeout: 50ms",
+            "redis": (f"\n  address: 127.0.0.1:{self.redis_port}\n  timeout: {self.redis_timeout}" +
+                      (f"\n  key_prefix: {self.redis_key_prefix}"
+                       if self.redis_key_prefix is not None else "")),
             "fingerprint_key_file": str(self.tmp / "secrets" / "fingerprint.key"),
             "recovery": (f"\n  interval: {self.recovery_interval}"
                          f"\n  settle_after: {self.settle_after}"),
         }
+        if self.fraud_configured:
+            values["fraud"] = f"\n  rules: {self.fraud_rules_path}"
         values.update(override)
         lines = ["# Written by tests/e2e/stack.py"]
         for k, v in values.items():
@@ -556,6 +638,10 @@ class Stack:
         return "\n".join(lines) + "\n"
 
     def write_configs(self) -> None:
+        if self.fraud_rules_text is not None:
+            self.write_fraud_rules(self.fraud_rules_text)
+        elif self.fraud_rules_source is not None:
+            self.write_fraud_rules(Path(self.fraud_rules_source).read_text())
         self.gateway_yaml.write_text(self.gateway_yaml_text())
         self.adapters_yaml.write_text(self.adapters_text if self.adapters_text is not None
                                       else self.default_adapters_text())
@@ -656,6 +742,18 @@ class Stack:
         """kill -9: no chance to finish anything."""
         return self.stop_gateway(signal.SIGKILL)
 
+    def write_fraud_rules(self, text: str) -> None:
+        """Replaces the rule file the gateway loads, atomically (a reload
+        never reads half a file)."""
+        tmp_path = self.fraud_rules_path.with_suffix(".yaml.tmp")
+        tmp_path.write_text(text)
+        os.replace(tmp_path, self.fraud_rules_path)
+
+    def sighup_gateway(self) -> None:
+        """SIGHUP: the gateway reloads its fraud rules."""
+        assert self.gateway is not None and self.gateway.alive(), "gateway not running"
+        os.kill(self.gateway.pid, signal.SIGHUP)
+
     def restart_gateway(self) -> None:
         if self.gateway is not None and self.gateway.alive():
             self.stop_gateway()
@@ -708,6 +806,22 @@ class Stack:
             return self.gateway_log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def gateway_events(self, event: str, log: str | None = None) -> list[dict]:
+        """The gateway's JSON log lines whose "event" is `event` (from `log`,
+        default the whole gateway log)."""
+        out = []
+        for line in (self.gateway_log() if log is None else log).splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if obj.get("event") == event:
+                out.append(obj)
+        return out
 
     def sandbox_log(self) -> str:
         return self.psp.log() if self.psp else ""
@@ -771,6 +885,35 @@ class Stack:
         if status != 200:
             raise AssertionError(f"sandbox lookup {key}: HTTP {status} {body}")
         return body["data"]
+
+
+class RedisError(Exception):
+    """An error reply from Redis."""
+
+
+def _read_resp(f):
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise OSError("redis: connection closed mid-reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RedisError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        if len(data) != n + 2:
+            raise OSError("redis: connection closed mid-reply")
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_resp(f) for _ in range(n)]
+    raise OSError(f"redis: unexpected reply {line!r}")
 
 
 def status_name(code: int) -> str:

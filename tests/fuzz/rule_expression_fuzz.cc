@@ -39,7 +39,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Check(!program.status().message().empty());
     return 0;
   }
-  const double kValues[] = {0, -0.0, 1, 26, -3.5, std::numeric_limits<double>::infinity(),
+  const double kValues[] = {0,
+                            -0.0,
+                            1,
+                            26,
+                            -3.5,
+                            std::numeric_limits<double>::infinity(),
                             std::numeric_limits<double>::quiet_NaN()};
   double counters[3];
   EvalContext context;

@@ -37,8 +37,11 @@ class Request {
     input.coins = 100;
     input.amount_usd_cents = 99;
     // What an honest buyer's first recharge reads (the request included).
-    counters = {{"user_recharges_1h", 1}, {"user_spend_usd_24h", 0.99}, {"card_users_24h", 1},
-                {"ip_users_1h", 1},       {"device_users_24h", 1}};
+    counters = {{"user_recharges_1h", 1},
+                {"user_spend_usd_24h", 0.99},
+                {"card_users_24h", 1},
+                {"ip_users_1h", 1},
+                {"device_users_24h", 1}};
   }
 
   // The counters of a seller's n-th recharge for n different accounts,
@@ -108,14 +111,21 @@ TEST(DefaultRules, LoadAndDeclareTheCountersTheEngineUses) {
     CounterEvent on;
   };
   for (const Expected& e : {
-           Expected{"seller_users_1h", CounterKind::kDistinct, Field::kSellerId, CounterEvent::kRequest},
-           Expected{"seller_cards_1h", CounterKind::kDistinct, Field::kSellerId, CounterEvent::kRequest},
-           Expected{"card_users_24h", CounterKind::kDistinct, Field::kCardFingerprint, CounterEvent::kRequest},
-           Expected{"seller_recharges_1h", CounterKind::kCount, Field::kSellerId, CounterEvent::kRequest},
-           Expected{"seller_declines_1h", CounterKind::kCount, Field::kSellerId, CounterEvent::kDecline},
-           Expected{"seller_chargebacks_30d", CounterKind::kCount, Field::kSellerId, CounterEvent::kChargeback},
+           Expected{"seller_users_1h", CounterKind::kDistinct, Field::kSellerId,
+                    CounterEvent::kRequest},
+           Expected{"seller_cards_1h", CounterKind::kDistinct, Field::kSellerId,
+                    CounterEvent::kRequest},
+           Expected{"card_users_24h", CounterKind::kDistinct, Field::kCardFingerprint,
+                    CounterEvent::kRequest},
+           Expected{"seller_recharges_1h", CounterKind::kCount, Field::kSellerId,
+                    CounterEvent::kRequest},
+           Expected{"seller_declines_1h", CounterKind::kCount, Field::kSellerId,
+                    CounterEvent::kDecline},
+           Expected{"seller_chargebacks_30d", CounterKind::kCount, Field::kSellerId,
+                    CounterEvent::kChargeback},
            Expected{"ip_users_1h", CounterKind::kDistinct, Field::kIp, CounterEvent::kRequest},
-           Expected{"device_users_24h", CounterKind::kDistinct, Field::kDeviceId, CounterEvent::kRequest},
+           Expected{"device_users_24h", CounterKind::kDistinct, Field::kDeviceId,
+                    CounterEvent::kRequest},
        }) {
     std::optional<size_t> i = set->counter_index(e.name);
     ASSERT_TRUE(i.has_value()) << e.name;
@@ -192,7 +202,7 @@ struct EdgeCase {
   bool card_blocked = false;
   bool device_blocked = false;
   Action action = Action::kAllow;
-  std::string rule = {};         // the deciding rule, "" for none
+  std::string rule = {};  // the deciding rule, "" for none
   bool flag = false;
   std::string shadow_rule = {};  // a shadow hit expected, "" for none
 };
@@ -222,50 +232,85 @@ TEST_P(DefaultRuleEdges, Decide) {
 
 const EdgeCase kEdgeCases[] = {
     {.name = "SellerUsers25", .counters = {{"seller_users_1h", 25}}, .seller = true},
-    {.name = "SellerUsers26", .counters = {{"seller_users_1h", 26}}, .seller = true,
-     .action = Action::kReview, .rule = "seller-many-accounts", .flag = true},
+    {.name = "SellerUsers26",
+     .counters = {{"seller_users_1h", 26}},
+     .seller = true,
+     .action = Action::kReview,
+     .rule = "seller-many-accounts",
+     .flag = true},
     {.name = "SellerUsersWithoutSeller", .counters = {{"seller_users_1h", 99}}},
     {.name = "SellerCards20", .counters = {{"seller_cards_1h", 20}}, .seller = true},
-    {.name = "SellerCards21", .counters = {{"seller_cards_1h", 21}}, .seller = true,
-     .action = Action::kReview, .rule = "seller-many-cards", .flag = true},
-    {.name = "FlaggedSeller", .seller = true, .seller_flagged = true, .action = Action::kReview,
+    {.name = "SellerCards21",
+     .counters = {{"seller_cards_1h", 21}},
+     .seller = true,
+     .action = Action::kReview,
+     .rule = "seller-many-cards",
+     .flag = true},
+    {.name = "FlaggedSeller",
+     .seller = true,
+     .seller_flagged = true,
+     .action = Action::kReview,
      .rule = "flagged-seller"},
     {.name = "CardUsers3", .counters = {{"card_users_24h", 3}}},
-    {.name = "CardUsers4", .counters = {{"card_users_24h", 4}}, .action = Action::kBlock,
+    {.name = "CardUsers4",
+     .counters = {{"card_users_24h", 4}},
+     .action = Action::kBlock,
      .rule = "shared-card"},
     {.name = "Spend500", .counters = {{"user_spend_usd_24h", 500}}},
-    {.name = "Spend501IsShadow", .counters = {{"user_spend_usd_24h", 501}},
+    {.name = "Spend501IsShadow",
+     .counters = {{"user_spend_usd_24h", 501}},
      .shadow_rule = "daily-budget"},
     {.name = "DeclineShareBelowVolume",
-     .counters = {{"seller_recharges_1h", 9}, {"seller_declines_1h", 9}}, .seller = true},
+     .counters = {{"seller_recharges_1h", 9}, {"seller_declines_1h", 9}},
+     .seller = true},
     {.name = "DeclineShareHalf",
-     .counters = {{"seller_recharges_1h", 10}, {"seller_declines_1h", 5}}, .seller = true},
+     .counters = {{"seller_recharges_1h", 10}, {"seller_declines_1h", 5}},
+     .seller = true},
     {.name = "DeclineShareOverHalf",
-     .counters = {{"seller_recharges_1h", 10}, {"seller_declines_1h", 6}}, .seller = true,
-     .action = Action::kReview, .rule = "seller-decline-share", .flag = true},
+     .counters = {{"seller_recharges_1h", 10}, {"seller_declines_1h", 6}},
+     .seller = true,
+     .action = Action::kReview,
+     .rule = "seller-decline-share",
+     .flag = true},
     {.name = "Chargebacks2", .counters = {{"seller_chargebacks_30d", 2}}, .seller = true},
-    {.name = "Chargebacks3", .counters = {{"seller_chargebacks_30d", 3}}, .seller = true,
-     .action = Action::kReview, .rule = "seller-chargebacks", .flag = true},
+    {.name = "Chargebacks3",
+     .counters = {{"seller_chargebacks_30d", 3}},
+     .seller = true,
+     .action = Action::kReview,
+     .rule = "seller-chargebacks",
+     .flag = true},
     {.name = "DeviceUsers20", .counters = {{"device_users_24h", 20}}},
-    {.name = "DeviceUsers21", .counters = {{"device_users_24h", 21}}, .action = Action::kReview,
+    {.name = "DeviceUsers21",
+     .counters = {{"device_users_24h", 21}},
+     .action = Action::kReview,
      .rule = "device-many-accounts"},
     {.name = "IpUsers30", .counters = {{"ip_users_1h", 30}}},
-    {.name = "IpUsers31", .counters = {{"ip_users_1h", 31}}, .action = Action::kReview,
+    {.name = "IpUsers31",
+     .counters = {{"ip_users_1h", 31}},
+     .action = Action::kReview,
      .rule = "ip-many-accounts"},
     {.name = "UserRecharges10", .counters = {{"user_recharges_1h", 10}}},
-    {.name = "UserRecharges11IsShadow", .counters = {{"user_recharges_1h", 11}},
+    {.name = "UserRecharges11IsShadow",
+     .counters = {{"user_recharges_1h", 11}},
      .shadow_rule = "user-velocity"},
-    {.name = "CardBlocked", .card_blocked = true, .action = Action::kBlock,
-     .rule = "card-blocked"},
-    {.name = "DeviceBlocked", .device_blocked = true, .action = Action::kBlock,
+    {.name = "CardBlocked", .card_blocked = true, .action = Action::kBlock, .rule = "card-blocked"},
+    {.name = "DeviceBlocked",
+     .device_blocked = true,
+     .action = Action::kBlock,
      .rule = "device-blocked"},
-    {.name = "BlockBeatsFlag", .counters = {{"seller_users_1h", 30}}, .seller = true,
-     .card_blocked = true, .action = Action::kBlock, .rule = "card-blocked", .flag = true},
+    {.name = "BlockBeatsFlag",
+     .counters = {{"seller_users_1h", 30}},
+     .seller = true,
+     .card_blocked = true,
+     .action = Action::kBlock,
+     .rule = "card-blocked",
+     .flag = true},
 };
 
-INSTANTIATE_TEST_SUITE_P(
-    Thresholds, DefaultRuleEdges, ::testing::ValuesIn(kEdgeCases),
-    [](const ::testing::TestParamInfo<EdgeCase>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Thresholds, DefaultRuleEdges, ::testing::ValuesIn(kEdgeCases),
+                         [](const ::testing::TestParamInfo<EdgeCase>& info) {
+                           return std::string(info.param.name);
+                         });
 
 TEST(DefaultRules, EveryRuleIsCoveredByAnEdgeCase) {
   auto set = LoadDefaults();
@@ -312,7 +357,7 @@ TEST(FillEvalContext, CopiesEveryFieldOfTheInput) {
   EXPECT_EQ(c.number(Field::kCoins), 65);
   EXPECT_EQ(c.number(Field::kAmountUsd), 4.99);
   EXPECT_EQ(c.string(Field::kUserId).data(), in.user_id.data());  // a view, not a copy
-  EXPECT_EQ(c.counter(0), 7);                                      // left alone
+  EXPECT_EQ(c.counter(0), 7);                                     // left alone
   EXPECT_TRUE(c.seller_flagged);
 }
 

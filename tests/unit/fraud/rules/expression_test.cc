@@ -157,8 +157,7 @@ TEST(ExpressionErrors, TrailingTokens) {
 TEST(ExpressionErrors, ChainedComparison) {
   Failure f = CompileFailure("1 < coins < 3");
   EXPECT_EQ(f.offset, 10u);
-  EXPECT_EQ(f.message,
-            "comparisons do not chain: combine them with 'and', or use parentheses");
+  EXPECT_EQ(f.message, "comparisons do not chain: combine them with 'and', or use parentheses");
   f = CompileFailure("coins in [1] == true");
   EXPECT_EQ(f.offset, 13u);
   f = CompileFailure("(1 < coins == true)");
@@ -289,8 +288,8 @@ TEST(ExpressionErrors, NestingTooDeep) {
 TEST(ExpressionEval, ArithmeticPrecedence) {
   EXPECT_EQ(Number("1 + 2 * 3"), 7);
   EXPECT_EQ(Number("(1 + 2) * 3"), 9);
-  EXPECT_EQ(Number("10 - 4 - 3"), 3);    // left to right
-  EXPECT_EQ(Number("24 / 4 / 2"), 3);    // left to right
+  EXPECT_EQ(Number("10 - 4 - 3"), 3);  // left to right
+  EXPECT_EQ(Number("24 / 4 / 2"), 3);  // left to right
   EXPECT_EQ(Number("2 * 3 / 4"), 1.5);
   EXPECT_EQ(Number("-2 * 3"), -6);
   EXPECT_EQ(Number("- -2"), 2);
@@ -300,13 +299,13 @@ TEST(ExpressionEval, ArithmeticPrecedence) {
 }
 
 TEST(ExpressionEval, LogicPrecedence) {
-  EXPECT_TRUE(Holds("true or false and false"));     // and binds tighter than or
+  EXPECT_TRUE(Holds("true or false and false"));  // and binds tighter than or
   EXPECT_FALSE(Holds("(true or false) and false"));
-  EXPECT_FALSE(Holds("not false and false"));        // not binds tighter than and
+  EXPECT_FALSE(Holds("not false and false"));  // not binds tighter than and
   EXPECT_TRUE(Holds("not (false and false)"));
-  EXPECT_TRUE(Holds("not 1 > 2"));                   // comparison binds tighter than not
+  EXPECT_TRUE(Holds("not 1 > 2"));  // comparison binds tighter than not
   EXPECT_TRUE(Holds("not not true"));
-  EXPECT_TRUE(Holds("1 + 1 in [2]"));                // arithmetic binds tighter than in
+  EXPECT_TRUE(Holds("1 + 1 in [2]"));  // arithmetic binds tighter than in
 }
 
 TEST(ExpressionEval, Comparisons) {
@@ -354,8 +353,8 @@ TEST(ExpressionEval, StringLists) {
   EXPECT_FALSE(Holds(R"(region in ["US", "PH"])", c));
   EXPECT_FALSE(Holds(R"(region not in ["US", "SG"])", c));
   EXPECT_TRUE(Holds(R"(region not in ["US", "PH",])", c));  // trailing comma
-  EXPECT_TRUE(Holds(R"(region in ["SG", "SG"])", c));        // duplicates are harmless
-  EXPECT_FALSE(Holds(R"(region in ["sg"])", c));             // case matters
+  EXPECT_TRUE(Holds(R"(region in ["SG", "SG"])", c));       // duplicates are harmless
+  EXPECT_FALSE(Holds(R"(region in ["sg"])", c));            // case matters
   EXPECT_TRUE(Holds(R"(currency in [""])", c));
   EXPECT_TRUE(Holds(R"(not region in ["US"])", c));
 }

@@ -139,7 +139,7 @@ TEST(NoAllocation, EvaluatingTheDefaultRules) {
   EXPECT_EQ(honest, Action::kAllow);
   EXPECT_EQ(flagged, Action::kReview);
   EXPECT_TRUE(flag);
-  EXPECT_EQ(shadow_hits, 1u);  // daily-budget
+  EXPECT_EQ(shadow_hits, 1u);                 // daily-budget
   EXPECT_EQ(demoted_action, Action::kAllow);  // seller-many-accounts demoted
   EXPECT_EQ(blocked, Action::kBlock);
 }

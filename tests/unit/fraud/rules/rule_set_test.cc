@@ -14,10 +14,10 @@
 namespace recharge::rules {
 namespace {
 
-using ::testing::HasSubstr;
 using std::chrono::hours;
 using std::chrono::milliseconds;
 using std::chrono::minutes;
+using ::testing::HasSubstr;
 
 absl::StatusOr<std::shared_ptr<const RuleSet>> Parse(const std::string& text) {
   return RuleSet::Parse(text, "r.yaml");
@@ -34,13 +34,14 @@ std::string LoadError(const std::string& text) {
 // A file whose only rule has the condition `when` on line 7, starting at
 // column 11.
 std::string WithCondition(const std::string& when) {
-  return "version: \"1\"\n"                                                   // 1
-         "counters:\n"                                                        // 2
-         "  seller_users_1h: { distinct: user_id, per: seller_id, window: 1h }\n"  // 3
-         "rules:\n"                                                           // 4
-         "  - id: r\n"                                                        // 5
-         "    action: review\n"                                               // 6
-         "    when: " + when + "\n";                                          // 7
+  const std::string header =
+      "version: \"1\"\n"                                                        // 1
+      "counters:\n"                                                             // 2
+      "  seller_users_1h: { distinct: user_id, per: seller_id, window: 1h }\n"  // 3
+      "rules:\n"                                                                // 4
+      "  - id: r\n"                                                             // 5
+      "    action: review\n";                                                   // 6
+  return header + "    when: " + when + "\n";                                   // 7
 }
 
 // --- Condition errors, with the line and column in the file. -------------
@@ -70,8 +71,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "'!' is not an operator; use 'not' or '!='"},
         ConditionCase{"card_blocked && device_blocked", 24, "unexpected '&'; use 'and'"},
         ConditionCase{"card_blocked || device_blocked", 24, "unexpected '|'; use 'or'"},
-        ConditionCase{"region == 'US'", 21,
-                      "strings are written in double quotes: \"like this\""},
+        ConditionCase{"region == 'US'", 21, "strings are written in double quotes: \"like this\""},
         ConditionCase{"region == \"US", 21, "unterminated string: missing the closing '\"'"},
         ConditionCase{"region == \"a\\nb\"", 23,
                       "unknown escape in a string: only \\\" and \\\\ are allowed"},
@@ -82,8 +82,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "number '" + std::string(400, '9') + "' is out of range"},
         ConditionCase{"coins >", 18, "unexpected end of the condition: expected a value"},
         ConditionCase{"coins > > 3", 19, "expected a value, got '>'"},
-        ConditionCase{"(coins > 3", 21,
-                      "expected ')' to close '(', got the end of the condition"},
+        ConditionCase{"(coins > 3", 21, "expected ')' to close '(', got the end of the condition"},
         ConditionCase{"coins > 3 )", 21, "unexpected ')' after a complete condition"},
         ConditionCase{"1 < coins < 3", 21,
                       "comparisons do not chain: combine them with 'and', or use parentheses"},
@@ -113,14 +112,15 @@ INSTANTIATE_TEST_SUITE_P(
                       "the condition nests more than 32 levels deep"},
         ConditionCase{"coins + seller_users_1h", 11,
                       "a condition must be true or false, and this one is a number"},
-        ConditionCase{"region", 11, "a condition must be true or false, and this one is a string"}));
+        ConditionCase{"region", 11,
+                      "a condition must be true or false, and this one is a string"}));
 
 // --- Condition errors in other YAML scalar styles. ------------------------
 
 std::string RuleWithWhenLines(const std::string& lines) {
-  return "version: \"1\"\n"    // 1
-         "rules:\n"            // 2
-         "  - id: r\n"         // 3
+  return "version: \"1\"\n"     // 1
+         "rules:\n"             // 2
+         "  - id: r\n"          // 3
          "    action: block\n"  // 4
          + lines;               // from line 5
 }
@@ -205,7 +205,8 @@ TEST(RuleFileErrors, YamlSyntaxErrorHasLineAndColumn) {
 
 TEST(RuleFileErrors, KeyThatIsNotAStringIsAnErrorNotACrash) {
   // Found by the fuzzer: yaml-cpp throws when ConfigNode reads such a key.
-  EXPECT_EQ(LoadError("version: \"1\"\n? [a, b]\n: 1\n"), "r.yaml:2:3: a key must be a name, not a list or a mapping");
+  EXPECT_EQ(LoadError("version: \"1\"\n? [a, b]\n: 1\n"),
+            "r.yaml:2:3: a key must be a name, not a list or a mapping");
   EXPECT_EQ(LoadError("version: \"1\"\ncounters:\n  ? { a: 1 }\n  : 1\n"),
             "r.yaml:3:5: a key must be a name, not a list or a mapping");
 }
@@ -253,7 +254,8 @@ std::string WithCounter(const std::string& counter) {
 TEST(RuleFileErrors, CounterNeedsExactlyOneKind) {
   const std::string message =
       ": needs exactly one of count: true, sum: <number field>, distinct: <string field>";
-  EXPECT_EQ(LoadError(WithCounter("c: { per: user_id, window: 1h }")), "r.yaml:3:6: counters.c" + message);
+  EXPECT_EQ(LoadError(WithCounter("c: { per: user_id, window: 1h }")),
+            "r.yaml:3:6: counters.c" + message);
   EXPECT_EQ(LoadError(WithCounter("c: { count: true, sum: coins, per: user_id, window: 1h }")),
             "r.yaml:3:6: counters.c" + message);
   EXPECT_EQ(LoadError(WithCounter("c: { count: false, per: user_id, window: 1h }")),

@@ -16,8 +16,7 @@ std::string At(const std::string& source, const char* key, size_t offset) {
   const YAML::Node root = YAML::Load(source);
   const YAML::Node node = root[key];
   const YAML::Mark m = node.Mark();
-  const SourcePosition p =
-      MapScalarOffset(source, m.pos, m.line, m.column, node.Scalar(), offset);
+  const SourcePosition p = MapScalarOffset(source, m.pos, m.line, m.column, node.Scalar(), offset);
   return std::to_string(p.line) + ":" + std::to_string(p.column);
 }
 
@@ -34,12 +33,12 @@ TEST(MapScalarOffset, QuotedSingleLine) {
 }
 
 TEST(MapScalarOffset, MultiLineStyles) {
-  EXPECT_EQ(At("w: ab\n   cd\n", "w", 3), "2:4");                // plain, folded
-  EXPECT_EQ(At("w: |\n  ab\n    cd\n", "w", 5), "3:5");          // literal: "ab\n  cd\n"
-  EXPECT_EQ(At("w: >\n  ab\n  cd\n", "w", 3), "3:3");             // folded: "ab cd\n"
-  EXPECT_EQ(At("w: \"ab\n  cd\"\n", "w", 3), "2:3");              // double-quoted, folded
-  EXPECT_EQ(At("w: \"ab\\\n  cd\"\n", "w", 2), "2:3");            // escaped line break
-  EXPECT_EQ(At("w: 'ab\n\n  cd'\n", "w", 3), "3:3");              // empty line = "\n"
+  EXPECT_EQ(At("w: ab\n   cd\n", "w", 3), "2:4");        // plain, folded
+  EXPECT_EQ(At("w: |\n  ab\n    cd\n", "w", 5), "3:5");  // literal: "ab\n  cd\n"
+  EXPECT_EQ(At("w: >\n  ab\n  cd\n", "w", 3), "3:3");    // folded: "ab cd\n"
+  EXPECT_EQ(At("w: \"ab\n  cd\"\n", "w", 3), "2:3");     // double-quoted, folded
+  EXPECT_EQ(At("w: \"ab\\\n  cd\"\n", "w", 2), "2:3");   // escaped line break
+  EXPECT_EQ(At("w: 'ab\n\n  cd'\n", "w", 3), "3:3");     // empty line = "\n"
 }
 
 TEST(MapScalarOffset, TagsAndAnchorsAreSkipped) {
@@ -50,9 +49,9 @@ TEST(MapScalarOffset, TagsAndAnchorsAreSkipped) {
 TEST(MapScalarOffset, FallsBackToTheScalarStart) {
   // \u00e9 stands for two bytes of the value: the walk loses its way.
   EXPECT_EQ(At("w: \"\\u00e9 cd\"\n", "w", 3), "1:4");
-  EXPECT_EQ(MapScalarOffset("w: x\n", 99, 0, 3, "x", 0).column, 4);  // position past the end
-  EXPECT_EQ(MapScalarOffset("w: x\n", 3, 0, 3, "x", 5).column, 4);   // offset past the end
-  EXPECT_EQ(MapScalarOffset("w: x\n", 3, 0, 2, "x", 0).column, 3);   // mark disagrees with pos
+  EXPECT_EQ(MapScalarOffset("w: x\n", 99, 0, 3, "x", 0).column, 4);     // position past the end
+  EXPECT_EQ(MapScalarOffset("w: x\n", 3, 0, 3, "x", 5).column, 4);      // offset past the end
+  EXPECT_EQ(MapScalarOffset("w: x\n", 3, 0, 2, "x", 0).column, 3);      // mark disagrees with pos
   EXPECT_EQ(MapScalarOffset("w: abc\n", 3, 0, 3, "xyz", 1).column, 4);  // value not in source
 }
 
