@@ -114,7 +114,9 @@ std::vector<std::pair<std::string, ConfigNode>> ConfigNode::Entries() const {
   std::vector<std::pair<std::string, ConfigNode>> out;
   if (!node_.IsMap()) return out;
   for (const auto& kv : node_) {
-    std::string key = kv.first.as<std::string>();
+    // A key that is itself a list or a mapping (`? [a]: 1`) is no option
+    // name: it gets a name no option has, so checks report it as unknown.
+    std::string key = kv.first.IsScalar() ? kv.first.Scalar() : std::string("<not a name>");
     out.emplace_back(key, ConfigNode(file_, kv.second, JoinPath(path_, key),
                                      kv.second.IsNull() ? kv.first.Mark() : kv.second.Mark()));
   }

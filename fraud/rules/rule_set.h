@@ -98,11 +98,11 @@ struct CounterSpec {
   std::chrono::milliseconds bucket_width() const { return window / buckets; }
 };
 
-// `blast_radius:`: the guard that demotes to shadow a rule that stops more
+// `blast_radius:`: the guard that demotes to shadow a rule that blocks more
 // than `max_block_share` of the requests of the last `window`, once that
-// window holds at least `min_requests` requests. It applies to the rules
-// whose action stops the sale (block, review, flag_seller). The engine
-// enforces it; this is its configuration.
+// window holds at least `min_requests` requests. It watches the enforcing
+// `block` rules (a review keeps the sale open). The engine enforces it; this
+// is its configuration.
 struct BlastRadius {
   double max_block_share = 0.2;
   std::chrono::milliseconds window = std::chrono::minutes(10);
@@ -123,8 +123,9 @@ class Rule {
   // The blast-radius threshold of this rule: its own max_block_share, else
   // the file's blast_radius.max_block_share. 1 means never demoted.
   double max_block_share() const { return max_block_share_; }
-  // Whether the blast-radius guard watches this rule (action stops the sale).
-  bool guarded() const { return action_ != Action::kAllow; }
+  // Whether the blast-radius guard watches this rule: a block rule (when
+  // enforcing).
+  bool guarded() const { return action_ == Action::kBlock; }
   // The `when:` condition as written, and compiled.
   const std::string& when() const { return when_; }
   const Program& program() const { return program_; }

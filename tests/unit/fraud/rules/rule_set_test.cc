@@ -504,7 +504,8 @@ TEST(RuleSet, LoadsRules) {
   const Rule& odd = set->rules()[1];
   EXPECT_EQ(odd.reason(), "region we do not sell in");
   EXPECT_EQ(odd.max_block_share(), 0.3);  // the file's default
-  EXPECT_TRUE(odd.guarded());
+  EXPECT_FALSE(odd.guarded());             // a review keeps the sale open
+  EXPECT_TRUE(set->rules()[2].guarded());  // block
   EXPECT_EQ(set->rules()[2].max_block_share(), 1.0);
   EXPECT_EQ(set->rules()[3].action(), Action::kFlagSeller);
   EXPECT_EQ(set->rules()[3].flag_ttl(), hours(1));
