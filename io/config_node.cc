@@ -63,7 +63,28 @@ std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   return std::chrono::milliseconds(n * ms_per);
 }
 
+// Every mapping key must be a plain name: a key that is a list or a mapping
+// ("? [a]: 1") is refused where it stands.
+static absl::Status CheckKeysAreNames(const std::string& name, const YAML::Node& node) {
+  if (node.IsMap()) {
+    for (const auto& kv : node) {
+      if (!kv.first.IsScalar()) {
+        return absl::InvalidArgumentError(StrCat(name, ":", kv.first.Mark().line + 1, ":",
+                                                 kv.first.Mark().column + 1,
+                                                 ": a key must be a name, not a list or a mapping"));
+      }
+      if (absl::Status s = CheckKeysAreNames(name, kv.second); !s.ok()) return s;
+    }
+  } else if (node.IsSequence()) {
+    for (const auto& item : node) {
+      if (absl::Status s = CheckKeysAreNames(name, item); !s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ConfigNode> ConfigNode::FromRoot(const std::string& name, YAML::Node root) {
+  if (absl::Status s = CheckKeysAreNames(name, root); !s.ok()) return s;
   auto file = std::make_shared<const std::string>(name);
   YAML::Mark mark = root.Mark();
   if (mark.line < 0) mark = YAML::Mark();
@@ -114,9 +135,7 @@ std::vector<std::pair<std::string, ConfigNode>> ConfigNode::Entries() const {
   std::vector<std::pair<std::string, ConfigNode>> out;
   if (!node_.IsMap()) return out;
   for (const auto& kv : node_) {
-    // A key that is itself a list or a mapping (`? [a]: 1`) is no option
-    // name: it gets a name no option has, so checks report it as unknown.
-    std::string key = kv.first.IsScalar() ? kv.first.Scalar() : std::string("<not a name>");
+    std::string key = kv.first.Scalar();  // a name: checked at load
     out.emplace_back(key, ConfigNode(file_, kv.second, JoinPath(path_, key),
                                      kv.second.IsNull() ? kv.first.Mark() : kv.second.Mark()));
   }

@@ -33,6 +33,13 @@ TEST(ConfigNode, UnknownKeyIsRejected) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("listen_port: unknown option"));
 }
 
+TEST(ConfigNode, AKeyThatIsNotANameIsAnErrorAtItsPlace) {
+  auto root = ConfigNode::LoadString("a: 1\nb:\n  ? [x, y]\n  : 2\n", "k.yaml");
+  ASSERT_FALSE(root.ok());
+  EXPECT_EQ(std::string(root.status().message()),
+            "k.yaml:3:5: a key must be a name, not a list or a mapping");
+}
+
 TEST(ConfigNode, DurationsNeedAUnit) {
   EXPECT_EQ(ParseDuration("250ms"), std::chrono::milliseconds(250));
   EXPECT_EQ(ParseDuration("5s"), std::chrono::seconds(5));
