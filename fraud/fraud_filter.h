@@ -4,8 +4,10 @@
 // the filter for a decision before anything is charged, and records the
 // decision with its inputs in the ledger's decision log.
 //
-// Until the rule engine lands, the gateway runs AllowAllFilter: every
-// request is allowed, and the assessment says so (rules_version "allow-all").
+// Implementations: RuleEngine (fraud/rule_engine.h), the rules of
+// configs/fraud_rules.yaml over Redis counters; and AllowAllFilter, the named
+// policy the gateway runs when no rule file is configured (every request
+// allowed, rules_version "allow-all").
 //
 // Thread-safety: Assess may run concurrently from any thread.
 #pragma once
