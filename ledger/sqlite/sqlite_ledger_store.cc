@@ -139,6 +139,28 @@ class SqliteLedgerStore::Db {
 
   int64_t Changes() const { return sqlite3_changes64(db_); }
 
+  // Reads a page of recharges from `stmt`, whose columns are created_at,
+  // seq, record and which was asked for page_size + 1 rows: the extra row
+  // only tells that there is a next page.
+  static absl::StatusOr<RechargePage> ReadPage(Stmt& stmt, int page_size) {
+    RechargePage page;
+    RechargeCursor last;
+    for (;;) {
+      absl::StatusOr<bool> row = stmt.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      if (static_cast<int>(page.recharges.size()) == page_size) {
+        page.next_cursor = last;
+        break;
+      }
+      last = RechargeCursor{stmt.ColInt(0), stmt.ColInt(1)};
+      if (!page.recharges.emplace_back().ParseFromString(stmt.ColBlob(2))) {
+        return absl::DataLossError("ledger: stored recharge does not parse");
+      }
+    }
+    return page;
+  }
+
  private:
   sqlite3* db_;
   std::unordered_map<const char*, sqlite3_stmt*> cache_;
@@ -415,22 +437,7 @@ asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListByStatus(
                        " ORDER BY created_at, seq LIMIT ?4");
         const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MIN, INT64_MIN});
         stmt.Int(1, status).Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
-        RechargePage page;
-        RechargeCursor last;
-        for (;;) {
-          absl::StatusOr<bool> row = stmt.Step();
-          if (!row.ok()) return row.status();
-          if (!*row) break;
-          if (static_cast<int>(page.recharges.size()) == page_size) {
-            page.next_cursor = last;
-            break;
-          }
-          last = RechargeCursor{stmt.ColInt(0), stmt.ColInt(1)};
-          if (!page.recharges.emplace_back().ParseFromString(stmt.ColBlob(2))) {
-            return absl::DataLossError("ledger: stored recharge does not parse");
-          }
-        }
-        return page;
+        return Db::ReadPage(stmt, page_size);
       };
   co_return co_await Submit<absl::StatusOr<RechargePage>>(std::move(body));
 }
@@ -486,22 +493,7 @@ asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListRecharges(
         if (!user_id.empty()) stmt.Text(1, user_id);
         const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MAX, INT64_MAX});
         stmt.Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
-        RechargePage page;
-        RechargeCursor last;
-        for (;;) {
-          absl::StatusOr<bool> row = stmt.Step();
-          if (!row.ok()) return row.status();
-          if (!*row) break;
-          if (static_cast<int>(page.recharges.size()) == page_size) {
-            page.next_cursor = last;
-            break;
-          }
-          last = RechargeCursor{stmt.ColInt(0), stmt.ColInt(1)};
-          if (!page.recharges.emplace_back().ParseFromString(stmt.ColBlob(2))) {
-            return absl::DataLossError("ledger: stored recharge does not parse");
-          }
-        }
-        return page;
+        return Db::ReadPage(stmt, page_size);
       };
   co_return co_await Submit<absl::StatusOr<RechargePage>>(std::move(body));
 }
