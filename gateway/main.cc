@@ -170,6 +170,7 @@ int Main(int argc, char** argv) {
   }
   LogInfo("shutting_down", {{"signal", strsignal(sig)}});
   server->GetHealthCheckService()->SetServingStatus(false);
+  gateway.StartDraining();
   server->Shutdown(std::chrono::system_clock::now() + config->shutdown_grace);
   server->Wait();
   work.reset();

@@ -55,6 +55,12 @@ RechargeGatewayService::RechargeGatewayService(asio::io_context& io, RechargeFlo
 grpc::ServerUnaryReactor* RechargeGatewayService::RecordRecharge(
     grpc::CallbackServerContext* ctx, const RecordRechargeRequest* request,
     RecordRechargeResponse* response) {
+  if (draining_) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 "the gateway is shutting down; nothing was charged, retry"));
+    return reactor;
+  }
   const auto deadline = DeadlineOf(*ctx);
   return Spawn(io_, ctx, [this, request, response, deadline]() -> asio::awaitable<absl::Status> {
     absl::StatusOr<RecordRechargeResponse> r = co_await flow_.Record(*request, deadline);

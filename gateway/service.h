@@ -7,6 +7,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
+
 #include "absl/status/status.h"
 #include "gateway/catalogue.h"
 #include "gateway/recharge_flow.h"
@@ -36,7 +38,12 @@ class RechargeGatewayService final : public recharge::v1::RechargeGateway::Callb
                                          const recharge::v1::ListPackagesRequest* request,
                                          recharge::v1::ListPackagesResponse* response) override;
 
+  // Shutdown has begun: new recharges are refused with UNAVAILABLE (retry on
+  // another instance) while the ones in flight finish.
+  void StartDraining() { draining_ = true; }
+
  private:
+  std::atomic<bool> draining_{false};
   asio::io_context& io_;
   RechargeFlow& flow_;
   LedgerStore& ledger_;
