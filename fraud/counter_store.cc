@@ -140,7 +140,7 @@ asio::awaitable<absl::StatusOr<RedisReply>> RedisCounterStore::Eval(std::vector<
 }
 
 asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead(
-    const std::vector<CounterUpdate>& counters, const std::vector<std::string>& check_keys,
+    std::vector<CounterUpdate> counters, std::vector<std::string> check_keys,
     std::chrono::system_clock::time_point now) {
   std::vector<std::string> keys;
   std::vector<std::string> args = {std::to_string(counters.size())};
@@ -165,21 +165,23 @@ asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead
   co_return out;
 }
 
-asio::awaitable<absl::Status> RedisCounterStore::Increment(const std::vector<CounterUpdate>& counters,
+asio::awaitable<absl::Status> RedisCounterStore::Increment(std::vector<CounterUpdate> counters,
                                                            std::chrono::system_clock::time_point now) {
-  absl::StatusOr<CounterReadout> r = co_await UpdateAndRead(counters, {}, now);
+  std::vector<std::string> no_checks;
+  absl::StatusOr<CounterReadout> r = co_await UpdateAndRead(std::move(counters), no_checks, now);
   co_return r.status();
 }
 
 asio::awaitable<absl::StatusOr<std::vector<double>>> RedisCounterStore::Read(
     std::vector<CounterUpdate> counters, std::chrono::system_clock::time_point now) {
   for (CounterUpdate& c : counters) c.update = false;
-  absl::StatusOr<CounterReadout> r = co_await UpdateAndRead(counters, {}, now);
+  std::vector<std::string> no_checks;
+  absl::StatusOr<CounterReadout> r = co_await UpdateAndRead(std::move(counters), no_checks, now);
   if (!r.ok()) co_return r.status();
   co_return std::move(r->values);
 }
 
-asio::awaitable<absl::Status> RedisCounterStore::FlagSeller(const SellerFlag& flag) {
+asio::awaitable<absl::Status> RedisCounterStore::FlagSeller(SellerFlag flag) {
   const std::string key = SellerFlagKey(flag.seller_id);
   const int64_t ttl = std::max<int64_t>(1, flag.expires_at_ms - flag.flagged_at_ms);
   const auto deadline = Deadline();
@@ -210,7 +212,7 @@ asio::awaitable<absl::Status> RedisCounterStore::FlagSeller(const SellerFlag& fl
 }
 
 asio::awaitable<absl::StatusOr<std::optional<SellerFlag>>> RedisCounterStore::GetFlag(
-    const std::string& seller_id) {
+    std::string seller_id) {
   std::vector<std::string> hgetall = {"HGETALL", SellerFlagKey(seller_id)};
   absl::StatusOr<RedisReply> r = co_await redis_.Command(std::move(hgetall), Deadline());
   if (!r.ok()) co_return r.status();
@@ -247,7 +249,7 @@ asio::awaitable<absl::StatusOr<std::vector<SellerFlag>>> RedisCounterStore::List
   co_return out;
 }
 
-asio::awaitable<absl::StatusOr<bool>> RedisCounterStore::ClearFlag(const std::string& seller_id) {
+asio::awaitable<absl::StatusOr<bool>> RedisCounterStore::ClearFlag(std::string seller_id) {
   std::vector<std::string> del = {"DEL", SellerFlagKey(seller_id)};
   absl::StatusOr<RedisReply> r = co_await redis_.Command(std::move(del), Deadline());
   if (!r.ok()) co_return r.status();
@@ -257,7 +259,7 @@ asio::awaitable<absl::StatusOr<bool>> RedisCounterStore::ClearFlag(const std::st
   co_return r->integer > 0;
 }
 
-asio::awaitable<absl::Status> RedisCounterStore::Block(const std::string& key,
+asio::awaitable<absl::Status> RedisCounterStore::Block(std::string key,
                                                        std::chrono::milliseconds ttl) {
   std::vector<std::string> set = {"SET", key, "1", "PX", std::to_string(ttl.count())};
   absl::StatusOr<RedisReply> r = co_await redis_.Command(std::move(set), Deadline());

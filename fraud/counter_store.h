@@ -55,26 +55,28 @@ class RedisCounterStore {
 
   // Applies and reads `counters` and tells which of `check_keys` exist (flags,
   // block lists), atomically, in one round trip. `now` picks the buckets.
+  // Arguments are taken by value: the coroutine may start after the
+  // caller's full expression ends (co_spawn), so it must own them.
   asio::awaitable<absl::StatusOr<CounterReadout>> UpdateAndRead(
-      const std::vector<CounterUpdate>& counters, const std::vector<std::string>& check_keys,
+      std::vector<CounterUpdate> counters, std::vector<std::string> check_keys,
       std::chrono::system_clock::time_point now);
 
   // Adds 1 to count counters (outcome events: declines, chargebacks).
-  asio::awaitable<absl::Status> Increment(const std::vector<CounterUpdate>& counters,
+  asio::awaitable<absl::Status> Increment(std::vector<CounterUpdate> counters,
                                           std::chrono::system_clock::time_point now);
   // Reads counters without changing them (GetSellerRisk).
   asio::awaitable<absl::StatusOr<std::vector<double>>> Read(
       std::vector<CounterUpdate> counters, std::chrono::system_clock::time_point now);
 
   // Seller flags: visible to every replica, expiring on their own.
-  asio::awaitable<absl::Status> FlagSeller(const SellerFlag& flag);
-  asio::awaitable<absl::StatusOr<std::optional<SellerFlag>>> GetFlag(const std::string& seller_id);
+  asio::awaitable<absl::Status> FlagSeller(SellerFlag flag);
+  asio::awaitable<absl::StatusOr<std::optional<SellerFlag>>> GetFlag(std::string seller_id);
   asio::awaitable<absl::StatusOr<std::vector<SellerFlag>>> ListFlags(int64_t now_ms);
   // Returns whether a flag was there.
-  asio::awaitable<absl::StatusOr<bool>> ClearFlag(const std::string& seller_id);
+  asio::awaitable<absl::StatusOr<bool>> ClearFlag(std::string seller_id);
 
   // Block lists (card fingerprints, devices), with a TTL.
-  asio::awaitable<absl::Status> Block(const std::string& key, std::chrono::milliseconds ttl);
+  asio::awaitable<absl::Status> Block(std::string key, std::chrono::milliseconds ttl);
 
   // Key names.
   std::string SellerFlagKey(const std::string& seller_id) const;
