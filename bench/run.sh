@@ -38,8 +38,14 @@ rm -f "$B"/ledger.db "$B"/ledger.db-wal "$B"/ledger.db-shm "$B"/journal.jsonl \
       "$B"/sandbox.port "$B"/redis/*
 : > "$B/log/gateway.log"; : > "$B/log/sandbox.log"; : > "$B/log/redis.log"; : > "$B/log/echo.log"
 
-# The gateway's own config files, with every var/ path moved under var/bench/.
+# The gateway's own config files, with every var/ path moved under var/bench/;
+# plaintext on loopback, the load generator calling as dev-app with a token
+# made for this run (only its SHA-256 reaches the gateway).
 sed -e "s#var/#$B/#g" -e "s#configs/adapters.yaml#$B/adapters.yaml#" configs/gateway.yaml > "$B/gateway.yaml"
+export GATEWAY_TRANSPORT=plaintext
+BENCH_TOKEN=$(openssl rand -hex 24)
+RECHARGE_DEV_APP_TOKEN_SHA256=$(printf '%s' "$BENCH_TOKEN" | sha256sum | cut -d' ' -f1)
+export RECHARGE_DEV_APP_TOKEN_SHA256
 sed -e "s#var/#$B/#g" configs/adapters.yaml > "$B/adapters.yaml"
 
 free_port() {
@@ -112,7 +118,7 @@ out="$B/results/$stamp"
 measure() {  # mode port name=pid...
   local mode=$1 port=$2; shift 2
   build/tools/loadgen --mode "$mode" --target "127.0.0.1:$port" --concurrency "$CONCURRENCY" \
-    --channels "$CHANNELS" --duration "$DURATION" --warmup "$WARMUP" \
+    --channels "$CHANNELS" --duration "$DURATION" --warmup "$WARMUP" --token "$BENCH_TOKEN" \
     --json-out "$out.$mode.json" > "$out.$mode.txt" &
   loadgen_pid=$!
   sleep "$WARMUP"

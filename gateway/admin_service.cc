@@ -2,7 +2,7 @@
 
 #include <google/protobuf/util/time_util.h>
 
-#include "gateway/reactor.h"
+#include "gateway/call_gate.h"
 #include "gateway/recharge_flow.h"
 #include "gateway/service.h"
 #include "gateway/validation.h"
@@ -18,6 +18,7 @@ constexpr int kDefaultPageSize = 20;
 constexpr int kMaxPageSize = 100;
 // Page tokens of the review queue are bound to this scope name.
 constexpr const char* kReviewScope = "review-queue";
+constexpr const char* kAuditScope = "audit-log";
 
 absl::Status NoRules() {
   return absl::FailedPreconditionError(
@@ -39,14 +40,15 @@ void ToProto(const SellerFlag& f, FlaggedSeller* out) {
 
 }  // namespace
 
-FraudAdminService::FraudAdminService(asio::io_context& io, RuleEngine* engine, LedgerStore& ledger,
+FraudAdminService::FraudAdminService(CallGate& gate, RuleEngine* engine, LedgerStore& ledger,
                                      const Router& router)
-    : io_(io), engine_(engine), ledger_(ledger), router_(router) {}
+    : gate_(gate), engine_(engine), ledger_(ledger), router_(router) {}
 
 grpc::ServerUnaryReactor* FraudAdminService::ListFlaggedSellers(
-    grpc::CallbackServerContext* ctx, const ListFlaggedSellersRequest*,
+    grpc::CallbackServerContext* ctx, const ListFlaggedSellersRequest* request,
     ListFlaggedSellersResponse* response) {
-  return Spawn(io_, ctx, [this, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ListFlaggedSellers", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     absl::StatusOr<std::vector<SellerFlag>> flags = co_await engine_->store().ListFlags(NowMs());
     if (!flags.ok()) co_return absl::UnavailableError(StrCat("redis: ", flags.status().message()));
@@ -58,7 +60,8 @@ grpc::ServerUnaryReactor* FraudAdminService::ListFlaggedSellers(
 grpc::ServerUnaryReactor* FraudAdminService::GetSellerRisk(grpc::CallbackServerContext* ctx,
                                                            const GetSellerRiskRequest* request,
                                                            SellerRisk* response) {
-  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/GetSellerRisk", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     if (absl::Status s = ValidateId("seller_id", request->seller_id(), true); !s.ok()) co_return s;
     absl::StatusOr<std::optional<SellerFlag>> flag =
@@ -89,21 +92,22 @@ grpc::ServerUnaryReactor* FraudAdminService::GetSellerRisk(grpc::CallbackServerC
 grpc::ServerUnaryReactor* FraudAdminService::ClearSellerFlag(grpc::CallbackServerContext* ctx,
                                                              const ClearSellerFlagRequest* request,
                                                              ClearSellerFlagResponse* response) {
-  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ClearSellerFlag", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     if (absl::Status s = ValidateId("seller_id", request->seller_id(), true); !s.ok()) co_return s;
     absl::StatusOr<bool> was = co_await engine_->store().ClearFlag(request->seller_id());
     if (!was.ok()) co_return absl::UnavailableError(StrCat("redis: ", was.status().message()));
     response->set_was_flagged(*was);
-    LogInfo("seller_flag_cleared", {{"seller_id", request->seller_id()}, {"note", request->note()}});
     co_return absl::OkStatus();
   });
 }
 
 grpc::ServerUnaryReactor* FraudAdminService::ReloadRules(grpc::CallbackServerContext* ctx,
-                                                         const ReloadRulesRequest*,
+                                                         const ReloadRulesRequest* request,
                                                          ReloadRulesResponse* response) {
-  return Spawn(io_, ctx, [this, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ReloadRules", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     absl::StatusOr<std::string> version = engine_->Reload();
     if (!version.ok()) {
@@ -116,9 +120,10 @@ grpc::ServerUnaryReactor* FraudAdminService::ReloadRules(grpc::CallbackServerCon
 }
 
 grpc::ServerUnaryReactor* FraudAdminService::GetRuleStats(grpc::CallbackServerContext* ctx,
-                                                          const GetRuleStatsRequest*,
+                                                          const GetRuleStatsRequest* request,
                                                           GetRuleStatsResponse* response) {
-  return Spawn(io_, ctx, [this, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/GetRuleStats", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     for (const RuleStatsSnapshot& s : engine_->Stats()) {
       RuleStats* r = response->add_rules();
@@ -137,7 +142,8 @@ grpc::ServerUnaryReactor* FraudAdminService::GetRuleStats(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* FraudAdminService::ListReviews(grpc::CallbackServerContext* ctx,
                                                          const ListReviewsRequest* request,
                                                          ListReviewsResponse* response) {
-  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ListReviews", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (request->page_size() < 0) co_return absl::InvalidArgumentError("page_size: must not be negative");
     const int page_size = request->page_size() == 0 ? kDefaultPageSize
                                                     : std::min(request->page_size(), kMaxPageSize);
@@ -159,8 +165,8 @@ grpc::ServerUnaryReactor* FraudAdminService::ListReviews(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerContext* ctx,
                                                            const ResolveReviewRequest* request,
                                                            Recharge* response) {
-  const auto deadline = DeadlineOf(*ctx);
-  return Spawn(io_, ctx, [this, request, response, deadline]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ResolveReview", request, response,
+                     [this, request, response](const CallInfo& call) -> asio::awaitable<absl::Status> {
     if (absl::Status s = ValidateId("recharge_id", request->recharge_id(), true); !s.ok()) co_return s;
     absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
     if (!r.ok()) co_return r.status();
@@ -169,7 +175,9 @@ grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerC
                                                      RechargeStatus_Name(r->status()), ")"));
     }
     Recharge next = *r;
-    next.set_review_note(request->note());
+    next.set_review_note(RedactCardNumbers(request->note()));
+    next.set_reviewed_by(call.caller->name);
+    *next.mutable_reviewed_at() = TimeUtil::MicrosecondsToTimestamp(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
     if (!request->approve()) {
       next.set_status(RECHARGE_STATUS_DECLINED);
       next.mutable_payment()->set_decline_code("review_rejected");
@@ -202,7 +210,7 @@ grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerC
     absl::StatusOr<bool> claimed = co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_PENDING_REVIEW);
     if (!claimed.ok()) co_return claimed.status();
     if (!*claimed) co_return absl::FailedPreconditionError("recharge_id: the review was resolved meanwhile");
-    ChargeRequest charge = ChargeRequestOf(*r, deadline - std::chrono::milliseconds(100));
+    ChargeRequest charge = ChargeRequestOf(*r, call.deadline - std::chrono::milliseconds(100));
     Router::Routed routed = co_await router_.Charge(**route, charge);
     Recharge done = next;
     ApplyChargeOutcome(routed.outcome, routed.adapter, &done);
@@ -218,7 +226,8 @@ grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerC
 grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServerContext* ctx,
                                                               const ReportChargebackRequest* request,
                                                               ReportChargebackResponse* response) {
-  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ReportChargeback", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     if (absl::Status s = ValidateId("recharge_id", request->recharge_id(), true); !s.ok()) co_return s;
     absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
@@ -247,7 +256,32 @@ grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServ
     if (!result.ok()) co_return absl::UnavailableError(StrCat("redis: ", result.status().message()));
     response->set_seller_flagged(result->seller_flagged);
     for (const std::string& b : result->blocked) response->add_blocked(b);
-    LogInfo("chargeback_reported", {{"recharge_id", request->recharge_id()}, {"reason", request->reason()}});
+    co_return absl::OkStatus();
+  });
+}
+
+
+grpc::ServerUnaryReactor* FraudAdminService::ListAuditEvents(grpc::CallbackServerContext* ctx,
+                                                             const ListAuditEventsRequest* request,
+                                                             ListAuditEventsResponse* response) {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ListAuditEvents", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
+    if (request->page_size() < 0) co_return absl::InvalidArgumentError("page_size: must not be negative");
+    const int page_size = request->page_size() == 0 ? kDefaultPageSize
+                                                    : std::min(request->page_size(), kMaxPageSize);
+    std::optional<int64_t> before;
+    if (!request->page_token().empty()) {
+      absl::StatusOr<RechargeCursor> c = DecodePageToken(request->page_token(), kAuditScope);
+      if (!c.ok()) co_return c.status();
+      before = c->seq;
+    }
+    absl::StatusOr<AuditPage> page = co_await ledger_.ListAudit(page_size, before);
+    if (!page.ok()) co_return page.status();
+    for (AuditEvent& e : page->events) *response->add_events() = std::move(e);
+    if (page->next_before_seq) {
+      response->set_next_page_token(
+          EncodePageToken(RechargeCursor{*page->next_before_seq, *page->next_before_seq}, kAuditScope));
+    }
     co_return absl::OkStatus();
   });
 }

@@ -1,12 +1,14 @@
 // FraudAdminService: the ops API (DESIGN §4 FraudAdmin): flagged sellers and
 // their risk, rule reload and statistics, the review queue, chargebacks.
-// Thin like the RechargeGateway service: each call is a coroutine; errors
-// leave through ToGrpcStatus.
+// Thin like the RechargeGateway service: each call enters through the
+// CallGate (role ops; the calls that change something are audited there),
+// runs as a coroutine, and errors leave through ToGrpcStatus.
 //
 // Thread-safety: holds only references to thread-safe parts.
 #pragma once
 
 #include "adapters/router.h"
+#include "gateway/call_gate.h"
 #include "fraud/rule_engine.h"
 #include "ledger/ledger_store.h"
 #include "recharge/v1/recharge.grpc.pb.h"
@@ -17,7 +19,7 @@ class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService
  public:
   // `engine` may be null (fraud.rules empty: the allow-all policy); the
   // rule and seller calls then answer FAILED_PRECONDITION.
-  FraudAdminService(asio::io_context& io, RuleEngine* engine, LedgerStore& ledger,
+  FraudAdminService(CallGate& gate, RuleEngine* engine, LedgerStore& ledger,
                     const Router& router);
 
   grpc::ServerUnaryReactor* ListFlaggedSellers(grpc::CallbackServerContext* ctx,
@@ -44,9 +46,12 @@ class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService
   grpc::ServerUnaryReactor* ReportChargeback(grpc::CallbackServerContext* ctx,
                                              const recharge::v1::ReportChargebackRequest* request,
                                              recharge::v1::ReportChargebackResponse* response) override;
+  grpc::ServerUnaryReactor* ListAuditEvents(grpc::CallbackServerContext* ctx,
+                                            const recharge::v1::ListAuditEventsRequest* request,
+                                            recharge::v1::ListAuditEventsResponse* response) override;
 
  private:
-  asio::io_context& io_;
+  CallGate& gate_;
   RuleEngine* engine_;
   LedgerStore& ledger_;
   const Router& router_;

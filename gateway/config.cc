@@ -1,9 +1,11 @@
 #include "gateway/config.h"
 
+#include <cstdio>
 #include <cstdlib>
 
 #include "io/strings.h"
 #include "io/config_node.h"
+#include "io/log.h"
 
 namespace recharge {
 
@@ -14,12 +16,150 @@ namespace recharge {
     lhs = *std::move(_v);               \
   } while (0)
 
+namespace {
+
+bool HexDigest(std::string_view hex, std::string* out) {
+  if (hex.size() != 64) return false;
+  out->clear();
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int v = 0;
+    for (size_t k = 0; k < 2; ++k) {
+      const char ch = hex[i + k];
+      int d = 0;
+      if (ch >= '0' && ch <= '9') d = ch - '0';
+      else if (ch >= 'a' && ch <= 'f') d = ch - 'a' + 10;
+      else if (ch >= 'A' && ch <= 'F') d = ch - 'A' + 10;
+      else return false;
+      v = v * 16 + d;
+    }
+    out->push_back(static_cast<char>(v));
+  }
+  return true;
+}
+
+absl::Status LoadCaller(const ConfigNode& node, CallerConfig* out) {
+  if (!node.IsMap()) return node.Error("must be a map with name, roles and token_sha256 or certificate_subjects");
+  if (absl::Status s = node.CheckKeys({"name", "roles", "token_sha256", "certificate_subjects", "rate_limit"});
+      !s.ok()) {
+    return s;
+  }
+  CONFIG_ASSIGN(out->name, node.GetString("name"));
+  if (out->name.empty()) return node.Child("name").Error("must not be empty");
+  if (!node.Has("roles")) return node.Error("roles: is required (app, ops)");
+  std::vector<std::string> roles;
+  CONFIG_ASSIGN(roles, node.Child("roles").AsStringList());
+  for (const std::string& r : roles) {
+    std::optional<Role> role = ParseRole(r);
+    if (!role) return node.Child("roles").Error(StrCat("unknown role \"", r, "\" (app, ops)"));
+    out->roles |= *role;
+  }
+  if (out->roles == 0) return node.Child("roles").Error("needs at least one role (app, ops)");
+  if (node.Has("token_sha256")) {
+    std::vector<std::string> hashes;
+    CONFIG_ASSIGN(hashes, node.Child("token_sha256").AsStringList());
+    for (const std::string& h : hashes) {
+      if (h.empty()) continue;  // an unset ${VAR:-}: that token is not configured
+      std::string digest;
+      if (!HexDigest(h, &digest)) {
+        return node.Child("token_sha256").Error(
+            "each entry must be the SHA-256 of a token, 64 hex characters (never the token itself)");
+      }
+      out->token_sha256.push_back(std::move(digest));
+    }
+  }
+  if (node.Has("certificate_subjects")) {
+    CONFIG_ASSIGN(out->certificate_subjects, node.Child("certificate_subjects").AsStringList());
+  }
+  if (out->token_sha256.empty() && out->certificate_subjects.empty()) {
+    return node.Error("needs token_sha256 or certificate_subjects (no way to authenticate)");
+  }
+  if (node.Has("rate_limit")) {
+    ConfigNode rl = node.Child("rate_limit");
+    if (absl::Status s = rl.CheckKeys({"per_second", "burst"}); !s.ok()) return s;
+    int64_t per_second = 0;
+    int64_t burst = 0;
+    CONFIG_ASSIGN(per_second, rl.GetInt("per_second", std::nullopt, 1, 10'000'000));
+    CONFIG_ASSIGN(burst, rl.GetInt("burst", per_second, 1, 10'000'000));
+    out->rate_per_second = static_cast<double>(per_second);
+    out->rate_burst = static_cast<double>(burst);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadSecurity(const ConfigNode& root, GatewayConfig* c) {
+  std::string transport = "tls";
+  CONFIG_ASSIGN(transport, root.GetString("transport", transport));
+  if (transport == "plaintext") {
+    c->transport = Transport::kPlaintext;
+  } else if (transport == "tls") {
+    c->transport = Transport::kTls;
+  } else if (transport == "mtls") {
+    c->transport = Transport::kMtls;
+  } else {
+    return root.Child("transport").Error("must be plaintext, tls or mtls");
+  }
+  if (root.Has("tls")) {
+    ConfigNode tls = root.Child("tls");
+    if (absl::Status s = tls.CheckKeys({"cert_file", "key_file", "client_ca_file"}); !s.ok()) return s;
+    CONFIG_ASSIGN(c->tls_cert_file, tls.GetString("cert_file", ""));
+    CONFIG_ASSIGN(c->tls_key_file, tls.GetString("key_file", ""));
+    CONFIG_ASSIGN(c->tls_client_ca_file, tls.GetString("client_ca_file", ""));
+  }
+  if (c->transport != Transport::kPlaintext) {
+    if (c->tls_cert_file.empty() || c->tls_key_file.empty()) {
+      return root.Error(StrCat("tls.cert_file and tls.key_file: are required with transport: ", transport));
+    }
+  }
+  if (c->transport == Transport::kMtls && c->tls_client_ca_file.empty()) {
+    return root.Error("tls.client_ca_file: is required with transport: mtls");
+  }
+  if (c->transport == Transport::kPlaintext && !IsLoopbackListen(c->listen)) {
+    return root.Child("transport").Error(StrCat(
+        "plaintext is accepted only on a loopback listen address (listen is ", c->listen, ")"));
+  }
+  if (!root.Has("callers")) {
+    return root.Error("callers: is required: every call is authenticated (see docs/security.md)");
+  }
+  ConfigNode callers = root.Child("callers");
+  if (!callers.IsSequence()) return callers.Error("must be a list of callers");
+  for (const ConfigNode& item : callers.Items()) {
+    CallerConfig caller;
+    if (absl::Status s = LoadCaller(item, &caller); !s.ok()) return s;
+    c->callers.push_back(std::move(caller));
+  }
+  if (c->callers.empty()) return callers.Error("must list at least one caller");
+  // Duplicates and other cross-caller checks: CallerRegistry::Create, run
+  // here so that a bad file fails at load with its name.
+  std::vector<CallerConfig> copy = c->callers;
+  if (absl::StatusOr<std::unique_ptr<CallerRegistry>> reg = CallerRegistry::Create(std::move(copy));
+      !reg.ok()) {
+    return callers.Error(std::string(reg.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool IsLoopbackListen(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host == "localhost" || host == "::1") return true;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  char tail = 0;
+  if (std::sscanf(host.c_str(), "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4) {
+    return a == 127 && b <= 255 && c <= 255 && d <= 255;
+  }
+  return false;
+}
+
 absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   absl::StatusOr<ConfigNode> root = ConfigNode::LoadFile(path);
   if (!root.ok()) return root.status();
   if (absl::Status s = root->CheckKeys({"listen", "io_threads", "shutdown_grace", "catalogue",
                                         "adapters", "ledger", "redis", "fingerprint_key_file",
-                                        "recovery", "fraud"});
+                                        "recovery", "fraud", "transport", "tls", "callers",
+                                        "limits", "log_level"});
       !s.ok()) {
     return s;
   }
@@ -35,6 +175,22 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   CONFIG_ASSIGN(c.catalogue_path, root->GetString("catalogue", c.catalogue_path));
   CONFIG_ASSIGN(c.adapters_path, root->GetString("adapters", c.adapters_path));
   CONFIG_ASSIGN(c.fingerprint_key_file, root->GetString("fingerprint_key_file", c.fingerprint_key_file));
+
+  if (absl::Status s = LoadSecurity(*root, &c); !s.ok()) return s;
+  CONFIG_ASSIGN(c.log_level, root->GetString("log_level", c.log_level));
+  if (!ParseLogLevel(c.log_level)) {
+    return root->Child("log_level").Error("must be debug, info, warn or error");
+  }
+  if (root->Has("limits")) {
+    ConfigNode limits = root->Child("limits");
+    if (absl::Status s = limits.CheckKeys({"max_request_bytes", "call_deadline"}); !s.ok()) return s;
+    CONFIG_ASSIGN(c.max_request_bytes,
+                  limits.GetInt("max_request_bytes", c.max_request_bytes, 1024, 16 * 1024 * 1024));
+    CONFIG_ASSIGN(c.call_deadline, limits.GetDuration("call_deadline", c.call_deadline));
+    if (c.call_deadline < std::chrono::seconds(1)) {
+      return limits.Child("call_deadline").Error("must be at least 1s");
+    }
+  }
 
   if (root->Has("ledger")) {
     ConfigNode ledger = root->Child("ledger");

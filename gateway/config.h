@@ -4,14 +4,31 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "gateway/auth.h"
 #include "io/secret.h"
 
 namespace recharge {
 
+// How the gRPC port is secured.
+enum class Transport {
+  kPlaintext,  // no TLS: allowed only on a loopback listen address
+  kTls,        // TLS; callers authenticate with bearer tokens
+  kMtls,       // TLS, and the client must present a certificate the CA signed
+};
+
 struct GatewayConfig {
   std::string listen = "127.0.0.1:50051";
+  Transport transport = Transport::kTls;
+  std::string tls_cert_file;       // PEM: the server certificate (chain)
+  std::string tls_key_file;        // PEM: its private key
+  std::string tls_client_ca_file;  // PEM: the CA that signs client certificates (mtls)
+  std::vector<CallerConfig> callers;
+  int64_t max_request_bytes = 64 * 1024;
+  std::chrono::milliseconds call_deadline{30'000};
+  std::string log_level = "info";
   int io_threads = 0;  // 0 = one per core
   std::chrono::milliseconds shutdown_grace{10'000};
   std::string catalogue_path = "configs/packages.yaml";
@@ -30,6 +47,10 @@ struct GatewayConfig {
 
   static absl::StatusOr<GatewayConfig> Load(const std::string& path);
 };
+
+// True if `listen` (host:port) names a loopback address: 127.0.0.0/8,
+// [::1] or localhost.
+bool IsLoopbackListen(const std::string& listen);
 
 // RECHARGE_FINGERPRINT_KEY from the environment, else the file. At least 32
 // bytes. Errors name the source, never the key.

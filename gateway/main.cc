@@ -1,9 +1,12 @@
 // recharge-gateway: the gRPC server. Loads the configuration, opens the
-// ledger, builds the adapters, serves RechargeGateway (and, until the fraud
-// rules land, an empty FraudAdmin), the health service and reflection.
+// ledger, builds the adapters, serves RechargeGateway and FraudAdmin (every
+// call through the CallGate: callers, roles, rate limits, audit), the
+// health service and reflection, over TLS/mTLS or, on loopback only,
+// plaintext.
 //
 // Usage: recharge-gateway [--config configs/gateway.yaml] [--listen host:port]
-// SIGHUP: reload the fraud rules (the old ones stay live if the file is bad).
+// SIGHUP: reload the fraud rules and the TLS certificate, key and client CA
+// (for each, a bad file is refused and what was live stays live).
 // SIGINT/SIGTERM: health goes NOT_SERVING, no new calls are taken, in-flight
 // calls get `shutdown_grace` to finish, then the process exits 0.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -23,10 +26,13 @@
 #include "fraud/fraud_filter.h"
 #include "fraud/rule_engine.h"
 #include "gateway/admin_service.h"
+#include "gateway/auth.h"
+#include "gateway/call_gate.h"
 #include "gateway/catalogue.h"
 #include "gateway/config.h"
 #include "gateway/reconciler.h"
 #include "gateway/recharge_flow.h"
+#include "gateway/server_tls.h"
 #include "gateway/service.h"
 #include "io/asio.h"
 #include "io/log.h"
@@ -83,7 +89,24 @@ int Main(int argc, char** argv) {
   // connection pools), so that it is destroyed after them.
   asio::io_context io(threads);
 
+  SetLogLevel(*ParseLogLevel(config->log_level));
   if (listen_override) config->listen = *listen_override;
+  if (config->transport == Transport::kPlaintext && !IsLoopbackListen(config->listen)) {
+    return Fail(absl::InvalidArgumentError(StrCat(
+        "transport: plaintext is accepted only on a loopback listen address (listen is ",
+        config->listen, ")")));
+  }
+  absl::StatusOr<std::unique_ptr<CallerRegistry>> callers = CallerRegistry::Create(config->callers);
+  if (!callers.ok()) return Fail(callers.status());
+  std::unique_ptr<ServerTls> tls;
+  if (config->transport != Transport::kPlaintext) {
+    absl::StatusOr<std::unique_ptr<ServerTls>> made = ServerTls::Create(
+        {.cert_file = config->tls_cert_file,
+         .key_file = config->tls_key_file,
+         .client_ca_file = config->transport == Transport::kMtls ? config->tls_client_ca_file : ""});
+    if (!made.ok()) return Fail(made.status());
+    tls = *std::move(made);
+  }
   absl::StatusOr<Catalogue> catalogue = Catalogue::Load(config->catalogue_path);
   if (!catalogue.ok()) return Fail(catalogue.status());
   absl::StatusOr<std::unique_ptr<Router>> router = Router::Load(config->adapters_path);
@@ -137,14 +160,22 @@ int Main(int argc, char** argv) {
       },
       asio::detached);
 
-  RechargeGatewayService gateway(io, flow, **ledger, *catalogue);
-  FraudAdminService fraud_admin(io, engine.get(), **ledger, **router);
+  CallGate gate(io, **callers, **ledger,
+                {.call_deadline = config->call_deadline,
+                 .trust_client_certificates = config->transport == Transport::kMtls});
+  RechargeGatewayService gateway(gate, flow, **ledger, *catalogue);
+  FraudAdminService fraud_admin(gate, engine.get(), **ledger, **router);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(config->listen,
+                           tls ? tls->credentials() : grpc::InsecureServerCredentials(),
+                           &bound_port);
+  // A request larger than this is refused by gRPC itself (RESOURCE_EXHAUSTED)
+  // before any of it is parsed.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_request_bytes));
   builder.RegisterService(&gateway);
   builder.RegisterService(&fraud_admin);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -159,14 +190,29 @@ int Main(int argc, char** argv) {
                       {"port", std::to_string(bound_port)},
                       {"io_threads", std::to_string(threads)},
                       {"ledger", config->ledger_path},
-                      {"rules", engine ? engine->rules()->version() : "allow-all"}});
+                      {"rules", engine ? engine->rules()->version() : "allow-all"},
+                      {"transport", config->transport == Transport::kPlaintext ? "plaintext"
+                                    : config->transport == Transport::kTls     ? "tls"
+                                                                               : "mtls"},
+                      {"callers", std::to_string((*callers)->size())},
+                      {"max_request_bytes", std::to_string(config->max_request_bytes)}});
 
   int sig = 0;
   for (;;) {
     sigwait(&signals, &sig);
     if (sig != SIGHUP) break;
-    // SIGHUP: reload the fraud rules; a broken file leaves the old ones live.
+    // SIGHUP: reload the fraud rules and the TLS material; a broken file
+    // leaves what was live.
     if (engine) (void)engine->Reload();
+    if (tls) {
+      absl::StatusOr<std::string> served = tls->Reload();
+      if (served.ok()) {
+        LogInfo("tls_reloaded", {{"certificate", *served}});
+      } else {
+        LogError("tls_reload_failed", {{"error", std::string(served.status().message())},
+                                       {"kept", "the certificate served before"}});
+      }
+    }
   }
   LogInfo("shutting_down", {{"signal", strsignal(sig)}});
   server->GetHealthCheckService()->SetServingStatus(false);

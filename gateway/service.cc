@@ -3,7 +3,7 @@
 #include <charconv>
 
 #include "io/strings.h"
-#include "gateway/reactor.h"
+#include "gateway/call_gate.h"
 #include "gateway/validation.h"
 #include "io/crypto.h"
 #include "io/log.h"
@@ -48,9 +48,9 @@ absl::StatusOr<RechargeCursor> DecodePageToken(const std::string& token,
   return RechargeCursor{parts[0], parts[1]};
 }
 
-RechargeGatewayService::RechargeGatewayService(asio::io_context& io, RechargeFlow& flow,
+RechargeGatewayService::RechargeGatewayService(CallGate& gate, RechargeFlow& flow,
                                                LedgerStore& ledger, const Catalogue& catalogue)
-    : io_(io), flow_(flow), ledger_(ledger), catalogue_(catalogue) {}
+    : gate_(gate), flow_(flow), ledger_(ledger), catalogue_(catalogue) {}
 
 grpc::ServerUnaryReactor* RechargeGatewayService::RecordRecharge(
     grpc::CallbackServerContext* ctx, const RecordRechargeRequest* request,
@@ -61,9 +61,9 @@ grpc::ServerUnaryReactor* RechargeGatewayService::RecordRecharge(
                                  "the gateway is shutting down; nothing was charged, retry"));
     return reactor;
   }
-  const auto deadline = DeadlineOf(*ctx);
-  return Spawn(io_, ctx, [this, request, response, deadline]() -> asio::awaitable<absl::Status> {
-    absl::StatusOr<RecordRechargeResponse> r = co_await flow_.Record(*request, deadline);
+  return gate_.Serve(ctx, "/recharge.v1.RechargeGateway/RecordRecharge", request, response,
+                     [this, request, response](const CallInfo& call) -> asio::awaitable<absl::Status> {
+    absl::StatusOr<RecordRechargeResponse> r = co_await flow_.Record(*request, call.deadline);
     if (!r.ok()) co_return r.status();
     *response = *std::move(r);
     co_return absl::OkStatus();
@@ -73,7 +73,8 @@ grpc::ServerUnaryReactor* RechargeGatewayService::RecordRecharge(
 grpc::ServerUnaryReactor* RechargeGatewayService::GetRecharge(grpc::CallbackServerContext* ctx,
                                                               const GetRechargeRequest* request,
                                                               Recharge* response) {
-  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.RechargeGateway/GetRecharge", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (request->recharge_id().empty()) {
       co_return absl::InvalidArgumentError("recharge_id: is required");
     }
@@ -88,7 +89,8 @@ grpc::ServerUnaryReactor* RechargeGatewayService::GetRecharge(grpc::CallbackServ
 grpc::ServerUnaryReactor* RechargeGatewayService::ListRecharges(
     grpc::CallbackServerContext* ctx, const ListRechargesRequest* request,
     ListRechargesResponse* response) {
-  return Spawn(io_, ctx, [this, request, response]() -> asio::awaitable<absl::Status> {
+  return gate_.Serve(ctx, "/recharge.v1.RechargeGateway/ListRecharges", request, response,
+                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (absl::Status s = ValidateId("user_id", request->user_id(), false); !s.ok()) co_return s;
     if (request->page_size() < 0) {
       co_return absl::InvalidArgumentError("page_size: must not be negative");
@@ -116,14 +118,12 @@ grpc::ServerUnaryReactor* RechargeGatewayService::ListPackages(grpc::CallbackSer
                                                                const ListPackagesRequest* request,
                                                                ListPackagesResponse* response) {
   // Pure and in memory: answered on the gRPC thread, no coroutine needed.
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (absl::Status s = ValidateRegion(catalogue_, "region", request->region()); !s.ok()) {
-    reactor->Finish(ToGrpcStatus(s));
-    return reactor;
-  }
-  for (Package& p : catalogue_.List(request->region())) *response->add_packages() = std::move(p);
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return gate_.Serve(ctx, "/recharge.v1.RechargeGateway/ListPackages", request, response,
+                     [this, request, response](const CallInfo&) -> absl::Status {
+    if (absl::Status s = ValidateRegion(catalogue_, "region", request->region()); !s.ok()) return s;
+    for (Package& p : catalogue_.List(request->region())) *response->add_packages() = std::move(p);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace recharge

@@ -1,6 +1,7 @@
-// The gRPC edge: thin callback services that run each call as a coroutine on
-// the Asio io_context and finish the reactor exactly once from its
-// completion. absl::Status becomes grpc::Status in one place (ToGrpcStatus).
+// The gRPC edge: thin callback services. Every call enters through the
+// CallGate (authentication, roles, rate limits, audit) and runs as a
+// coroutine on the Asio io_context; the reactor is finished exactly once.
+// absl::Status becomes grpc::Status in one place (ToGrpcStatus).
 //
 // Thread-safety: the services hold only references to thread-safe parts.
 #pragma once
@@ -10,6 +11,7 @@
 #include <atomic>
 
 #include "absl/status/status.h"
+#include "gateway/call_gate.h"
 #include "gateway/catalogue.h"
 #include "gateway/recharge_flow.h"
 #include "ledger/ledger_store.h"
@@ -20,9 +22,10 @@ namespace recharge {
 // The one conversion from the core's status to the wire's.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// Every RPC enters through `gate` (authentication, roles, rate limits).
 class RechargeGatewayService final : public recharge::v1::RechargeGateway::CallbackService {
  public:
-  RechargeGatewayService(asio::io_context& io, RechargeFlow& flow, LedgerStore& ledger,
+  RechargeGatewayService(CallGate& gate, RechargeFlow& flow, LedgerStore& ledger,
                          const Catalogue& catalogue);
 
   grpc::ServerUnaryReactor* RecordRecharge(grpc::CallbackServerContext* ctx,
@@ -44,7 +47,7 @@ class RechargeGatewayService final : public recharge::v1::RechargeGateway::Callb
 
  private:
   std::atomic<bool> draining_{false};
-  asio::io_context& io_;
+  CallGate& gate_;
   RechargeFlow& flow_;
   LedgerStore& ledger_;
   const Catalogue& catalogue_;

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <ctime>
 
@@ -9,6 +10,8 @@
 
 namespace recharge {
 namespace {
+
+std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
 
 void Write(std::string_view level, std::string_view event, LogFields fields) {
   using namespace std::chrono;
@@ -32,8 +35,32 @@ void Write(std::string_view level, std::string_view event, LogFields fields) {
 
 }  // namespace
 
-void LogInfo(std::string_view event, LogFields fields) { Write("info", event, fields); }
-void LogWarn(std::string_view event, LogFields fields) { Write("warn", event, fields); }
+void SetLogLevel(LogLevel level) { g_level.store(static_cast<int>(level)); }
+bool DebugLogging() { return g_level.load(std::memory_order_relaxed) <= static_cast<int>(LogLevel::kDebug); }
+
+std::optional<LogLevel> ParseLogLevel(std::string_view name) {
+  if (name == "debug") return LogLevel::kDebug;
+  if (name == "info") return LogLevel::kInfo;
+  if (name == "warn") return LogLevel::kWarn;
+  if (name == "error") return LogLevel::kError;
+  return std::nullopt;
+}
+
+namespace {
+bool Enabled(LogLevel level) {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
+}
+}  // namespace
+
+void LogDebug(std::string_view event, LogFields fields) {
+  if (Enabled(LogLevel::kDebug)) Write("debug", event, fields);
+}
+void LogInfo(std::string_view event, LogFields fields) {
+  if (Enabled(LogLevel::kInfo)) Write("info", event, fields);
+}
+void LogWarn(std::string_view event, LogFields fields) {
+  if (Enabled(LogLevel::kWarn)) Write("warn", event, fields);
+}
 void LogError(std::string_view event, LogFields fields) { Write("error", event, fields); }
 
 }  // namespace recharge

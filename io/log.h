@@ -7,6 +7,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -15,6 +16,15 @@ namespace recharge {
 
 using LogFields = std::initializer_list<std::pair<std::string_view, std::string>>;
 
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
+
+// Lines below `level` are dropped (default kInfo). Set once at start-up.
+void SetLogLevel(LogLevel level);
+bool DebugLogging();  // true when debug lines are written
+// "debug" | "info" | "warn" | "error"; nullopt for anything else.
+std::optional<LogLevel> ParseLogLevel(std::string_view name);
+
+void LogDebug(std::string_view event, LogFields fields = {});
 void LogInfo(std::string_view event, LogFields fields = {});
 void LogWarn(std::string_view event, LogFields fields = {});
 void LogError(std::string_view event, LogFields fields = {});

@@ -79,6 +79,12 @@ struct RechargeCursor {
   int64_t seq = 0;
 };
 
+// A page of the audit log, newest first.
+struct AuditPage {
+  std::vector<recharge::v1::AuditEvent> events;
+  std::optional<int64_t> next_before_seq;  // pass back to get the next page
+};
+
 struct RechargePage {
   std::vector<Recharge> recharges;
   std::optional<RechargeCursor> next_cursor;  // pass back to get the next page
@@ -119,6 +125,13 @@ class LedgerStore {
   // The fraud inputs recorded with the recharge's decision (JSON), NOT_FOUND
   // if there is none.
   virtual asio::awaitable<absl::StatusOr<std::string>> GetDecisionInputs(std::string recharge_id) = 0;
+
+  // Appends one admin action to the audit log (its seq is assigned here).
+  virtual asio::awaitable<absl::Status> AppendAudit(recharge::v1::AuditEvent event) = 0;
+
+  // The audit log newest first, events with seq < `before_seq` (all: nullopt).
+  virtual asio::awaitable<absl::StatusOr<AuditPage>> ListAudit(int page_size,
+                                                               std::optional<int64_t> before_seq) = 0;
 
   // Keys `started` before `started_before`, and every PENDING recharge.
   virtual asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Makes the local development secrets under VARDIR (default var/) if they are
-# missing: the dev CA and sandbox certificate, the card API key the sandbox
-# and the card adapter share, and the card fingerprint HMAC key. None of them
-# is ever committed (var/ is ignored). Safe to run twice.
+# missing: the dev CA and sandbox certificate (certs/), the card API key the
+# sandbox and the card adapter share, the card fingerprint HMAC key, and for
+# the gateway's own port (dev/): a dev CA, the server certificate (127.0.0.1,
+# localhost), client certificates for the callers dev-app and dev-ops
+# (app-client, ops-client) and their bearer tokens (app.token, ops.token).
+# None of them is ever committed (var/ is ignored). Safe to run twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VARDIR="${1:-var}"
-mkdir -p "$VARDIR/certs" "$VARDIR/secrets"
-chmod 700 "$VARDIR/secrets"
+mkdir -p "$VARDIR/certs" "$VARDIR/secrets" "$VARDIR/dev"
+chmod 700 "$VARDIR/secrets" "$VARDIR/dev"
 ./scripts/make-dev-certs.sh "$VARDIR/certs" >/dev/null
+./scripts/make-dev-certs.sh "$VARDIR/dev" app ops >/dev/null
+for name in app ops; do
+  f="$VARDIR/dev/$name.token"
+  if [ ! -s "$f" ]; then
+    (umask 077; echo "dev-$name-$(openssl rand -hex 24)" > "$f")
+  fi
+done
 for name in card_api_key fingerprint.key ewallet_secret; do
   f="$VARDIR/secrets/$name"
   if [ ! -s "$f" ]; then

@@ -4,7 +4,14 @@
 # their data under var/. The gateway serves gRPC on 127.0.0.1:${GATEWAY_PORT}
 # in the foreground; Ctrl-C (SIGINT) or SIGTERM stops all of them cleanly.
 #
-# Environment: GATEWAY_PORT (50051), REDIS_PORT (6390), SANDBOX_PORT (8443).
+# Callers are enforced: the dev tokens are var/dev/app.token (role app) and
+# var/dev/ops.token (role ops); only their SHA-256 reaches the gateway's
+# config (through RECHARGE_DEV_*_TOKEN_SHA256). GATEWAY_TLS=1 serves TLS with
+# mTLS required on the same port: trust var/dev/ca.pem and present
+# var/dev/app-client.pem/.key or var/dev/ops-client.pem/.key.
+#
+# Environment: GATEWAY_PORT (50051), REDIS_PORT (6390), SANDBOX_PORT (8443),
+# GATEWAY_TLS (0), GATEWAY_LOG_LEVEL (info).
 # Safe to run twice: set-up steps skip what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +21,15 @@ export GATEWAY_PORT="${GATEWAY_PORT:-50051}" REDIS_PORT="${REDIS_PORT:-6390}" SA
 ./scripts/build.sh Release recharge-gateway recharge_proto_py
 ./scripts/dev-secrets.sh var
 mkdir -p var/redis var/sandbox var/log
+token_sha256() { tr -d '\n' < "$1" | sha256sum | cut -d' ' -f1; }
+RECHARGE_DEV_APP_TOKEN_SHA256=$(token_sha256 var/dev/app.token)
+RECHARGE_DEV_OPS_TOKEN_SHA256=$(token_sha256 var/dev/ops.token)
+export RECHARGE_DEV_APP_TOKEN_SHA256 RECHARGE_DEV_OPS_TOKEN_SHA256
+if [ "${GATEWAY_TLS:-0}" = 1 ]; then
+  export GATEWAY_TRANSPORT=mtls
+else
+  export GATEWAY_TRANSPORT=plaintext
+fi
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$GATEWAY_PORT" "$REDIS_PORT" "$SANDBOX_PORT"; do
@@ -55,7 +71,11 @@ done
 redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "run.sh: redis did not start (var/log/redis.log)" >&2; exit 1; }
 [ -s var/sandbox/port ] || { echo "run.sh: sandbox did not start (var/log/sandbox.log)" >&2; exit 1; }
 echo "run.sh: redis on 127.0.0.1:$REDIS_PORT, PSP sandbox on https://127.0.0.1:$SANDBOX_PORT" >&2
-echo "run.sh: gateway on 127.0.0.1:$GATEWAY_PORT (Ctrl-C stops everything)" >&2
+if [ "$GATEWAY_TRANSPORT" = mtls ]; then
+  echo "run.sh: gateway on 127.0.0.1:$GATEWAY_PORT, TLS with client certificates required: CA var/dev/ca.pem, clients var/dev/app-client.pem (app), var/dev/ops-client.pem (ops) (Ctrl-C stops everything)" >&2
+else
+  echo "run.sh: gateway on 127.0.0.1:$GATEWAY_PORT, plaintext (loopback); tokens var/dev/app.token (app), var/dev/ops.token (ops) (Ctrl-C stops everything)" >&2
+fi
 
 "${GATEWAY_BIN:-build/gateway/recharge-gateway}" --config configs/gateway.yaml &
 gateway=$!

@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS decision_log (
   assessment   BLOB NOT NULL        -- recharge.v1.FraudAssessment
 );
 CREATE INDEX IF NOT EXISTS decision_log_recharge ON decision_log (recharge_id);
+CREATE TABLE IF NOT EXISTS audit_log (
+  seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+  at           INTEGER NOT NULL,    -- unix microseconds
+  caller       TEXT NOT NULL,
+  rpc          TEXT NOT NULL,
+  target       TEXT NOT NULL,
+  note         TEXT NOT NULL,
+  outcome      TEXT NOT NULL,       -- gRPC status code name
+  detail       TEXT NOT NULL
+);
 )sql";
 
 int64_t UnixMicros(std::chrono::system_clock::time_point t) {
@@ -537,6 +547,58 @@ asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> SqliteLedgerSto
         return out;
       };
   co_return co_await Submit<absl::StatusOr<std::vector<UnresolvedRecharge>>>(std::move(body));
+}
+
+asio::awaitable<absl::Status> SqliteLedgerStore::AppendAudit(recharge::v1::AuditEvent event) {
+  std::function<absl::Status(Db&)> body = [event = std::move(event)](Db& db) -> absl::Status {
+    LEDGER_PREPARE(insert,
+                   "INSERT INTO audit_log (at, caller, rpc, target, note, outcome, detail)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    const int64_t at = event.at().seconds() * 1'000'000 + event.at().nanos() / 1000;
+    return insert.Int(1, at > 0 ? at : NowMicros())
+        .Text(2, event.caller())
+        .Text(3, event.rpc())
+        .Text(4, event.target())
+        .Text(5, event.note())
+        .Text(6, event.outcome())
+        .Text(7, event.detail())
+        .Run();
+  };
+  co_return co_await Submit<absl::Status>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<AuditPage>> SqliteLedgerStore::ListAudit(
+    int page_size, std::optional<int64_t> before_seq) {
+  std::function<absl::StatusOr<AuditPage>(Db&)> body =
+      [page_size, before_seq](Db& db) -> absl::StatusOr<AuditPage> {
+        LEDGER_PREPARE(stmt,
+                       "SELECT seq, at, caller, rpc, target, note, outcome, detail FROM audit_log"
+                       " WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2");
+        stmt.Int(1, before_seq.value_or(INT64_MAX)).Int(2, page_size + 1);
+        AuditPage page;
+        for (;;) {
+          absl::StatusOr<bool> row = stmt.Step();
+          if (!row.ok()) return row.status();
+          if (!*row) break;
+          if (static_cast<int>(page.events.size()) == page_size) {
+            page.next_before_seq = page.events.back().seq();
+            break;
+          }
+          recharge::v1::AuditEvent& e = page.events.emplace_back();
+          e.set_seq(stmt.ColInt(0));
+          const int64_t at = stmt.ColInt(1);
+          e.mutable_at()->set_seconds(at / 1'000'000);
+          e.mutable_at()->set_nanos(static_cast<int32_t>(at % 1'000'000) * 1000);
+          e.set_caller(stmt.ColText(2));
+          e.set_rpc(stmt.ColText(3));
+          e.set_target(stmt.ColText(4));
+          e.set_note(stmt.ColText(5));
+          e.set_outcome(stmt.ColText(6));
+          e.set_detail(stmt.ColText(7));
+        }
+        return page;
+      };
+  co_return co_await Submit<absl::StatusOr<AuditPage>>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeKeys(

@@ -49,6 +49,9 @@ class SqliteLedgerStore final : public LedgerStore {
       std::string user_id, int page_size, std::optional<RechargeCursor> cursor) override;
   asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(
       std::chrono::system_clock::time_point started_before) override;
+  asio::awaitable<absl::Status> AppendAudit(recharge::v1::AuditEvent event) override;
+  asio::awaitable<absl::StatusOr<AuditPage>> ListAudit(int page_size,
+                                                       std::optional<int64_t> before_seq) override;
   asio::awaitable<absl::StatusOr<int64_t>> PurgeKeys(
       std::chrono::system_clock::time_point before) override;
 

@@ -29,6 +29,18 @@ port, `stack.redis_command(...)` sends one command (RESP over a socket, e.g.
 CLIENT PAUSE), `stack.redis_commandstats()` reads INFO commandstats, and
 `stack.gateway_events(name)` returns the gateway's JSON log lines of an event.
 
+Callers (issue 7): the gateway.yaml lists three callers, each with its own
+random bearer token (only the SHA-256 goes into the file): `e2e` (roles app
+and ops, the identity of `stack.channel()`, `new_channel()` and `stub()`,
+which send its token), `e2e-app` (role app; two tokens, `app_token` and
+`app_token_2`, and the certificate subject `app-client`) and `e2e-ops` (role
+ops, `ops_token`, subject `ops-client`). `stack.callers_extra` appends caller
+entries (YAML text). `stack.transport` is "plaintext" (default), "tls" or
+"mtls" (the gateway serves certs/server.pem; mTLS clients present
+certs/<name>-client.pem, made for e2e, app and ops); `stack.raw_channel(
+token=..., client=..., plaintext=...)` makes a channel with exactly the
+credentials given, and `stack.limits` sets the `limits:` section.
+
 Every wait is a bounded poll: the sandbox port file, `redis-cli ping`, and the
 gRPC health service answering SERVING. Every process runs in its own process
 group, which stop() kills, and is killed by the kernel if the test process
@@ -74,6 +86,9 @@ if not (PY_OUT / "recharge" / "v1" / "recharge_pb2.py").exists():
     raise ImportError(f"no Python stubs under {PY_OUT} (build the recharge_proto_py target "
                       "or set RECHARGE_PY_OUT)")
 sys.path.insert(0, str(PY_OUT))
+
+import collections  # noqa: E402
+import hashlib  # noqa: E402
 
 import grpc  # noqa: E402
 from recharge.v1 import recharge_pb2 as pb  # noqa: E402,F401  (re-exported for tests)
@@ -170,6 +185,41 @@ def _die_with_parent(parent_pid: int):
         if os.getppid() != parent_pid:  # the parent died before prctl
             os._exit(1)
     return hook
+
+
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                         "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, d):
+        metadata = list(d.metadata or []) + [self._header]
+        return _CallDetails(d.method, d.timeout, metadata, d.credentials,
+                            getattr(d, "wait_for_ready", None), getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._with_token(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._with_token(details), request_iterator)
+
+
+def sha256_hex(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Proc:
@@ -383,6 +433,14 @@ class Stack:
         self.gateway_port = 0
         self._channel: grpc.Channel | None = None
         self.fingerprint_key = secrets.token_hex(32)  # 64 hex characters
+        # Callers and transport (see the module docstring).
+        self.token = "e2e-" + secrets.token_urlsafe(24)
+        self.app_token = "app-" + secrets.token_urlsafe(24)
+        self.app_token_2 = "app2-" + secrets.token_urlsafe(24)
+        self.ops_token = "ops-" + secrets.token_urlsafe(24)
+        self.callers_extra = ""
+        self.transport = "plaintext"
+        self.limits: str | None = None
         self.card_secret = "sk_test_" + secrets.token_hex(24)
 
     # ------------------------------------------------------------------ paths
@@ -446,8 +504,8 @@ class Stack:
         try:
             for d in ("certs", "secrets", "redis", "sandbox", "ledger", "log"):
                 (self.tmp / d).mkdir(mode=0o700)
-            subprocess.run(["bash", str(MAKE_CERTS), str(self.certs)], check=True, timeout=60,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(["bash", str(MAKE_CERTS), str(self.certs), "e2e", "app", "ops"],
+                           check=True, timeout=60, stdout=subprocess.DEVNULL)
             self._write_secret(self.card_secret_file, self.card_secret + "\n")
             if self.paypal:
                 self._write_secret(self.paypal_credentials_file,
@@ -633,6 +691,23 @@ class Stack:
         }
         if self.fraud_configured:
             values["fraud"] = f"\n  rules: {self.fraud_rules_path}"
+        values["transport"] = self.transport
+        if self.transport != "plaintext":
+            values["tls"] = (f"\n  cert_file: {self.certs / 'server.pem'}"
+                             f"\n  key_file: {self.certs / 'server.key'}"
+                             f"\n  client_ca_file: {self.certs / 'ca.pem'}")
+        values["callers"] = (
+            f"\n  - name: e2e\n    roles: [app, ops]"
+            f"\n    token_sha256: [{sha256_hex(self.token)}]"
+            f"\n    certificate_subjects: [e2e-client]"
+            f"\n  - name: e2e-app\n    roles: [app]"
+            f"\n    token_sha256: [{sha256_hex(self.app_token)}, {sha256_hex(self.app_token_2)}]"
+            f"\n    certificate_subjects: [app-client]"
+            f"\n  - name: e2e-ops\n    roles: [ops]"
+            f"\n    token_sha256: [{sha256_hex(self.ops_token)}]"
+            f"\n    certificate_subjects: [ops-client]" + self.callers_extra)
+        if self.limits is not None:
+            values["limits"] = self.limits
         values.update(override)
         lines = ["# Written by tests/e2e/stack.py"]
         for k, v in values.items():
@@ -713,8 +788,7 @@ class Stack:
                 except OSError:
                     return None
                 if self._channel is None:
-                    self._channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway_port}",
-                                                          options=CHANNEL_OPTIONS)
+                    self._channel = self.new_channel()
                 try:
                     serving = self.health(timeout=2.0, wait_for_ready=True) == HEALTH_SERVING
                 except grpc.RpcError:
@@ -779,8 +853,37 @@ class Stack:
         return self._channel
 
     def new_channel(self) -> grpc.Channel:
-        """A separate channel (own connection); the caller closes it."""
-        return grpc.insecure_channel(f"127.0.0.1:{self.gateway_port}", options=CHANNEL_OPTIONS)
+        """A separate channel (own connection) as the caller `e2e` (roles app
+        and ops): its token, and on an mTLS port its certificate. The caller
+        closes it."""
+        return self.raw_channel(token=self.token, client="e2e")
+
+    def raw_channel(self, token: str | None = None, client: str | None = None,
+                    plaintext: bool | None = None, ca: Path | None = None,
+                    client_dir: Path | None = None) -> grpc.Channel:
+        """A channel with exactly these credentials: `token` as a bearer
+        token (None: no authorization metadata), `client` the name of a
+        client certificate under certs/ (or `client_dir`) presented on a TLS
+        port, `plaintext` (default: as the stack's transport) no TLS at all,
+        `ca` the CA file trusted for the server (default certs/ca.pem)."""
+        target = f"127.0.0.1:{self.gateway_port}"
+        if plaintext is None:
+            plaintext = self.transport == "plaintext"
+        if plaintext:
+            channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            key = chain = None
+            if client is not None:
+                d = client_dir or self.certs
+                key = (d / f"{client}-client.key").read_bytes()
+                chain = (d / f"{client}-client.pem").read_bytes()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=(ca or self.certs / "ca.pem").read_bytes(),
+                private_key=key, certificate_chain=chain)
+            channel = grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+        if token is not None:
+            channel = grpc.intercept_channel(channel, BearerToken(token))
+        return channel
 
     def stub(self, channel: grpc.Channel | None = None) -> pb_grpc.RechargeGatewayStub:
         return pb_grpc.RechargeGatewayStub(channel or self.channel())
