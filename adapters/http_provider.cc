@@ -1,5 +1,6 @@
 #include "adapters/http_provider.h"
 
+#include "io/log.h"
 #include "io/strings.h"
 
 namespace recharge {
@@ -43,7 +44,16 @@ std::chrono::steady_clock::time_point HttpProvider::Deadline(
 asio::awaitable<HttpsResult> HttpProvider::Send(http::request<http::string_body> request,
                                                 std::chrono::steady_clock::time_point caller_deadline,
                                                 bool idempotent) {
+  // Debug lines name the method and the path only: never a header (the
+  // credentials) or a body (card data).
+  std::string line;
+  if (DebugLogging()) line = StrCat(request.method_string(), " ", request.target());
   HttpsResult r = co_await client_->Send(std::move(request), Deadline(caller_deadline), idempotent);
+  if (!line.empty()) {
+    LogDebug("provider_call", {{"request", line},
+                               {"http_status", r.status.ok() ? StrCat(r.response.result_int()) : ""},
+                               {"error", std::string(r.status.message())}});
+  }
   co_return r;
 }
 

@@ -153,7 +153,10 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
     const RecordRechargeRequest& req, std::chrono::steady_clock::time_point deadline) {
   // 1. Validate and price. Nothing is stored for a bad request.
   absl::StatusOr<ValidatedRecharge> v = ValidateRecharge(req, catalogue_, CurrentYearMonth());
-  if (!v.ok()) co_return v.status();
+  if (!v.ok()) {
+    LogDebug("recharge_invalid", {{"error", std::string(v.status().message())}});
+    co_return v.status();
+  }
   absl::StatusOr<const Router::Route*> route =
       router_.Select(v->method, v->wallet_provider, req.region(), req.amount().currency());
   if (!route.ok()) co_return route.status();
@@ -215,6 +218,17 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
     co_return absl::UnavailableError(StrCat("ledger unavailable; nothing was charged (",
                                                   begun.status().message(), ")"));
   }
+  if (DebugLogging()) {
+    LogDebug("recharge_begin", {{"recharge_id", begun->recharge_id},
+                                {"idempotency_key", req.idempotency_key()},
+                                {"user_id", req.user_id()},
+                                {"seller_id", req.seller_id()},
+                                {"package_id", req.package_id()},
+                                {"method", v->method_label},
+                                {"card_masked", v->card_masked},
+                                {"card_fingerprint", input.card_fingerprint},
+                                {"key_state", begun->kind == BeginResult::Kind::kClaimed ? "claimed" : "existing"}});
+  }
   switch (begun->kind) {
     case BeginResult::Kind::kReplay: {
       RecordRechargeResponse stored = std::move(begun->stored);
@@ -268,6 +282,17 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   response.set_status(recharge.status());
   *response.mutable_fraud() = assessment;
   *response.mutable_payment() = recharge.payment();
+
+  if (DebugLogging()) {
+    std::string hits;
+    for (const auto& h : assessment.hits()) StrAppend(&hits, hits.empty() ? "" : ",", h.rule_id());
+    LogDebug("recharge_decided", {{"recharge_id", recharge.recharge_id()},
+                                  {"status", recharge::v1::RechargeStatus_Name(recharge.status())},
+                                  {"fraud_decision", recharge::v1::FraudAction_Name(assessment.decision())},
+                                  {"rules_hit", hits},
+                                  {"adapter", recharge.payment().adapter()},
+                                  {"decline_code", recharge.payment().decline_code()}});
+  }
 
   // 5. Record the outcome with the decision and its inputs.
   Completion done;

@@ -39,7 +39,8 @@ entries (YAML text). `stack.transport` is "plaintext" (default), "tls" or
 "mtls" (the gateway serves certs/server.pem; mTLS clients present
 certs/<name>-client.pem, made for e2e, app and ops); `stack.raw_channel(
 token=..., client=..., plaintext=...)` makes a channel with exactly the
-credentials given, and `stack.limits` sets the `limits:` section.
+credentials given, `stack.limits` sets the `limits:` section and
+`stack.log_level` the gateway's log level ("debug" for every debug line).
 
 Every wait is a bounded poll: the sandbox port file, `redis-cli ping`, and the
 gRPC health service answering SERVING. Every process runs in its own process
@@ -441,6 +442,7 @@ class Stack:
         self.callers_extra = ""
         self.transport = "plaintext"
         self.limits: str | None = None
+        self.log_level: str | None = None  # gateway.yaml log_level (None: the default, info)
         self.card_secret = "sk_test_" + secrets.token_hex(24)
 
     # ------------------------------------------------------------------ paths
@@ -708,6 +710,8 @@ class Stack:
             f"\n    certificate_subjects: [ops-client]" + self.callers_extra)
         if self.limits is not None:
             values["limits"] = self.limits
+        if self.log_level is not None:
+            values["log_level"] = self.log_level
         values.update(override)
         lines = ["# Written by tests/e2e/stack.py"]
         for k, v in values.items():
