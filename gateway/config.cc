@@ -176,7 +176,6 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   CONFIG_ASSIGN(c.adapters_path, root->GetString("adapters", c.adapters_path));
   CONFIG_ASSIGN(c.fingerprint_key_file, root->GetString("fingerprint_key_file", c.fingerprint_key_file));
 
-  if (absl::Status s = LoadSecurity(*root, &c); !s.ok()) return s;
   CONFIG_ASSIGN(c.log_level, root->GetString("log_level", c.log_level));
   if (!ParseLogLevel(c.log_level)) {
     return root->Child("log_level").Error("must be debug, info, warn or error");
@@ -232,6 +231,8 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
     CONFIG_ASSIGN(c.recovery_settle_after, rec.GetDuration("settle_after", c.recovery_settle_after));
     if (c.recovery_interval.count() <= 0) return rec.Child("interval").Error("must be positive");
   }
+  // Last, so that a file missing callers still reports its other errors.
+  if (absl::Status s = LoadSecurity(*root, &c); !s.ok()) return s;
   return c;
 }
 

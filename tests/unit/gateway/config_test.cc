@@ -53,6 +53,82 @@ TEST(GatewayConfig, ErrorsNameFileLineAndField) {
   EXPECT_THAT(std::string(f.status().message()), HasSubstr("at least 24h"));
 }
 
+constexpr const char* kCallers =
+    "callers:\n"
+    "  - name: app\n"
+    "    roles: [app]\n"
+    "    token_sha256: [\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\n";
+
+TEST(GatewayConfig, ShippedExampleDefinesDevCallersWithTokensFromTheEnvironment) {
+  unsetenv("RECHARGE_DEV_APP_TOKEN_SHA256");
+  setenv("RECHARGE_DEV_OPS_TOKEN_SHA256", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", 1);
+  unsetenv("GATEWAY_TRANSPORT");
+  auto c = GatewayConfig::Load(RECHARGE_SOURCE_DIR "/configs/gateway.yaml");
+  unsetenv("RECHARGE_DEV_OPS_TOKEN_SHA256");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->transport, Transport::kTls);  // the secure default
+  ASSERT_EQ(c->callers.size(), 2u);
+  EXPECT_EQ(c->callers[0].name, "dev-app");
+  EXPECT_EQ(c->callers[0].roles, kRoleApp);
+  EXPECT_TRUE(c->callers[0].token_sha256.empty());  // unset variable: skipped
+  EXPECT_EQ(c->callers[0].certificate_subjects, std::vector<std::string>{"app-client"});
+  EXPECT_EQ(c->callers[1].token_sha256.size(), 1u);
+  EXPECT_EQ(c->callers[1].rate_per_second, 50);
+  EXPECT_EQ(c->max_request_bytes, 65536);
+  EXPECT_EQ(c->call_deadline, std::chrono::seconds(30));
+}
+
+TEST(GatewayConfig, PlaintextOnlyOnLoopbackAndOnlyWhenSaid) {
+  auto ok = GatewayConfig::Load(WriteTemp("gw_plain.yaml", std::string("listen: 127.0.0.1:1\ntransport: plaintext\n") + kCallers));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->transport, Transport::kPlaintext);
+  auto pub = GatewayConfig::Load(WriteTemp("gw_pub.yaml", std::string("listen: 0.0.0.0:1\ntransport: plaintext\n") + kCallers));
+  ASSERT_FALSE(pub.ok());
+  EXPECT_THAT(std::string(pub.status().message()), HasSubstr("gw_pub.yaml:2:"));
+  EXPECT_THAT(std::string(pub.status().message()), HasSubstr("only on a loopback listen address"));
+  auto tls = GatewayConfig::Load(WriteTemp("gw_tls.yaml", std::string("listen: 0.0.0.0:1\n") + kCallers));
+  ASSERT_FALSE(tls.ok());  // tls by default: the certificate is required
+  EXPECT_THAT(std::string(tls.status().message()), HasSubstr("tls.cert_file and tls.key_file: are required"));
+  auto mtls = GatewayConfig::Load(WriteTemp("gw_mtls.yaml",
+      std::string("transport: mtls\ntls: {cert_file: a.pem, key_file: a.key}\n") + kCallers));
+  EXPECT_THAT(std::string(mtls.status().message()), HasSubstr("tls.client_ca_file: is required"));
+  EXPECT_TRUE(IsLoopbackListen("127.0.0.1:50051"));
+  EXPECT_TRUE(IsLoopbackListen("127.8.9.10:1"));
+  EXPECT_TRUE(IsLoopbackListen("[::1]:50051"));
+  EXPECT_TRUE(IsLoopbackListen("localhost:50051"));
+  EXPECT_FALSE(IsLoopbackListen("0.0.0.0:50051"));
+  EXPECT_FALSE(IsLoopbackListen("[::]:50051"));
+  EXPECT_FALSE(IsLoopbackListen("10.0.0.1:50051"));
+  EXPECT_FALSE(IsLoopbackListen("127.0.0.1.evil.example:50051"));
+}
+
+TEST(GatewayConfig, CallersAreRequiredAndCheckedAtTheirLine) {
+  auto none = GatewayConfig::Load(WriteTemp("gw_nocallers.yaml", "transport: plaintext\n"));
+  ASSERT_FALSE(none.ok());
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("callers: is required"));
+  auto raw = GatewayConfig::Load(WriteTemp("gw_raw.yaml",
+      "transport: plaintext\ncallers:\n  - name: a\n    roles: [app]\n    token_sha256: [hunter2]\n"));
+  ASSERT_FALSE(raw.ok());
+  EXPECT_THAT(std::string(raw.status().message()), HasSubstr("gw_raw.yaml:5:"));
+  EXPECT_THAT(std::string(raw.status().message()), HasSubstr("64 hex characters"));
+  EXPECT_THAT(std::string(raw.status().message()), ::testing::Not(HasSubstr("hunter2")));
+  auto role = GatewayConfig::Load(WriteTemp("gw_role.yaml",
+      "transport: plaintext\ncallers:\n  - name: a\n    roles: [admin]\n    certificate_subjects: [x]\n"));
+  EXPECT_THAT(std::string(role.status().message()), HasSubstr("unknown role \"admin\""));
+  auto typo = GatewayConfig::Load(WriteTemp("gw_ctypo.yaml",
+      "transport: plaintext\ncallers:\n  - name: a\n    roles: [app]\n    tokens: [x]\n"));
+  EXPECT_THAT(std::string(typo.status().message()), HasSubstr("tokens: unknown option"));
+  auto dup = GatewayConfig::Load(WriteTemp("gw_cdup.yaml",
+      "transport: plaintext\ncallers:\n  - {name: a, roles: [app], certificate_subjects: [x]}\n"
+      "  - {name: a, roles: [ops], certificate_subjects: [y]}\n"));
+  EXPECT_THAT(std::string(dup.status().message()), HasSubstr("duplicate name"));
+  auto rate = GatewayConfig::Load(WriteTemp("gw_rate.yaml",
+      "transport: plaintext\ncallers:\n  - {name: a, roles: [app], certificate_subjects: [x], rate_limit: {per_second: 0}}\n"));
+  EXPECT_FALSE(rate.ok());
+  auto level = GatewayConfig::Load(WriteTemp("gw_level.yaml", std::string("transport: plaintext\nlog_level: loud\n") + kCallers));
+  EXPECT_THAT(std::string(level.status().message()), HasSubstr("log_level: must be debug, info, warn or error"));
+}
+
 TEST(FingerprintKey, ComesFromEnvironmentOrFileAndMustBeLong) {
   setenv("RECHARGE_FINGERPRINT_KEY", "short", 1);
   auto k = LoadFingerprintKey("/nonexistent");

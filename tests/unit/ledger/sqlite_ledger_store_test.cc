@@ -252,6 +252,41 @@ TEST_F(LedgerTest, ConcurrentClaimsOfOneKeyHaveExactlyOneWinnerAndShareCommits) 
   EXPECT_LT(store_->commits() - commits_before, static_cast<uint64_t>(kCalls / 2));
 }
 
+TEST_F(LedgerTest, AuditEventsAreKeptAcrossReopenAndListedNewestFirstInPages) {
+  for (int i = 0; i < 5; ++i) {
+    recharge::v1::AuditEvent e;
+    e.mutable_at()->set_seconds(1'800'000'000 + i);
+    e.mutable_at()->set_nanos(123'456'000);
+    e.set_caller("ops-" + std::to_string(i));
+    e.set_rpc("ClearSellerFlag");
+    e.set_target("seller-" + std::to_string(i));
+    e.set_note("note " + std::to_string(i));
+    e.set_outcome("OK");
+    ASSERT_TRUE(Run(store_->AppendAudit(e)).ok());
+  }
+  store_.reset();  // durably stored: a new store on the same file sees them
+  Open();
+  auto first = Run(store_->ListAudit(2, std::nullopt));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->events.size(), 2u);
+  EXPECT_EQ(first->events[0].target(), "seller-4");
+  EXPECT_EQ(first->events[1].target(), "seller-3");
+  EXPECT_EQ(first->events[0].at().seconds(), 1'800'000'004);
+  EXPECT_EQ(first->events[0].at().nanos(), 123'456'000);
+  EXPECT_EQ(first->events[0].caller(), "ops-4");
+  EXPECT_EQ(first->events[0].note(), "note 4");
+  ASSERT_TRUE(first->next_before_seq.has_value());
+  auto second = Run(store_->ListAudit(2, first->next_before_seq));
+  ASSERT_TRUE(second.ok());
+  ASSERT_EQ(second->events.size(), 2u);
+  EXPECT_EQ(second->events[0].target(), "seller-2");
+  auto last = Run(store_->ListAudit(2, second->next_before_seq));
+  ASSERT_TRUE(last.ok());
+  ASSERT_EQ(last->events.size(), 1u);
+  EXPECT_EQ(last->events[0].target(), "seller-0");
+  EXPECT_FALSE(last->next_before_seq.has_value());
+}
+
 TEST(SqliteLedgerStore, UnopenablePathIsUnavailableAndNamed) {
   auto s = SqliteLedgerStore::Open({.path = "/nonexistent-dir/ledger.db"});
   ASSERT_FALSE(s.ok());
