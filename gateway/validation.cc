@@ -2,7 +2,11 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
 #include <ctime>
 
 #include "io/strings.h"
@@ -12,13 +16,123 @@ namespace {
 
 using recharge::v1::RecordRechargeRequest;
 
+constexpr size_t kMaxIdBytes = 128;
+constexpr size_t kMaxPackageIdBytes = 64;
+constexpr size_t kMaxEchoBytes = 64;
+constexpr size_t kMaxMetadataKeys = 20;
+constexpr size_t kMaxMetadataKeyBytes = 40;
+constexpr size_t kMaxMetadataValueBytes = 500;
+constexpr size_t kMaxNoteBytes = 1024;
+// A run of this many digits could be a card number: never in a message.
+constexpr size_t kMinMaskedDigitRun = 12;
+
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+// Every digit of a run of 12 or more becomes '*'.
+std::string MaskDigitRuns(std::string s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    if (!IsDigit(s[i])) {
+      ++i;
+      continue;
+    }
+    size_t end = i;
+    while (end < s.size() && IsDigit(s[end])) ++end;
+    if (end - i >= kMinMaskedDigitRun) std::fill(s.begin() + i, s.begin() + end, '*');
+    i = end;
+  }
+  return s;
+}
+
+// The one way an error is made here: the field path first, and nothing that
+// could be a card number.
 absl::Status Bad(std::string_view field, std::string_view message) {
-  return absl::InvalidArgumentError(StrCat(field, ": ", message));
+  return absl::InvalidArgumentError(MaskDigitRuns(StrCat(field, ": ", message)));
+}
+
+// Decodes the code point at s[*i] and advances *i past it; -1 (and *i past
+// the bad byte) if the sequence there is ill-formed (RFC 3629, table 3-7 of
+// the Unicode standard).
+int32_t NextCodePoint(std::string_view s, size_t* i) {
+  const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char b0 = byte(*i);
+  if (b0 < 0x80) {
+    ++*i;
+    return b0;
+  }
+  int len = 0;
+  int32_t cp = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // the range of the second byte
+  if (b0 >= 0xC2 && b0 <= 0xDF) {  // C0 and C1 would be overlong
+    len = 2;
+    cp = b0 & 0x1F;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    len = 3;
+    cp = b0 & 0x0F;
+    if (b0 == 0xE0) lo = 0xA0;  // overlong
+    if (b0 == 0xED) hi = 0x9F;  // surrogates
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    len = 4;
+    cp = b0 & 0x07;
+    if (b0 == 0xF0) lo = 0x90;  // overlong
+    if (b0 == 0xF4) hi = 0x8F;  // above U+10FFFF
+  } else {
+    ++*i;  // a continuation byte, C0, C1 or F5..FF
+    return -1;
+  }
+  if (s.size() - *i < static_cast<size_t>(len)) {
+    ++*i;
+    return -1;
+  }
+  for (int k = 1; k < len; ++k) {
+    const unsigned char b = byte(*i + k);
+    if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) {
+      ++*i;
+      return -1;
+    }
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  *i += len;
+  return cp;
+}
+
+// C0, DEL and C1.
+bool IsControl(int32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
+
+enum class TextProblem { kNone, kNotUtf8, kControl };
+
+TextProblem ScanText(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const int32_t cp = NextCodePoint(s, &i);
+    if (cp < 0) return TextProblem::kNotUtf8;
+    if (IsControl(cp)) return TextProblem::kControl;
+  }
+  return TextProblem::kNone;
+}
+
+// `value` quoted for an error message: at most its first 64 bytes (cut at a
+// character boundary, "..." marks the cut), and only if those are valid
+// UTF-8 with no control characters; "(unprintable)" otherwise. Reads at most
+// 64 bytes of `value`, whatever its size.
+std::string Printable(std::string_view value) {
+  std::string_view shown = value;
+  if (shown.size() > kMaxEchoBytes) {
+    size_t cut = kMaxEchoBytes;
+    // Back up over continuation bytes to the start of a character.
+    const auto continuation = [&](size_t k) {
+      return (static_cast<unsigned char>(value[k]) & 0xC0) == 0x80;
+    };
+    while (cut > kMaxEchoBytes - 3 && continuation(cut)) --cut;
+    shown = value.substr(0, cut);
+  }
+  if (ScanText(shown) != TextProblem::kNone) return "(unprintable)";
+  return StrCat("\"", shown, shown.size() < value.size() ? "...\"" : "\"");
 }
 
 bool AllDigits(std::string_view s) {
   for (char c : s) {
-    if (c < '0' || c > '9') return false;
+    if (!IsDigit(c)) return false;
   }
   return !s.empty();
 }
@@ -31,8 +145,83 @@ bool IdChar(char c) {
 absl::Status ValidateText(std::string_view field, std::string_view value, size_t max, bool required) {
   if (value.empty()) return required ? Bad(field, "is required") : absl::OkStatus();
   if (value.size() > max) return Bad(field, StrCat("must be at most ", max, " bytes"));
-  for (unsigned char c : value) {
-    if (c < 0x20 || c == 0x7f) return Bad(field, "must not contain control characters");
+  switch (ScanText(value)) {
+    case TextProblem::kNone:
+      return absl::OkStatus();
+    case TextProblem::kNotUtf8:
+      return Bad(field, "must be valid UTF-8");
+    case TextProblem::kControl:
+      return Bad(field, "must not contain control characters");
+  }
+  return absl::OkStatus();
+}
+
+// A string field's size bound, checked before anything else is done with
+// it. `too_long` is the field's own message where it has a fixed format.
+struct Bound {
+  std::string_view field;
+  std::string_view value;
+  size_t max;
+  std::string_view too_long;
+};
+
+// Step 0 of ValidateRecharge: every string field within its size and valid
+// UTF-8, and `metadata` within its bounds. Cheap: sizes first, then at most
+// a few kB of UTF-8 to scan.
+absl::Status ValidateSizes(const RecordRechargeRequest& req) {
+  constexpr std::string_view kId = "must be at most 128 characters";
+  const Bound bounds[] = {
+      {"idempotency_key", req.idempotency_key(), 128, "must be 8 to 128 characters"},
+      {"user_id", req.user_id(), kMaxIdBytes, kId},
+      {"package_id", req.package_id(), kMaxPackageIdBytes, "must be at most 64 characters"},
+      {"amount.currency", req.amount().currency(), 3, "must be an ISO 4217 code such as \"USD\""},
+      {"region", req.region(), 2, "must be an ISO 3166-1 alpha-2 code such as \"US\""},
+      {"card.number", req.card().number(), 19, "must be 12 to 19 digits"},
+      {"card.cvc", req.card().cvc(), 4, "must be 3 or 4 digits"},
+      {"card.holder_name", req.card().holder_name(), 128, ""},
+      {"paypal.order_id", req.paypal().order_id(), kMaxIdBytes, kId},
+      {"paypal.payer_id", req.paypal().payer_id(), kMaxIdBytes, kId},
+      {"ewallet.provider", req.ewallet().provider(), 32,
+       "must be a provider name such as \"gcash\""},
+      {"ewallet.account_id", req.ewallet().account_id(), kMaxIdBytes, kId},
+      {"seller_id", req.seller_id(), kMaxIdBytes, kId},
+      {"client.ip", req.client().ip(), 45, "must be an IPv4 or IPv6 address"},
+      {"client.device_id", req.client().device_id(), 128, ""},
+      {"client.user_agent", req.client().user_agent(), 512, ""},
+  };
+  for (const Bound& b : bounds) {
+    if (b.value.size() > b.max) {
+      return Bad(b.field, b.too_long.empty() ? StrCat("must be at most ", b.max, " bytes")
+                                             : std::string(b.too_long));
+    }
+  }
+  for (const Bound& b : bounds) {
+    if (!ValidUtf8(b.value)) return Bad(b.field, "must be valid UTF-8");
+  }
+
+  const auto& metadata = req.metadata();
+  if (metadata.size() > kMaxMetadataKeys) {
+    return Bad("metadata", StrCat("at most ", kMaxMetadataKeys, " keys, got ", metadata.size()));
+  }
+  for (const auto& [key, value] : metadata) {
+    if (key.empty()) return Bad("metadata", "keys must not be empty");
+    if (key.size() > kMaxMetadataKeyBytes) {
+      return Bad("metadata", StrCat("key ", Printable(key), " is longer than ",
+                                    kMaxMetadataKeyBytes, " bytes"));
+    }
+    switch (ScanText(key)) {
+      case TextProblem::kNone:
+        break;
+      case TextProblem::kNotUtf8:
+        return Bad("metadata", "a key is not valid UTF-8");
+      case TextProblem::kControl:
+        return Bad("metadata", "a key contains control characters");
+    }
+    // The key is now short, printable text: safe in the field path.
+    const std::string field = StrCat("metadata.", key);
+    if (absl::Status s = ValidateText(field, value, kMaxMetadataValueBytes, false); !s.ok()) {
+      return s;
+    }
   }
   return absl::OkStatus();
 }
@@ -67,6 +256,26 @@ YearMonth CurrentYearMonth() {
   std::tm tm{};
   gmtime_r(&t, &tm);
   return YearMonth{tm.tm_year + 1900, tm.tm_mon + 1};
+}
+
+bool ValidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    // ASCII fast path, eight bytes at a time.
+    while (i + 8 <= s.size()) {
+      uint64_t word;
+      std::memcpy(&word, s.data() + i, sizeof word);
+      if (word & 0x8080808080808080ULL) break;
+      i += 8;
+    }
+    if (i >= s.size()) break;
+    if (NextCodePoint(s, &i) < 0) return false;
+  }
+  return true;
+}
+
+absl::Status ValidateNote(std::string_view field, std::string_view value) {
+  return ValidateText(field, value, kMaxNoteBytes, false);
 }
 
 bool LuhnValid(std::string_view digits) {
@@ -104,7 +313,8 @@ absl::Status ValidateIdempotencyKey(std::string_view key) {
 
 absl::Status ValidateId(std::string_view field, std::string_view value, bool required) {
   if (value.empty()) return required ? Bad(field, "is required") : absl::OkStatus();
-  if (value.size() > 128) return Bad(field, "must be at most 128 characters");
+  if (value.size() > kMaxIdBytes) return Bad(field, "must be at most 128 characters");
+  if (!ValidUtf8(value)) return Bad(field, "must be valid UTF-8");
   for (char c : value) {
     if (!IdChar(c)) return Bad(field, "may contain only A-Z a-z 0-9 _ . : - @");
   }
@@ -126,21 +336,24 @@ absl::Status ValidateRegion(const Catalogue& catalogue, std::string_view field,
 
 absl::StatusOr<ValidatedRecharge> ValidateRecharge(const RecordRechargeRequest& req,
                                                    const Catalogue& catalogue, YearMonth today) {
+  // 0. Sizes and encodings, before anything looks at a value.
+  if (absl::Status s = ValidateSizes(req); !s.ok()) return s;
+  // 1. Each field's meaning, in field order.
   if (absl::Status s = ValidateIdempotencyKey(req.idempotency_key()); !s.ok()) return s;
   if (absl::Status s = ValidateId("user_id", req.user_id(), true); !s.ok()) return s;
   ValidatedRecharge out;
   if (req.package_id().empty()) return Bad("package_id", "is required");
   out.package = catalogue.FindPackage(req.package_id());
   if (out.package == nullptr) {
-    return Bad("package_id", StrCat("unknown package \"", req.package_id().substr(0, 64), "\""));
+    return Bad("package_id", StrCat("unknown package ", Printable(req.package_id())));
   }
   if (absl::Status s = ValidateRegion(catalogue, "region", req.region()); !s.ok()) return s;
   if (!req.has_amount()) return Bad("amount", "is required");
   const std::string& currency = req.amount().currency();
   if (currency.empty()) return Bad("amount.currency", "is required");
   if (!catalogue.OffersCurrency(req.region(), currency)) {
-    return Bad("amount.currency", StrCat("\"", currency.substr(0, 8),
-                                               "\" is not offered in region ", req.region()));
+    return Bad("amount.currency",
+               StrCat(Printable(currency), " is not offered in region ", req.region()));
   }
   std::optional<int64_t> price = catalogue.Price(req.region(), currency, req.package_id());
   if (!price) return Bad("package_id", "has no price in this region and currency");
@@ -186,7 +399,9 @@ absl::StatusOr<ValidatedRecharge> ValidateRecharge(const RecordRechargeRequest& 
   if (!req.client().ip().empty()) {
     unsigned char buf[16];
     const std::string& ip = req.client().ip();
-    if (inet_pton(AF_INET, ip.c_str(), buf) != 1 && inet_pton(AF_INET6, ip.c_str(), buf) != 1) {
+    // inet_pton reads up to a NUL: "10.0.0.1\0anything" must not pass.
+    if (ip.find('\0') != std::string::npos ||
+        (inet_pton(AF_INET, ip.c_str(), buf) != 1 && inet_pton(AF_INET6, ip.c_str(), buf) != 1)) {
       return Bad("client.ip", "must be an IPv4 or IPv6 address");
     }
   }
@@ -196,11 +411,7 @@ absl::StatusOr<ValidatedRecharge> ValidateRecharge(const RecordRechargeRequest& 
   if (absl::Status s = ValidateText("client.user_agent", req.client().user_agent(), 512, false); !s.ok()) {
     return s;
   }
-  if (req.metadata_size() > 32) return Bad("metadata", "at most 32 entries");
-  for (const auto& [k, v] : req.metadata()) {
-    if (k.empty() || k.size() > 64) return Bad("metadata", "keys must be 1 to 64 bytes");
-    if (absl::Status s = ValidateText(StrCat("metadata.", k), v, 512, false); !s.ok()) return s;
-  }
+  // metadata: all checked in step 0.
   return out;
 }
 

@@ -37,12 +37,17 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     cmake -S tests/fuzz -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
   fi
   cmake --build build/fuzz -j "${BUILD_JOBS:-$(nproc)}"
-  for target in rule_parser_fuzz rule_expression_fuzz; do
+  for target in rule_parser_fuzz rule_expression_fuzz recharge_request_fuzz; do
     corpus="build/fuzz/corpus-$target"
     mkdir -p "$corpus"
     seeds="tests/fuzz/corpus/${target%_fuzz}"
     [ -d "$seeds" ] || seeds="tests/fuzz/corpus"
-    if build/fuzz/$target -max_total_time="${FUZZ_SECONDS:-60}" -dict=tests/fuzz/rules.dict \
+    # The rule dictionary is for the rule targets; the others have their own.
+    case "$target" in
+      rule_*) dict=tests/fuzz/rules.dict ;;
+      *) dict="tests/fuzz/${target%_fuzz}.dict" ;;
+    esac
+    if build/fuzz/$target -max_total_time="${FUZZ_SECONDS:-60}" -dict="$dict" \
         -print_final_stats=1 "$corpus" "$seeds" > "build/fuzz/$target.log" 2>&1; then
       echo "fuzz: $target: $(grep -E 'stat::number_of_executed_units' "build/fuzz/$target.log" | awk '{print $2}') runs, no crash" >&2
     else
