@@ -96,6 +96,7 @@ grpc::ServerUnaryReactor* FraudAdminService::ClearSellerFlag(grpc::CallbackServe
                      [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     if (absl::Status s = ValidateId("seller_id", request->seller_id(), true); !s.ok()) co_return s;
+    if (absl::Status s = ValidateNote("note", request->note()); !s.ok()) co_return s;
     absl::StatusOr<bool> was = co_await engine_->store().ClearFlag(request->seller_id());
     if (!was.ok()) co_return absl::UnavailableError(StrCat("redis: ", was.status().message()));
     response->set_was_flagged(*was);
@@ -168,6 +169,7 @@ grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerC
   return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ResolveReview", request, response,
                      [this, request, response](const CallInfo& call) -> asio::awaitable<absl::Status> {
     if (absl::Status s = ValidateId("recharge_id", request->recharge_id(), true); !s.ok()) co_return s;
+    if (absl::Status s = ValidateNote("note", request->note()); !s.ok()) co_return s;
     absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
     if (!r.ok()) co_return r.status();
     if (r->status() != RECHARGE_STATUS_PENDING_REVIEW) {
@@ -230,6 +232,7 @@ grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServ
                      [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
     if (absl::Status s = ValidateId("recharge_id", request->recharge_id(), true); !s.ok()) co_return s;
+    if (absl::Status s = ValidateNote("reason", request->reason()); !s.ok()) co_return s;
     absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
     if (!r.ok()) co_return r.status();
     if (r->status() != RECHARGE_STATUS_APPROVED) {

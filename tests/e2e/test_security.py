@@ -229,6 +229,15 @@ class TokenAuthTest(unittest.TestCase):
         seqs = [e.seq for e in events]
         self.assertEqual(seqs, sorted(seqs, reverse=True))
 
+        # A bad note is refused, and the refused attempt is audited too.
+        code, details = code_of(ops.ClearSellerFlag,
+                                pb.ClearSellerFlagRequest(seller_id=seller, note="n" * 2000),
+                                timeout=RPC_TIMEOUT_S)
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertTrue(details.startswith("note: must be at most 1024 bytes"), details)
+        top = ops.ListAuditEvents(pb.ListAuditEventsRequest(page_size=1), timeout=RPC_TIMEOUT_S)
+        self.assertEqual((top.events[0].target, top.events[0].outcome), (seller, "INVALID_ARGUMENT"))
+
         # ReloadRules is audited with the version it loaded.
         ops_admin = ops
         ops_admin.ReloadRules(pb.ReloadRulesRequest(), timeout=RPC_TIMEOUT_S)
