@@ -13,15 +13,25 @@ namespace {
 // KEYS: for each counter its bucket keys, current bucket first; then the keys
 //       whose existence is asked.
 // ARGV: [1] number of counters; per counter: kind (c|s|d), buckets, ttl ms,
-//       value, update (1|0); then the number of existence keys.
+//       value, update (1|0), gate ("" or "<i> <op> <number>": update only
+//       if counter i of this call compares so); then the number of
+//       existence keys.
 // Returns: one value per counter (as a string), then 0/1 per existence key.
 constexpr std::string_view kUpdateAndRead = R"lua(
 local n = tonumber(ARGV[1])
 local k, a = 1, 2
 local out = {}
+local function gate_open(gate)
+  local gi, gop, gv = string.match(gate, '^(%d+) (%S+) (%S+)$')
+  local x, v = tonumber(out[tonumber(gi)]), tonumber(gv)
+  if gop == '>' then return x > v elseif gop == '>=' then return x >= v
+  elseif gop == '<' then return x < v elseif gop == '<=' then return x <= v
+  elseif gop == '==' then return x == v else return x ~= v end
+end
 for i = 1, n do
-  local kind, b, ttl, val, upd = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  a = a + 5
+  local kind, b, ttl, val, upd, gate = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  a = a + 6
+  if upd == '1' and gate ~= '' and not gate_open(gate) then upd = '0' end
   local cur = KEYS[k]
   if kind == 'd' then
     if upd == '1' then redis.call('PFADD', cur, val); redis.call('PEXPIRE', cur, ttl) end
@@ -83,6 +93,7 @@ void AppendBucketArgs(const CounterUpdate& c, std::chrono::system_clock::time_po
   args->push_back(std::to_string(c.window.count() + bucket_ms));
   args->push_back(c.kind == CounterUpdate::Kind::kCount && c.value.empty() ? "1" : c.value);
   args->push_back(c.update ? "1" : "0");
+  args->push_back(c.gate);
 }
 
 absl::StatusOr<double> ParseNumber(const RedisReply& r) {

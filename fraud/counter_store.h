@@ -33,6 +33,9 @@ struct CounterUpdate {
   int buckets = 12;
   std::string value;      // kSum: the amount; kDistinct: the element
   bool update = true;     // false: read only (outcome counters on a request)
+  // Empty, or "<i> <op> <number>": update only if the value of counter i of
+  // the same call (1-based, this request included) compares so (`only_if`).
+  std::string gate;
 };
 
 struct CounterReadout {

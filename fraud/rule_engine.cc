@@ -127,6 +127,17 @@ std::vector<CounterUpdate> RuleEngine::CounterUpdates(const rules::RuleSet& rs, 
     u.window = spec.window;
     u.buckets = spec.buckets;
     u.update = spec.on == event;
+    if (u.update && spec.when && !spec.when->Matches(ctx)) u.update = false;
+    if (u.update && spec.only_if) {
+      const rules::CounterGate& g = *spec.only_if;
+      const int at = (*index)[g.counter];
+      if (at < 0) {
+        // The earlier counter is not kept for this request: it reads as 0.
+        u.update = rules::Compare(0, g.op, g.value);
+      } else {
+        u.gate = StrCat(at + 1, " ", rules::CompareOpName(g.op), " ", FormatNumber(g.value));
+      }
+    }
     switch (spec.kind) {
       case rules::CounterKind::kCount:
         u.kind = CounterUpdate::Kind::kCount;

@@ -557,6 +557,13 @@ void Program::Run(const EvalContext& context, Machine* m) const {
   m->s = s;
 }
 
+bool Program::reads_flags_or_counters() const {
+  for (const Instr& in : code_) {
+    if (in.op == Op::kLoadFlag || in.op == Op::kLoadCounter) return true;
+  }
+  return false;
+}
+
 bool Program::Matches(const EvalContext& context) const {
   Machine m;
   Run(context, &m);

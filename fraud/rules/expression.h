@@ -76,6 +76,9 @@ class Program {
                                          size_t* error_offset = nullptr);
 
   ValueType type() const { return type_; }
+  // Whether the program reads a flag (seller_flagged, card_blocked,
+  // device_blocked) or a counter: a counter's `when:` may read neither.
+  bool reads_flags_or_counters() const;
 
   // REQUIRES: type() == ValueType::kBool. Allocates nothing.
   bool Matches(const EvalContext& context) const;

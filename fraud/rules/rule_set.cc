@@ -3,6 +3,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
+#include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -81,6 +83,30 @@ std::string_view CounterKindName(CounterKind kind) {
     case CounterKind::kDistinct: return "distinct";
   }
   return "?";
+}
+
+std::string_view CompareOpName(CompareOp op) {
+  switch (op) {
+    case CompareOp::kGt: return ">";
+    case CompareOp::kGe: return ">=";
+    case CompareOp::kLt: return "<";
+    case CompareOp::kLe: return "<=";
+    case CompareOp::kEq: return "==";
+    case CompareOp::kNe: return "!=";
+  }
+  return "?";
+}
+
+bool Compare(double left, CompareOp op, double right) {
+  switch (op) {
+    case CompareOp::kGt: return left > right;
+    case CompareOp::kGe: return left >= right;
+    case CompareOp::kLt: return left < right;
+    case CompareOp::kLe: return left <= right;
+    case CompareOp::kEq: return left == right;
+    case CompareOp::kNe: return left != right;
+  }
+  return false;
 }
 
 std::string_view CounterEventName(CounterEvent event) {
@@ -185,7 +211,8 @@ class RuleSetLoader {
   }
 
   absl::StatusOr<CounterSpec> LoadCounter(const std::string& name, const ConfigNode& node) {
-    absl::Status s = node.CheckKeys({"count", "sum", "distinct", "per", "window", "buckets", "on"});
+    absl::Status s = node.CheckKeys(
+        {"count", "sum", "distinct", "per", "window", "buckets", "on", "when", "only_if"});
     if (!s.ok()) return s;
     CounterSpec spec;
     spec.name = name;
@@ -243,7 +270,73 @@ class RuleSetLoader {
       return node.Child("on").Error(
           StrCat("must be request, decline or chargeback, got \"", *on, "\""));
     }
+    if (node.Has("when")) {
+      const YAML::Node& raw = raw_;  // const: operator[] must not add nodes
+      const YAML::Node scalar = raw["counters"][name]["when"];
+      absl::StatusOr<Program> when =
+          CompileCondition(node.Child("when"), scalar, {}, &spec.when_text);
+      if (!when.ok()) return when.status();
+      if (when->reads_flags_or_counters()) {
+        return node.Child("when").Error(
+            "a counter's condition may read request fields only (no counters or flags)");
+      }
+      spec.when = *std::move(when);
+    }
+    if (node.Has("only_if")) {
+      absl::StatusOr<CounterGate> gate = LoadGate(node.Child("only_if"), spec);
+      if (!gate.ok()) return gate.status();
+      spec.only_if = *std::move(gate);
+    }
     return spec;
+  }
+
+  // `only_if: <counter> <op> <number>`.
+  absl::StatusOr<CounterGate> LoadGate(const ConfigNode& node, const CounterSpec& spec) {
+    absl::StatusOr<std::string> text = node.AsString();
+    if (!text.ok()) return text.status();
+    const std::string usage =
+        "must be <counter> <op> <number>, e.g. card_users_24h > 1, with a counter declared above";
+    if (spec.on != CounterEvent::kRequest) {
+      return node.Error("applies only to counters updated on request");
+    }
+    static constexpr std::pair<std::string_view, CompareOp> kOps[] = {
+        {">=", CompareOp::kGe}, {"<=", CompareOp::kLe}, {"==", CompareOp::kEq},
+        {"!=", CompareOp::kNe}, {">", CompareOp::kGt},  {"<", CompareOp::kLt}};
+    CounterGate gate;
+    gate.text = *text;
+    size_t at = std::string::npos, len = 0;
+    for (const auto& [sym, op] : kOps) {
+      const size_t p = text->find(sym);
+      if (p != std::string::npos) {
+        at = p;
+        len = sym.size();
+        gate.op = op;
+        break;
+      }
+    }
+    if (at == std::string::npos) return node.Error(usage);
+    auto trim = [](std::string_view v) {
+      while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+      while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+      return v;
+    };
+    const std::string_view name = trim(std::string_view(*text).substr(0, at));
+    const std::string number(trim(std::string_view(*text).substr(at + len)));
+    std::optional<size_t> index = set_->counter_index(name);
+    if (!index) {
+      return node.Error(StrCat("'", name, "' is not a counter declared above; ", usage));
+    }
+    if (set_->counters_[*index].on != CounterEvent::kRequest) {
+      return node.Error(StrCat("'", name, "' is not updated on request, so it is not known yet"));
+    }
+    char* end = nullptr;
+    const double value = std::strtod(number.c_str(), &end);
+    if (number.empty() || end != number.c_str() + number.size() || !std::isfinite(value)) {
+      return node.Error(StrCat("'", number, "' is not a number; ", usage));
+    }
+    gate.counter = *index;
+    gate.value = value;
+    return gate;
   }
 
   absl::Status LoadRules(const ConfigNode& rules) {
@@ -329,14 +422,25 @@ class RuleSetLoader {
   // Compiles the rule's `when:`; an error points at the offending token in
   // the file.
   absl::Status CompileWhen(size_t index, const ConfigNode& node, Rule* rule) {
-    const ConfigNode when = node.Child("when");
+    const YAML::Node& raw = raw_;
+    absl::StatusOr<Program> program = CompileCondition(
+        node.Child("when"), raw["rules"][index]["when"], set_->counter_names_, &rule->when_);
+    if (!program.ok()) return program.status();
+    rule->program_ = *std::move(program);
+    return absl::OkStatus();
+  }
+
+  // Compiles a condition (`when`) over the request fields, the flags and
+  // `counters`; `scalar` is its raw YAML node, so that an error points at
+  // the offending token in the file. `*text` gets the condition as written.
+  absl::StatusOr<Program> CompileCondition(const ConfigNode& when, const YAML::Node& scalar,
+                                           std::span<const std::string> counters,
+                                           std::string* text) {
     // Checks presence and kind, with ConfigNode's message.
     absl::StatusOr<std::string> checked = when.AsString();
     if (!checked.ok()) return checked.status();
     // The condition is taken as written: no ${ENV} expansion, so that offsets
     // in it are offsets in the file.
-    const YAML::Node& raw = raw_;
-    const YAML::Node scalar = raw["rules"][index]["when"];
     if (!scalar.IsDefined() || !scalar.IsScalar()) return when.Error("must be a condition");
     if (const std::string& tag = scalar.Tag(); tag.size() > 1 && tag[0] == '!') {
       // `when: !seller_flagged` is a YAML tag followed by an empty value.
@@ -344,12 +448,12 @@ class RuleSetLoader {
                                "' as a tag, not as part of the condition: "
                                "write 'not' instead of '!', or quote the condition"));
     }
-    rule->when_ = scalar.Scalar();
+    *text = scalar.Scalar();
 
     size_t offset = 0;
-    absl::StatusOr<Program> program = Program::Compile(rule->when_, set_->counter_names_, &offset);
+    absl::StatusOr<Program> program = Program::Compile(*text, counters, &offset);
     if (program.ok() && program->type() != ValueType::kBool) {
-      offset = rule->when_.find_first_not_of(" \t\r\n");
+      offset = text->find_first_not_of(" \t\r\n");
       if (offset == std::string::npos) offset = 0;
       program = absl::InvalidArgumentError(StrCat(
           "a condition must be true or false, and this one is a ", ValueTypeName(program->type())));
@@ -357,12 +461,11 @@ class RuleSetLoader {
     if (!program.ok()) {
       const YAML::Mark mark = scalar.Mark();
       const internal::SourcePosition at =
-          internal::MapScalarOffset(text_, mark.pos, mark.line, mark.column, rule->when_, offset);
+          internal::MapScalarOffset(text_, mark.pos, mark.line, mark.column, *text, offset);
       return absl::InvalidArgumentError(StrCat(set_->name_, ":", at.line, ":", at.column, ": ",
                                                when.path(), ": ", program.status().message()));
     }
-    rule->program_ = *std::move(program);
-    return absl::OkStatus();
+    return program;
   }
 
   const std::string& text_;

@@ -80,6 +80,22 @@ std::string_view ActionName(Action action);  // "allow" | "review" | "block" | "
 inline constexpr size_t kMaxRules = 256;
 inline constexpr size_t kMaxCounters = 64;
 
+// A comparison of `only_if:`.
+enum class CompareOp : uint8_t { kGt, kGe, kLt, kLe, kEq, kNe };
+std::string_view CompareOpName(CompareOp op);  // ">", ">=", ...
+bool Compare(double left, CompareOp op, double right);
+
+// `only_if: <counter> <op> <number>`: the counter is updated only when a
+// counter declared earlier in the file (updated by the same request)
+// compares so with the number, its value including this request. Checked
+// inside the one Redis round trip.
+struct CounterGate {
+  size_t counter = 0;  // counter_index of the earlier counter
+  CompareOp op = CompareOp::kGt;
+  double value = 0;
+  std::string text;    // as written
+};
+
 // One entry of `counters:`.
 struct CounterSpec {
   std::string name;
@@ -94,6 +110,12 @@ struct CounterSpec {
   // (a whole number of seconds, checked at load). Default 12.
   int buckets = 12;
   CounterEvent on = CounterEvent::kRequest;
+  // `when:` (optional): a condition over request fields only. A request for
+  // which it is false reads the counter without updating it.
+  std::optional<Program> when;
+  std::string when_text;
+  // `only_if:` (optional), see CounterGate.
+  std::optional<CounterGate> only_if;
 
   std::chrono::milliseconds bucket_width() const { return window / buckets; }
 };

@@ -83,6 +83,42 @@ TEST_F(CounterStoreTest, CountSumAndDistinctIncludeTheCurrentRequest) {
   EXPECT_EQ(Run(store_->UpdateAndRead(counters, {}, now + 2min))->values[2], 2);
 }
 
+TEST_F(CounterStoreTest, AGatedCounterIsUpdatedOnlyWhenTheEarlierCounterCompares) {
+  // gate "1 > 1": update `shared` only once `users` (counter 1 of the call,
+  // this request included) is above 1, in the same round trip.
+  const auto now = std::chrono::system_clock::time_point(std::chrono::hours(450000));
+  CounterUpdate users = Counter(Kind::kDistinct, "card_users", 1h, 12, "u1");
+  CounterUpdate shared = Counter(Kind::kCount, "shared", 1h, 12, "1");
+  shared.gate = "1 > 1.000000";
+  CounterUpdate first = Counter(Kind::kCount, "first", 1h, 12, "1");
+  first.gate = "1 <= 1.000000";
+  const int64_t evals_before = CommandCalls(redis_, "evalsha");
+  auto a = Run(store_->UpdateAndRead({users, shared, first}, {}, now));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->values, (std::vector<double>{1, 0, 1}));  // one account: not shared, first
+  users.value = "u1";
+  auto b = Run(store_->UpdateAndRead({users, shared, first}, {}, now + 1s));
+  EXPECT_EQ(b->values, (std::vector<double>{1, 0, 2}));
+  users.value = "u2";  // a second account on the card: the gate opens
+  auto c = Run(store_->UpdateAndRead({users, shared, first}, {}, now + 2s));
+  EXPECT_EQ(c->values, (std::vector<double>{2, 1, 2}));
+  users.value = "u3";
+  auto d = Run(store_->UpdateAndRead({users, shared, first}, {}, now + 3s));
+  EXPECT_EQ(d->values, (std::vector<double>{3, 2, 2}));
+  // Still one round trip per request.
+  EXPECT_EQ(CommandCalls(redis_, "evalsha") - evals_before, 4 + (evals_before == 0 ? 1 : 0));
+  // Every comparison the script knows.
+  for (const auto& [gate, open] : std::vector<std::pair<std::string, bool>>{
+           {"1 >= 3", true}, {"1 < 3", false}, {"1 == 3", true}, {"1 != 3", false}, {"1 > 2.5", true}}) {
+    CounterUpdate g = Counter(Kind::kCount, "g" + std::to_string(open) + gate.substr(2, 2), 1h, 12, "1");
+    g.gate = gate;
+    users.value = "u3";
+    auto r = Run(store_->UpdateAndRead({users, g}, {}, now + 4s));
+    ASSERT_TRUE(r.ok()) << gate << ": " << r.status();
+    EXPECT_EQ(r->values[1], open ? 1 : 0) << gate;
+  }
+}
+
 TEST_F(CounterStoreTest, ACounterDropsOutAfterItsWindow) {
   // A fixed clock, moved by hand: window 60 s in 6 buckets of 10 s.
   const auto t0 = std::chrono::system_clock::time_point(std::chrono::hours(400000));

@@ -300,7 +300,88 @@ TEST(RuleFileErrors, CounterEvent) {
             "r.yaml:3:46: counters.c.on: must be request, decline or chargeback, got \"refund\"");
   EXPECT_EQ(LoadError(WithCounter("c: { count: true, per: ip, window: 1h, every: 1 }")),
             "r.yaml:3:49: counters.c.every: unknown option (expected one of: count, sum, "
-            "distinct, per, window, buckets, on)");
+            "distinct, per, window, buckets, on, when, only_if)");
+}
+
+TEST(RuleFile, CounterWhenAndOnlyIfAreParsed) {
+  auto set = Parse(
+      "version: \"1\"\n"
+      "counters:\n"
+      "  card_users_24h: { distinct: user_id, per: card_fingerprint, window: 24h }\n"
+      "  seller_top_1h:\n"
+      "    count: true\n"
+      "    per: seller_id\n"
+      "    window: 1h\n"
+      "    when: package_id in [\"coins_3303\", \"coins_6607\"]\n"
+      "  seller_shared_1h: { count: true, per: seller_id, window: 1h, only_if: card_users_24h > 1 }\n"
+      "  seller_new_1h: { count: true, per: seller_id, window: 1h, only_if: 'card_users_24h<=1.5' }\n");
+  ASSERT_TRUE(set.ok()) << set.status();
+  const auto& c = (*set)->counters();
+  ASSERT_EQ(c.size(), 4u);
+  ASSERT_TRUE(c[1].when.has_value());
+  EXPECT_EQ(c[1].when_text, "package_id in [\"coins_3303\", \"coins_6607\"]");
+  EvalContext top;
+  top.set_string(Field::kPackageId, "coins_6607");
+  EXPECT_TRUE(c[1].when->Matches(top));
+  EvalContext small;
+  small.set_string(Field::kPackageId, "coins_65");
+  EXPECT_FALSE(c[1].when->Matches(small));
+  EXPECT_FALSE(c[1].only_if.has_value());
+  ASSERT_TRUE(c[2].only_if.has_value());
+  EXPECT_EQ(c[2].only_if->counter, 0u);
+  EXPECT_EQ(c[2].only_if->op, CompareOp::kGt);
+  EXPECT_EQ(c[2].only_if->value, 1);
+  ASSERT_TRUE(c[3].only_if.has_value());
+  EXPECT_EQ(c[3].only_if->op, CompareOp::kLe);
+  EXPECT_EQ(c[3].only_if->value, 1.5);
+  EXPECT_TRUE(Compare(2, CompareOp::kGt, 1));
+  EXPECT_FALSE(Compare(1, CompareOp::kGt, 1));
+  EXPECT_TRUE(Compare(1, CompareOp::kLe, 1.5));
+  EXPECT_TRUE(Compare(3, CompareOp::kNe, 1));
+  EXPECT_TRUE(Compare(1, CompareOp::kEq, 1));
+}
+
+TEST(RuleFileErrors, CounterWhenReadsRequestFieldsOnlyAndPointsAtTheToken) {
+  const std::string header =
+      "version: \"1\"\n"
+      "counters:\n"
+      "  a: { count: true, per: user_id, window: 1h }\n";
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, when: pakage_id == \"x\" }\n"),
+            "r.yaml:4:55: counters.b.when: unknown name 'pakage_id': not a request field, a "
+            "counter of this file or a flag");
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, when: coins + 1 }\n"),
+            "r.yaml:4:55: counters.b.when: a condition must be true or false, and this one is a "
+            "number");
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, when: seller_flagged }\n"),
+            "r.yaml:4:55: counters.b.when: a counter's condition may read request fields only "
+            "(no counters or flags)");
+  // A counter name in a counter's `when` is not known there.
+  EXPECT_THAT(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, when: a > 1 }\n"),
+              HasSubstr("unknown name 'a'"));
+}
+
+TEST(RuleFileErrors, CounterOnlyIfNamesAnEarlierRequestCounterAndANumber) {
+  const std::string header =
+      "version: \"1\"\n"
+      "counters:\n"
+      "  a: { count: true, per: user_id, window: 1h }\n"
+      "  d: { count: true, per: user_id, window: 1h, on: decline }\n";
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, only_if: a > x }\n"),
+            "r.yaml:5:58: counters.b.only_if: 'x' is not a number; must be <counter> <op> "
+            "<number>, e.g. card_users_24h > 1, with a counter declared above");
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, only_if: z > 1 }\n"),
+            "r.yaml:5:58: counters.b.only_if: 'z' is not a counter declared above; must be "
+            "<counter> <op> <number>, e.g. card_users_24h > 1, with a counter declared above");
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, only_if: a }\n"),
+            "r.yaml:5:58: counters.b.only_if: must be <counter> <op> <number>, e.g. "
+            "card_users_24h > 1, with a counter declared above");
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, only_if: d > 1 }\n"),
+            "r.yaml:5:58: counters.b.only_if: 'd' is not updated on request, so it is not known yet");
+  EXPECT_EQ(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, on: decline, only_if: a > 1 }\n"),
+            "r.yaml:5:71: counters.b.only_if: applies only to counters updated on request");
+  // Itself or a later counter: not declared above.
+  EXPECT_THAT(LoadError(header + "  b: { count: true, per: seller_id, window: 1h, only_if: b > 1 }\n"),
+              HasSubstr("'b' is not a counter declared above"));
 }
 
 TEST(RuleFileErrors, CounterNamesShareTheNamespaceOfFieldsAndFlags) {
