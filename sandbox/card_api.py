@@ -12,7 +12,8 @@ then the connection is closed without charging (lookups still answer).
 Test instruments by card number:
 4242424242424242 approves, 4000000000000002 declines (card_declined),
 4000000000009995 declines (insufficient_funds), any other Luhn-valid number
-approves.
+starting 4000000000 declines (card_declined: a range of distinct declining
+cards, for fraud scenarios), any other Luhn-valid number approves.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ DECLINES = {
     "4000000000000002": "card_declined",
     "4000000000009995": "insufficient_funds",
 }
+
+# Every other Luhn-valid number with this prefix declines (card_declined).
+DECLINE_PREFIX = "4000000000"
 
 MAX_IDEMPOTENCY_KEY_LEN = 255
 MAX_DESCRIPTION_LEN = 1000
@@ -289,7 +293,8 @@ class CardApi:
             return Response.json(500, {"error": {"type": "api_error", "code": "internal_error",
                                                  "charged": False}})
         number = params["number"]
-        decline_code = DECLINES.get(number, "")
+        decline_code = DECLINES.get(number) or (
+            "card_declined" if number.startswith(DECLINE_PREFIX) else "")
         charge = {
             "id": "ch_" + secrets.token_hex(12),
             "amount": params["amount"],

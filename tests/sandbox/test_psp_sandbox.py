@@ -57,6 +57,16 @@ def luhn_complete(prefix: str) -> str:
     raise AssertionError("unreachable")
 
 
+
+def _luhn_ok(number: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(number)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d * 2 > 9 else d * 2
+        total += d
+    return total % 10 == 0
+
 class Sandbox:
     """One sandbox process; start() waits for --port-file with a deadline."""
 
@@ -273,7 +283,11 @@ class CardChargesTest(unittest.TestCase):
         self.assert_journaled_once(key, status="succeeded", last4="4444")
 
     def test_declines(self):
-        for number, code in ((DECLINE, "card_declined"), (NSF, "insufficient_funds")):
+        # 4000000000 + digits + a Luhn check digit: the declining range.
+        ranged = "400000000012345"
+        ranged += next(d for d in "0123456789" if _luhn_ok(ranged + d))
+        for number, code in ((DECLINE, "card_declined"), (NSF, "insufficient_funds"),
+                             (ranged, "card_declined")):
             with self.subTest(code=code):
                 key = new_key()
                 status, _, body, _ = SB.charge(number, amount=500, key=key)
