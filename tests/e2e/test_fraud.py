@@ -9,12 +9,14 @@ ledger, driven with the Python grpcio client (RechargeGateway and FraudAdmin).
 ResellerScenarioTest is issue 4's acceptance items 1 and 2 on one stack:
 setUpClass sends the traffic of item 1 (40 honest direct buyers, one card
 shared by 6 accounts, then a third-party seller topping up 32 accounts with
-32 cards, one request after the other); test_1x check item 1 and test_2x
-drive the FraudAdmin API over the state it left (they run in name order:
-the flag is cleared in test_27). The honest buyers go first on purpose:
-with the shipped blast-radius guard (20% of the last 10 minutes, at least
-50 requests) the reseller's 12 held recharges among only 50 requests would
-demote flagged-seller, seller-many-cards and device-many-accounts to shadow.
+32 cards from three shop addresses, one request after the other); test_1x
+check item 1 and test_2x drive the FraudAdmin API over the state it left
+(they run in name order: the flag is cleared in test_27). Changed with
+issue 8's default rules: a seller is judged by how its buyers pay, not by
+volume, so the seller here is a ring (its 32 accounts come from 3
+addresses), flagged by seller-few-addresses at its 9th recharge; issue 8's
+own scenarios (an honest reseller serving 60 buyers is never flagged, rings,
+linked seller ids, card testers) are in test_fraud_efficacy.py.
 
 test_28 reproduces a gateway bug found while writing this module and fails
 until it is fixed: ReportChargeback counts the same recharge's chargeback
@@ -60,10 +62,10 @@ RPC_TIMEOUT_S = 20
 COINS = 65                      # coins_65, USD 99 in the US (card_request's default)
 RULES_FILE = REPO / "configs" / "fraud_rules.yaml"
 DEFAULT_RULES = RULES_FILE.read_text()
-DEFAULT_VERSION = "2026-11-25.1"
-# The rules of the shipped file whose action is flag_seller.
-FLAG_SELLER_RULES = {"seller-many-accounts", "seller-many-cards", "seller-decline-share",
-                     "seller-chargebacks"}
+DEFAULT_VERSION = "2026-12-02.1"
+# The enforcing rules of the shipped file whose action is flag_seller.
+FLAG_SELLER_RULES = {"seller-shared-cards", "seller-few-addresses", "seller-few-devices",
+                     "seller-linked", "seller-decline-share", "seller-chargebacks"}
 DEGRADED_BOUND_S = 3.0          # loose bound on a degraded answer (redis timeout: 50ms)
 SANDBOX_SPECIAL = {CARD_APPROVE, CARD_DECLINE, CARD_NSF}
 
@@ -76,6 +78,16 @@ def new_card() -> str:
     one of its decline numbers), never handed out twice in this process."""
     while True:
         number = luhn_complete("4" + "".join(str(secrets.randbelow(10)) for _ in range(14)))
+        if number not in SANDBOX_SPECIAL and number not in _used_cards:
+            _used_cards.add(number)
+            return number
+
+
+def declining_card() -> str:
+    """A fresh Luhn-valid card number the sandbox declines (card_declined):
+    its 4000000000... range."""
+    while True:
+        number = luhn_complete("4000000000" + "".join(str(secrets.randbelow(10)) for _ in range(5)))
         if number not in SANDBOX_SPECIAL and number not in _used_cards:
             _used_cards.add(number)
             return number
@@ -380,11 +392,12 @@ class ResellerScenarioTest(FraudCase):
         cls.shared_card = new_card()
         cls.shared_reqs = [fraud_request(card=cls.shared_card, prefix="shared") for _ in range(6)]
         cls.shared = [stub.RecordRecharge(r, timeout=RPC_TIMEOUT_S) for r in cls.shared_reqs]
-        # The reseller: one shop (one IP, one device), 32 accounts, 32 cards, in order.
+        # The reseller ring: 32 accounts, 32 cards, each account its own
+        # device, all from three shop addresses, in order.
         cls.seller = f"seller_{uuid.uuid4().hex[:12]}"
-        shop_ip, shop_device = new_ip(), new_device()
-        cls.seller_reqs = [fraud_request(seller=cls.seller, ip=shop_ip, device=shop_device,
-                                         prefix="resold") for _ in range(32)]
+        shop_ips = [new_ip() for _ in range(3)]
+        cls.seller_reqs = [fraud_request(seller=cls.seller, ip=shop_ips[i % 3],
+                                         prefix="resold") for i in range(32)]
         cls.t_seller_start_ms = now_ms()
         cls.seller_resps = [stub.RecordRecharge(r, timeout=RPC_TIMEOUT_S)
                             for r in cls.seller_reqs]
@@ -396,14 +409,16 @@ class ResellerScenarioTest(FraudCase):
 
     # ---------------------------------------------------------- acceptance 1
 
-    def test_10_reseller_first_20_approved_then_flagged_and_not_charged(self):
-        """A third-party seller topping up 32 accounts with 32 cards within
-        seconds: the first 20 are APPROVED and charged; by the 30th the seller
-        is flagged (seller_flagged, PENDING_REVIEW or BLOCKED, no coins, the
-        rule named); once held, every later one is held too; nothing held is
+    def test_10_reseller_first_7_approved_then_flagged_and_not_charged(self):
+        """A third-party seller topping up 32 accounts with 32 cards from 3
+        addresses within seconds: the first 7 are APPROVED and charged; by
+        the 10th (9 accounts on 3 addresses; the distinct counts are
+        HyperLogLogs and may lag by one) the seller is flagged
+        (seller_flagged, PENDING_REVIEW or BLOCKED, no coins, the rule
+        named); once held, every later one is held too; nothing held is
         charged."""
         self.assertLess(self.t_seller_end_ms - self.t_seller_start_ms, 60_000)
-        for i, (req, resp) in enumerate(zip(self.seller_reqs[:20], self.seller_resps[:20]), 1):
+        for i, (req, resp) in enumerate(zip(self.seller_reqs[:7], self.seller_resps[:7]), 1):
             with self.subTest(recharge=i):
                 self.assert_status(resp, APPROVED, f"reseller recharge {i}")
                 self.assertEqual(resp.coins_credited, COINS)
@@ -411,17 +426,17 @@ class ResellerScenarioTest(FraudCase):
                 self.assertFalse(resp.fraud.degraded)
                 self.assertEqual(resp.fraud.rules_version, DEFAULT_VERSION)
                 self.assert_charged_once(req.idempotency_key, f"reseller recharge {i}")
-        thirtieth = self.seller_resps[29]
-        self.assertTrue(thirtieth.fraud.seller_flagged, describe(thirtieth))
-        self.assert_held(thirtieth, "reseller recharge 30")
-        self.assertIn("seller-many-accounts", hit_ids(thirtieth, shadow=False),
-                      describe(thirtieth))
-        self.assertIn("flagged-seller", hit_ids(thirtieth, shadow=False), describe(thirtieth))
-        for h in thirtieth.fraud.hits:
+        tenth = self.seller_resps[9]
+        self.assertTrue(tenth.fraud.seller_flagged, describe(tenth))
+        self.assert_held(tenth, "reseller recharge 10")
+        self.assertIn("seller-few-addresses", hit_ids(tenth, shadow=False), describe(tenth))
+        twelfth = self.seller_resps[11]
+        self.assertIn("flagged-seller", hit_ids(twelfth, shadow=False), describe(twelfth))
+        for h in tenth.fraud.hits:
             self.assertTrue(h.reason, f"hit without a reason: {h}")
-        # Once held (the shop's device also trips device-many-accounts past 20
-        # accounts; the distinct counts are HyperLogLogs and may lag by one),
-        # every later one is held; once flagged, every later one is flagged.
+        # Once held (from about the 28th, card-testing-address also blocks:
+        # ten different cards from one address in minutes), every later one
+        # is held; once flagged, every later one is flagged.
         first_held = next(i for i, r in enumerate(self.seller_resps) if r.status in HELD)
         first_flagged = next(i for i, r in enumerate(self.seller_resps)
                              if r.fraud.seller_flagged)
@@ -515,15 +530,15 @@ class ResellerScenarioTest(FraudCase):
 
     def test_20_list_flagged_sellers_names_rule_reason_and_expiry(self):
         """ListFlaggedSellers lists the seller with its rule (the last
-        flag_seller hit: seller-many-accounts), reason and an expiry 24h
+        flag_seller hit: seller-few-addresses), reason and an expiry 24h
         (flag_ttl) after the flag, in the future."""
         resp = self.admin.ListFlaggedSellers(pb.ListFlaggedSellersRequest(),
                                              timeout=RPC_TIMEOUT_S)
         mine = [s for s in resp.sellers if s.seller_id == self.seller]
         self.assertEqual(len(mine), 1, f"flagged sellers: {resp.sellers}")
         flag = mine[0]
-        self.assertEqual(flag.rule_id, "seller-many-accounts")
-        self.assertEqual(flag.reason, "third-party seller topping up many accounts")
+        self.assertEqual(flag.rule_id, "seller-few-addresses")
+        self.assertEqual(flag.reason, "the seller's accounts come from a few addresses")
         flagged_at, expires_at = ts_ms(flag.flagged_at), ts_ms(flag.expires_at)
         self.assertGreaterEqual(flagged_at, self.t_seller_start_ms - 1000)
         self.assertLessEqual(flagged_at, self.t_seller_end_ms + 1000)
@@ -538,14 +553,27 @@ class ResellerScenarioTest(FraudCase):
         risk = self.seller_risk(self.seller)
         self.assertEqual(risk.seller_id, self.seller)
         self.assertTrue(risk.flagged)
-        self.assertEqual(risk.flag.rule_id, "seller-many-accounts")
+        self.assertEqual(risk.flag.rule_id, "seller-few-addresses")
         c = dict(risk.counters)
         self.assertEqual(set(c), {"seller_users_1h", "seller_cards_1h", "seller_recharges_1h",
+                                  "seller_ips_1h", "seller_devices_1h",
+                                  "seller_shared_card_recharges_1h",
+                                  "seller_new_account_recharges_1h", "seller_top_tier_1h",
+                                  "seller_cross_card_recharges_1h",
+                                  "seller_cross_device_recharges_1h",
                                   "seller_declines_1h", "seller_chargebacks_30d"}, c)
-        self.assertGreaterEqual(c["seller_users_1h"], 26, c)
+        self.assertGreaterEqual(c["seller_users_1h"], 30, c)
         self.assertLessEqual(c["seller_users_1h"], 33, c)
-        self.assertGreaterEqual(c["seller_cards_1h"], 26, c)
+        self.assertGreaterEqual(c["seller_cards_1h"], 30, c)
         self.assertEqual(c["seller_recharges_1h"], 32, c)
+        # How its buyers pay: 3 addresses, a device each, every account new,
+        # no shared card, no top-tier bundle, nothing shared with another seller.
+        self.assertEqual(c["seller_ips_1h"], 3, c)
+        self.assertGreaterEqual(c["seller_devices_1h"], 30, c)
+        self.assertEqual(c["seller_new_account_recharges_1h"], 32, c)
+        self.assertEqual(c["seller_shared_card_recharges_1h"], 0, c)
+        self.assertEqual(c["seller_top_tier_1h"], 0, c)
+        self.assertEqual(c["seller_cross_card_recharges_1h"], 0, c)
         self.assertEqual(c["seller_declines_1h"], 0, c)
         self.assertEqual(c["seller_chargebacks_30d"], 0, c)
         unknown = self.seller_risk(f"seller_{uuid.uuid4().hex[:12]}")
@@ -553,9 +581,9 @@ class ResellerScenarioTest(FraudCase):
         self.assertTrue(all(v == 0 for v in unknown.counters.values()), unknown)
 
     def test_22_rule_stats_count_evaluations_and_hits(self):
-        """GetRuleStats: version 2026-11-25.1, every rule of the file
+        """GetRuleStats: version 2026-12-02.1, every rule of the file
         evaluated once per assessed request (78: replays are not), hits for
-        seller-many-accounts and shared-card, shadow rules marked, no
+        seller-few-addresses and shared-card, shadow rules marked, no
         degraded decision, nothing demoted."""
         stats = self.rule_stats()
         self.assertEqual(stats.rules_version, DEFAULT_VERSION)
@@ -565,13 +593,15 @@ class ResellerScenarioTest(FraudCase):
             with self.subTest(rule=r.rule_id):
                 # 40 + 6 + 32 assessed requests; replays are not assessed.
                 self.assertEqual(r.evaluated, 78, r)
-        self.assertGreaterEqual(self.rule_stat("seller-many-accounts", stats).hits, 5)
+        self.assertGreaterEqual(self.rule_stat("seller-few-addresses", stats).hits, 5)
+        self.assertGreaterEqual(self.rule_stat("seller-many-accounts", stats).hits, 1)  # shadow
         self.assertGreaterEqual(self.rule_stat("shared-card", stats).hits, 1)
         self.assertGreaterEqual(self.rule_stat("flagged-seller", stats).hits, 1)
         self.assertEqual(self.rule_stat("card-blocked", stats).hits, 0)
-        for rid in ("daily-budget", "user-velocity"):
+        for rid in ("daily-budget", "user-velocity", "seller-many-accounts", "seller-many-cards",
+                    "seller-new-accounts-top-tier"):
             self.assertTrue(self.rule_stat(rid, stats).shadow, rid)
-        for rid in ("seller-many-accounts", "shared-card", "flagged-seller", "seller-many-cards"):
+        for rid in ("seller-few-addresses", "shared-card", "flagged-seller", "card-testing-address"):
             self.assertFalse(self.rule_stat(rid, stats).shadow, rid)
         self.assertEqual(stats.degraded_decisions, 0)
         self.assertEqual(stats.demoted_rules, 0)
@@ -956,17 +986,18 @@ class RuleHandlingTest(StackPerTest):
         self.start_stack()
         path = str(self.stack.fraud_rules_path)
         old_line = "    when: card_users_24h > 3\n"
+        at = re.findall(r"^  - id: (\S+)", DEFAULT_RULES, re.M).index("shared-card")
         line_no = DEFAULT_RULES[:DEFAULT_RULES.index(old_line)].count("\n") + 1
         bumped = replace_once(DEFAULT_RULES, f'version: "{DEFAULT_VERSION}"',
                               'version: "2026-11-25.2"')
         # Columns: the unknown name; the operator given a string; the second '>'.
         cases = [
             ("unknown name", replace_once(bumped, old_line, "    when: card_users_24hx > 1\n"),
-             f"{path}:{line_no}:11: rules[2].when: ", "card_users_24hx"),
+             f"{path}:{line_no}:11: rules[{at}].when: ", "card_users_24hx"),
             ("type error", replace_once(bumped, old_line, '    when: card_users_24h > "1"\n'),
-             f"{path}:{line_no}:26: rules[2].when: ", "string"),
+             f"{path}:{line_no}:26: rules[{at}].when: ", "string"),
             ("syntax error", replace_once(bumped, old_line, "    when: card_users_24h > > 1\n"),
-             f"{path}:{line_no}:28: rules[2].when: ", "'>'"),
+             f"{path}:{line_no}:28: rules[{at}].when: ", "'>'"),
             ("YAML error", replace_once(bumped, old_line, "    when: [card_users_24h > 1\n"),
              f"{path}:", ""),
         ]
@@ -1126,10 +1157,13 @@ class RuleHandlingTest(StackPerTest):
         self.assertEqual(delta.get("script|load", 0), 0, delta)
         self.assertEqual(sent, {"evalsha": n})
 
-        # 3. The seller goes on to 30 accounts and gets flagged.
+        # 3. The seller's next 20 accounts pay with 2 cards: flagged
+        # (seller-shared-cards) once enough of its recharges are on shared cards.
         m = 20
+        pool = [new_card(), new_card()]
         resps, delta, sent = measure("flagging", lambda: [
-            self.record(fraud_request(seller=seller, prefix="rt")) for _ in range(m)])
+            self.record(fraud_request(seller=seller, card=pool[i % 2], prefix="rt"))
+            for i in range(m)])
         flags = sum(1 for r in resps
                     if hit_ids(r, shadow=False) & FLAG_SELLER_RULES)
         self.assertGreaterEqual(flags, 5, [describe(r) for r in resps])
@@ -1148,9 +1182,11 @@ class RuleHandlingTest(StackPerTest):
         once it has 10)."""
         self.start_stack()
         seller = f"seller_{uuid.uuid4().hex[:10]}"
+        # Six different declining cards (the sandbox's 4000000000... range):
+        # one card on several accounts would be a shared card, another signal.
         reqs = ([fraud_request(seller=seller, prefix="dec") for _ in range(4)] +
-                [fraud_request(seller=seller, card=CARD_DECLINE, prefix="dec") for _ in range(3)] +
-                [fraud_request(seller=seller, card=CARD_NSF, prefix="dec") for _ in range(3)])
+                [fraud_request(seller=seller, card=declining_card(), prefix="dec")
+                 for _ in range(6)])
         resps = [self.record(r) for r in reqs]
         self.assertEqual([status_name(r.status)[16:] for r in resps],
                          ["APPROVED"] * 4 + ["DECLINED"] * 6)
@@ -1214,8 +1250,8 @@ class RuleHandlingTest(StackPerTest):
     reason: e2e cap per account
 """)
         self.start_stack(text)
-        user = new_user("par")
-        reqs = [fraud_request(user=user, prefix="par") for _ in range(12)]
+        user, card = new_user("par"), new_card()  # one account, one card (no card testing)
+        reqs = [fraud_request(user=user, card=card, prefix="par") for _ in range(12)]
         resps = self.record_all(reqs)
         statuses = sorted(status_name(r.status)[16:] for r in resps)
         self.assertEqual(statuses, ["APPROVED"] * 5 + ["BLOCKED"] * 7,
