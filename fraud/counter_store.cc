@@ -2,6 +2,7 @@
 
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <charconv>
 
 #include "io/crypto.h"
@@ -16,7 +17,12 @@ namespace {
 //       value, update (1|0), gate ("" or "<i> <op> <number>": update only
 //       if counter i of this call compares so); then the number of
 //       existence keys.
-// Returns: one value per counter (as a string), then 0/1 per existence key.
+//       Then the number of link instruments L; if L > 0: the seller, now
+//       (ms), the window (ms), and per instrument its member "<kind>:<value>".
+// KEYS (links, after the existence keys): the seller's instruments set, then
+//       per instrument its sellers set.
+// Returns: one value per counter (as a string), then 0/1 per existence key,
+//          then per link instrument the other sellers, comma-separated.
 constexpr std::string_view kUpdateAndRead = R"lua(
 local n = tonumber(ARGV[1])
 local k, a = 1, 2
@@ -51,6 +57,25 @@ for i = 1, n do
 end
 local m = tonumber(ARGV[a])
 for j = 0, m - 1 do out[n + 1 + j] = redis.call('EXISTS', KEYS[k + j]) end
+local l = tonumber(ARGV[a + 1] or '0')
+if l > 0 then
+  local seller, now, win = ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local skey = KEYS[k + m]
+  for j = 1, l do
+    local ikey = KEYS[k + m + j]
+    redis.call('ZADD', ikey, now, seller)
+    redis.call('ZREMRANGEBYSCORE', ikey, '-inf', now - win)
+    redis.call('PEXPIRE', ikey, win)
+    redis.call('ZADD', skey, now, ARGV[a + 4 + j])
+    local others = {}
+    for _, s in ipairs(redis.call('ZRANGE', ikey, 0, 20)) do
+      if s ~= seller then others[#others + 1] = s end
+    end
+    out[n + m + j] = table.concat(others, ',')
+  end
+  redis.call('ZREMRANGEBYSCORE', skey, '-inf', now - win)
+  redis.call('PEXPIRE', skey, win)
+end
 return out
 )lua";
 
@@ -125,6 +150,13 @@ std::string RedisCounterStore::CardBlockKey(const std::string& card_fingerprint)
 std::string RedisCounterStore::DeviceBlockKey(const std::string& device_id) const {
   return StrCat(prefix_, ":{d:", device_id, "}:blocked");
 }
+std::string RedisCounterStore::InstrumentSellersKey(const std::string& kind,
+                                                   const std::string& value) const {
+  return StrCat(prefix_, ":", EntityTag(kind, value), ":sellers");
+}
+std::string RedisCounterStore::SellerInstrumentsKey(const std::string& seller_id) const {
+  return StrCat(prefix_, ":{s:", seller_id, "}:instruments");
+}
 std::string RedisCounterStore::CounterKey(const std::string& per_field, const std::string& per_value,
                                           const std::string& counter_name) const {
   return StrCat(prefix_, ":", EntityTag(per_field, per_value), ":", counter_name);
@@ -152,16 +184,29 @@ asio::awaitable<absl::StatusOr<RedisReply>> RedisCounterStore::Eval(std::vector<
 
 asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead(
     std::vector<CounterUpdate> counters, std::vector<std::string> check_keys,
-    std::chrono::system_clock::time_point now) {
+    std::chrono::system_clock::time_point now, std::optional<LinkUpdate> links) {
   std::vector<std::string> keys;
   std::vector<std::string> args = {std::to_string(counters.size())};
   for (const CounterUpdate& c : counters) AppendBucketArgs(c, now, &keys, &args);
   args.push_back(std::to_string(check_keys.size()));
   keys.insert(keys.end(), check_keys.begin(), check_keys.end());
+  const size_t n_links =
+      links && !links->seller_id.empty() ? links->instruments.size() : 0;
+  args.push_back(std::to_string(n_links));
+  if (n_links > 0) {
+    args.push_back(links->seller_id);
+    args.push_back(std::to_string(Millis(now)));
+    args.push_back(std::to_string(links->window.count()));
+    keys.push_back(SellerInstrumentsKey(links->seller_id));
+    for (const LinkUpdate::Instrument& in : links->instruments) {
+      keys.push_back(InstrumentSellersKey(in.kind, in.value));
+      args.push_back(StrCat(in.kind, ":", in.value));
+    }
+  }
   absl::StatusOr<RedisReply> r = co_await Eval(std::move(keys), std::move(args));
   if (!r.ok()) co_return r.status();
   if (r->type != RedisReply::Type::kArray ||
-      r->elements.size() != counters.size() + check_keys.size()) {
+      r->elements.size() != counters.size() + check_keys.size() + n_links) {
     co_return absl::InternalError("redis: unexpected script reply");
   }
   CounterReadout out;
@@ -172,6 +217,46 @@ asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead
   }
   for (size_t i = 0; i < check_keys.size(); ++i) {
     out.exists.push_back(r->elements[counters.size() + i].integer != 0);
+  }
+  for (size_t i = 0; i < n_links; ++i) {
+    const std::string& joined = r->elements[counters.size() + check_keys.size() + i].str;
+    std::vector<std::string>& others = out.linked.emplace_back();
+    size_t start = 0;
+    while (start < joined.size()) {
+      const size_t comma = joined.find(',', start);
+      const size_t end = comma == std::string::npos ? joined.size() : comma;
+      if (end > start) others.push_back(joined.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  co_return out;
+}
+
+asio::awaitable<absl::StatusOr<std::vector<LinkedSeller>>> RedisCounterStore::LinkedSellers(
+    std::string seller_id, std::chrono::milliseconds window,
+    std::chrono::system_clock::time_point now) {
+  const std::string since = std::to_string(Millis(now) - window.count());
+  std::vector<std::string> range = {"ZRANGEBYSCORE", SellerInstrumentsKey(seller_id), since, "+inf"};
+  absl::StatusOr<RedisReply> members = co_await redis_.Command(std::move(range), Deadline());
+  if (!members.ok()) co_return members.status();
+  std::vector<LinkedSeller> out;
+  for (const RedisReply& m : members->elements) {
+    const size_t colon = m.str.find(':');
+    if (colon == std::string::npos) continue;
+    const std::string kind = m.str.substr(0, colon);
+    std::vector<std::string> sellers = {"ZRANGEBYSCORE",
+                                        InstrumentSellersKey(kind, m.str.substr(colon + 1)),
+                                        since, "+inf"};
+    absl::StatusOr<RedisReply> users = co_await redis_.Command(std::move(sellers), Deadline());
+    if (!users.ok()) co_return users.status();
+    for (const RedisReply& other : users->elements) {
+      if (other.str == seller_id) continue;
+      auto it = std::find_if(out.begin(), out.end(),
+                             [&](const LinkedSeller& l) { return l.seller_id == other.str; });
+      if (it == out.end()) it = out.insert(out.end(), LinkedSeller{other.str, {}, 0});
+      ++it->shared;
+      if (std::find(it->by.begin(), it->by.end(), kind) == it->by.end()) it->by.push_back(kind);
+    }
   }
   co_return out;
 }

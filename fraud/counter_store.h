@@ -38,9 +38,32 @@ struct CounterUpdate {
   std::string gate;
 };
 
+// The instruments of one request that link sellers (`links:`): each is
+// recorded as used by `seller_id` now, and the other sellers that used it
+// within `window` are read back, in the same round trip as the counters.
+struct LinkUpdate {
+  struct Instrument {
+    std::string kind;   // the field: "card_fingerprint", "device_id", "ip"...
+    std::string value;  // never a secret: a fingerprint, a device id, an address
+  };
+  std::string seller_id;
+  std::vector<Instrument> instruments;
+  std::chrono::milliseconds window{24 * 3'600'000};
+};
+
 struct CounterReadout {
   std::vector<double> values;  // one per CounterUpdate, in order
   std::vector<bool> exists;    // one per key given to check
+  // One per LinkUpdate instrument, in order: the other sellers that used it
+  // within the window (at most 20).
+  std::vector<std::vector<std::string>> linked;
+};
+
+// A seller linked to another by instruments both sellers' buyers used.
+struct LinkedSeller {
+  std::string seller_id;
+  std::vector<std::string> by;  // the kinds of instrument shared ("card_fingerprint", ...)
+  int shared = 0;               // how many instruments
 };
 
 struct SellerFlag {
@@ -62,6 +85,13 @@ class RedisCounterStore {
   // caller's full expression ends (co_spawn), so it must own them.
   asio::awaitable<absl::StatusOr<CounterReadout>> UpdateAndRead(
       std::vector<CounterUpdate> counters, std::vector<std::string> check_keys,
+      std::chrono::system_clock::time_point now, std::optional<LinkUpdate> links = std::nullopt);
+
+  // The sellers linked to `seller_id` within `window`: every seller whose
+  // buyers used an instrument this seller's buyers used (GetSellerRisk;
+  // several round trips, off the payment path).
+  asio::awaitable<absl::StatusOr<std::vector<LinkedSeller>>> LinkedSellers(
+      std::string seller_id, std::chrono::milliseconds window,
       std::chrono::system_clock::time_point now);
 
   // Adds 1 to count counters (outcome events: declines, chargebacks).
@@ -85,6 +115,10 @@ class RedisCounterStore {
   std::string SellerFlagKey(const std::string& seller_id) const;
   std::string CardBlockKey(const std::string& card_fingerprint) const;
   std::string DeviceBlockKey(const std::string& device_id) const;
+  // A sorted set of the sellers that used an instrument, and of the
+  // instruments ("<kind>:<value>") a seller used.
+  std::string InstrumentSellersKey(const std::string& kind, const std::string& value) const;
+  std::string SellerInstrumentsKey(const std::string& seller_id) const;
   // The base key of a counter for an entity, hash-tagged by the entity.
   std::string CounterKey(const std::string& per_field, const std::string& per_value,
                          const std::string& counter_name) const;

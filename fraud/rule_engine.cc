@@ -3,6 +3,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
+#include <algorithm>
+
 #include "fraud/rules/fraud_input_context.h"
 #include "io/log.h"
 #include "io/strings.h"
@@ -32,6 +34,14 @@ FraudAction ToProto(Action a) {
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// "card", "device", "address" for the instrument fields of `links:`.
+std::string_view LinkKindName(std::string_view field) {
+  if (field == "card_fingerprint") return "card";
+  if (field == "device_id") return "device";
+  if (field == "ip") return "address";
+  return "payment instrument";
 }
 
 std::string FormatNumber(double v) {
@@ -208,8 +218,22 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
     device_at = static_cast<int>(checks.size());
     checks.push_back(store_.DeviceBlockKey(input.device_id));
   }
+  std::optional<LinkUpdate> links;
+  if (rs.links().enabled() && !input.seller_id.empty()) {
+    rules::EvalContext fields;
+    rules::FillEvalContext(input, &fields);
+    links.emplace();
+    links->seller_id = input.seller_id;
+    links->window = rs.links().window;
+    for (rules::Field f : rs.links().by) {
+      const std::string_view value = fields.string(f);
+      if (!value.empty()) {
+        links->instruments.push_back({std::string(rules::FieldName(f)), std::string(value)});
+      }
+    }
+  }
   absl::StatusOr<CounterReadout> readout =
-      co_await store_.UpdateAndRead(updates, checks, std::chrono::system_clock::now());
+      co_await store_.UpdateAndRead(updates, checks, std::chrono::system_clock::now(), links);
   if (!readout.ok()) {
     ++degraded_;
     const bool open = rs.fail_mode() == rules::FailMode::kOpen;
@@ -285,6 +309,35 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
       LogInfo("seller_flagged", {{"seller_id", input.seller_id}, {"rule_id", r.id()}});
     } else {
       LogWarn("seller_flag_failed", {{"seller_id", input.seller_id}, {"error", std::string(s.message())}});
+    }
+  }
+  // Rules with flag_linked flag the sellers linked to this one by this
+  // request's instruments, once: when this seller is flagged here first.
+  if (result.decision.flag_seller && !ctx.seller_flagged && links) {
+    for (uint16_t i : result.enforced) {
+      const rules::Rule& r = rs.rules()[i];
+      if (!r.flag_linked()) continue;
+      std::vector<std::string> done;
+      for (size_t j = 0; j < links->instruments.size() && j < readout->linked.size(); ++j) {
+        for (const std::string& other : readout->linked[j]) {
+          if (std::find(done.begin(), done.end(), other) != done.end()) continue;
+          done.push_back(other);
+          const int64_t now = NowMs();
+          SellerFlag flag{other, r.id(),
+                          StrCat(r.reason(), " (linked to seller ", input.seller_id,
+                                 " by a shared ", LinkKindName(links->instruments[j].kind), ")"),
+                          now, now + r.flag_ttl().count()};
+          absl::Status s = co_await store_.FlagSeller(flag);
+          if (s.ok()) {
+            LogInfo("seller_flagged", {{"seller_id", other},
+                                       {"rule_id", r.id()},
+                                       {"linked_to", input.seller_id},
+                                       {"by", links->instruments[j].kind}});
+          } else {
+            LogWarn("seller_flag_failed", {{"seller_id", other}, {"error", std::string(s.message())}});
+          }
+        }
+      }
     }
   }
   a.set_seller_flagged(flagged);

@@ -85,6 +85,17 @@ grpc::ServerUnaryReactor* FraudAdminService::GetSellerRisk(grpc::CallbackServerC
     for (size_t i = 0; i < rs->counters().size(); ++i) {
       if (index[i] >= 0) (*response->mutable_counters())[rs->counters()[i].name] = (*values)[index[i]];
     }
+    if (rs->links().enabled()) {
+      absl::StatusOr<std::vector<::recharge::LinkedSeller>> linked = co_await engine_->store().LinkedSellers(
+          request->seller_id(), rs->links().window, std::chrono::system_clock::now());
+      if (!linked.ok()) co_return absl::UnavailableError(StrCat("redis: ", linked.status().message()));
+      for (const ::recharge::LinkedSeller& l : *linked) {
+        recharge::v1::LinkedSeller* out = response->add_linked();
+        out->set_seller_id(l.seller_id);
+        for (const std::string& by : l.by) out->add_by(by);
+        out->set_shared_instruments(l.shared);
+      }
+    }
     co_return absl::OkStatus();
   });
 }

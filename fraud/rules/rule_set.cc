@@ -137,8 +137,10 @@ class RuleSetLoader {
   }
 
   absl::StatusOr<std::shared_ptr<const RuleSet>> Load(const ConfigNode& root) {
-    absl::Status s = root.CheckKeys({"version", "fail_mode", "blast_radius", "counters", "rules"});
+    absl::Status s =
+        root.CheckKeys({"version", "fail_mode", "blast_radius", "links", "counters", "rules"});
     if (s.ok()) s = LoadHeader(root);
+    if (s.ok() && root.Has("links")) s = LoadLinks(root.Child("links"));
     if (s.ok() && root.Has("counters")) s = LoadCounters(root.Child("counters"));
     if (s.ok() && root.Has("rules")) s = LoadRules(root.Child("rules"));
     if (!s.ok()) return s;
@@ -179,6 +181,34 @@ class RuleSetLoader {
         guard.GetInt("min_requests", b.min_requests, 1, 1'000'000'000);
     if (!min_requests.ok()) return min_requests.status();
     b.min_requests = *min_requests;
+    return absl::OkStatus();
+  }
+
+  absl::Status LoadLinks(const ConfigNode& links) {
+    absl::Status s = links.CheckKeys({"by", "window"});
+    if (!s.ok()) return s;
+    if (!links.Has("by")) return links.Error("by: is required (e.g. [card_fingerprint, device_id])");
+    absl::StatusOr<std::vector<std::string>> by = links.Child("by").AsStringList();
+    if (!by.ok()) return by.status();
+    if (by->empty()) return links.Child("by").Error("must name at least one field");
+    for (const std::string& name : *by) {
+      std::optional<Field> f = FieldByName(name);
+      if (!f || (*f != Field::kCardFingerprint && *f != Field::kDeviceId && *f != Field::kIp &&
+                 *f != Field::kInstrumentFingerprint)) {
+        return links.Child("by").Error(StrCat(
+            "'", name, "' cannot link sellers: use card_fingerprint, device_id, ip or "
+            "instrument_fingerprint"));
+      }
+      for (Field seen : set_->links_.by) {
+        if (seen == *f) return links.Child("by").Error(StrCat("'", name, "' is listed twice"));
+      }
+      set_->links_.by.push_back(*f);
+    }
+    absl::StatusOr<std::chrono::milliseconds> window =
+        links.GetDuration("window", set_->links_.window);
+    if (!window.ok()) return window.status();
+    if (window->count() <= 0) return links.Child("window").Error("must be longer than 0");
+    set_->links_.window = *window;
     return absl::OkStatus();
   }
 
@@ -354,7 +384,8 @@ class RuleSetLoader {
 
   absl::Status LoadRule(size_t index, const ConfigNode& node) {
     absl::Status s =
-        node.CheckKeys({"id", "when", "action", "flag_ttl", "reason", "mode", "max_block_share"});
+        node.CheckKeys({"id", "when", "action", "flag_ttl", "flag_linked", "reason", "mode",
+                        "max_block_share"});
     if (!s.ok()) return s;
     Rule rule;
 
@@ -395,6 +426,18 @@ class RuleSetLoader {
       rule.flag_ttl_ = *ttl;
     } else if (node.Has("flag_ttl")) {
       return node.Child("flag_ttl").Error("applies only to action flag_seller");
+    }
+
+    if (node.Has("flag_linked")) {
+      absl::StatusOr<bool> linked = node.GetBool("flag_linked");
+      if (!linked.ok()) return linked.status();
+      if (*linked && rule.action_ != Action::kFlagSeller) {
+        return node.Child("flag_linked").Error("applies only to action flag_seller");
+      }
+      if (*linked && !set_->links_.enabled()) {
+        return node.Child("flag_linked").Error("needs a links: section (which instruments link sellers)");
+      }
+      rule.flag_linked_ = *linked;
     }
 
     absl::StatusOr<std::string> reason = node.GetString("reason", "");

@@ -131,6 +131,18 @@ struct BlastRadius {
   int64_t min_requests = 50;
 };
 
+// `links:`: the instruments whose use by two sellers' buyers links the
+// sellers (one operation behind several seller ids). The engine keeps, per
+// instrument, the sellers that used it within `window`, and per seller the
+// instruments it used, in the same round trip as the counters. A
+// flag_seller rule with `flag_linked: true` then flags the linked sellers
+// too, and FraudAdmin.GetSellerRisk lists a seller's linked sellers.
+struct LinkSpec {
+  std::vector<Field> by;  // card_fingerprint, device_id, ip, instrument_fingerprint
+  std::chrono::milliseconds window{24 * 3'600'000};
+  bool enabled() const { return !by.empty(); }
+};
+
 // One entry of `rules:`.
 class Rule {
  public:
@@ -142,6 +154,9 @@ class Rule {
   const std::string& reason() const { return reason_; }
   // `mode: shadow`: evaluated and reported, never deciding.
   bool shadow() const { return shadow_; }
+  // `flag_linked: true` (flag_seller rules, with `links:`): also flag the
+  // sellers linked to this one by the request's instruments.
+  bool flag_linked() const { return flag_linked_; }
   // The blast-radius threshold of this rule: its own max_block_share, else
   // the file's blast_radius.max_block_share. 1 means never demoted.
   double max_block_share() const { return max_block_share_; }
@@ -160,6 +175,7 @@ class Rule {
   std::string id_;
   Action action_ = Action::kAllow;
   std::chrono::milliseconds flag_ttl_{0};
+  bool flag_linked_ = false;
   std::string reason_;
   bool shadow_ = false;
   double max_block_share_ = 1.0;
@@ -224,6 +240,7 @@ class RuleSet {
   const std::string& version() const { return version_; }  // `version:`
   FailMode fail_mode() const { return fail_mode_; }
   const BlastRadius& blast_radius() const { return blast_radius_; }
+  const LinkSpec& links() const { return links_; }
   // In file order; a counter's position is its counter_index.
   const std::vector<CounterSpec>& counters() const { return counters_; }
   // In file order; hits are reported in this order.
@@ -251,6 +268,7 @@ class RuleSet {
   std::string version_;
   FailMode fail_mode_ = FailMode::kOpen;
   BlastRadius blast_radius_;
+  LinkSpec links_;
   std::vector<CounterSpec> counters_;
   std::vector<std::string> counter_names_;  // counters_[i].name, for Program::Compile
   std::vector<Rule> rules_;

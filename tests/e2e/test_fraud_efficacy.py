@@ -171,9 +171,47 @@ class EfficacyTest(unittest.TestCase):
                 risk = self.admin.GetSellerRisk(pb.GetSellerRiskRequest(seller_id=s),
                                                 timeout=RPC_TIMEOUT_S)
                 self.assertTrue(risk.flagged)
-                # The signals show why: cards or devices other sellers used too.
+                # The signals show why: cards or devices other sellers used
+                # too, and the other ids of the operation are its linked sellers.
                 self.assertGreater(risk.counters["seller_cross_card_recharges_1h"] +
                                    risk.counters["seller_cross_device_recharges_1h"], 0)
+                self.assertEqual({l.seller_id for l in risk.linked}, set(sellers) - {s})
+
+    def test_a_seller_linked_by_shared_cards_is_flagged_with_the_instrument_named(self):
+        """Seller A sells twice, with cards c1 and c2; then seller B's buyers
+        pay with c1 and c2: B is flagged (seller-linked), and so is A, with a
+        reason naming B and the shared card; GetSellerRisk shows each as the
+        other's linked seller, by card_fingerprint, 2 instruments."""
+        ids = Ids(8005)
+        a, b = ids.seller(), ids.seller()
+        c1, c2 = ids.card(), ids.card()
+        for card in (c1, c2):
+            r = self.record(recharge(ids, user=ids.user(), card=card, ip=ids.ip(),
+                                     device=ids.device(), seller=a))
+            self.assertEqual(r.status, APPROVED, describe(r))
+            self.assertFalse(r.fraud.seller_flagged)
+        self.assertNotIn(a, self.flagged_sellers())
+        resps = [self.record(recharge(ids, user=ids.user(), card=card, ip=ids.ip(),
+                                      device=ids.device(), seller=b)) for card in (c1, c2)]
+        self.assertTrue(resps[1].fraud.seller_flagged, describe(resps[1]))
+        self.assertIn("seller-linked", {h.rule_id for h in resps[1].fraud.hits if not h.shadow})
+        flags = {s.seller_id: s for s in self.admin.ListFlaggedSellers(
+            pb.ListFlaggedSellersRequest(), timeout=RPC_TIMEOUT_S).sellers}
+        self.assertIn(b, flags)
+        self.assertIn(a, flags)
+        self.assertEqual(flags[a].rule_id, "seller-linked")
+        self.assertIn(f"linked to seller {b} by a shared card", flags[a].reason)
+        for me, other in ((a, b), (b, a)):
+            risk = self.admin.GetSellerRisk(pb.GetSellerRiskRequest(seller_id=me),
+                                            timeout=RPC_TIMEOUT_S)
+            linked = {l.seller_id: l for l in risk.linked}
+            self.assertEqual(set(linked), {other}, risk)
+            self.assertEqual(list(linked[other].by), ["card_fingerprint"])
+            self.assertEqual(linked[other].shared_instruments, 2)
+        # A's next buyer is held: A is flagged now.
+        nxt = self.record(recharge(ids, user=ids.user(), card=ids.card(), ip=ids.ip(),
+                                   device=ids.device(), seller=a))
+        self.assertEqual(nxt.status, pb.RECHARGE_STATUS_PENDING_REVIEW, describe(nxt))
 
     def test_a_card_tester_is_blocked_within_5_tries_and_a_mistype_is_not(self):
         """One account on one device and address trying a new card every

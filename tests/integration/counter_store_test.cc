@@ -7,6 +7,7 @@
 #include <boost/asio/use_future.hpp>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 #include <thread>
 
@@ -117,6 +118,45 @@ TEST_F(CounterStoreTest, AGatedCounterIsUpdatedOnlyWhenTheEarlierCounterCompares
     ASSERT_TRUE(r.ok()) << gate << ": " << r.status();
     EXPECT_EQ(r->values[1], open ? 1 : 0) << gate;
   }
+}
+
+TEST_F(CounterStoreTest, InstrumentsLinkTheSellersThatShareThemWithinTheWindow) {
+  const auto t0 = std::chrono::system_clock::time_point(std::chrono::hours(460000));
+  auto use = [&](const std::string& seller, std::vector<LinkUpdate::Instrument> instruments,
+                 std::chrono::system_clock::time_point at) {
+    LinkUpdate links{seller, std::move(instruments), 1h};
+    auto r = Run(store_->UpdateAndRead({}, {}, at, links));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->linked : std::vector<std::vector<std::string>>{};
+  };
+  // s1 uses card c1 and device d1: nobody else yet.
+  EXPECT_EQ(use("s1", {{"card_fingerprint", "c1"}, {"device_id", "d1"}}, t0),
+            (std::vector<std::vector<std::string>>{{}, {}}));
+  // s2 uses c1 (shared with s1) and its own device.
+  EXPECT_EQ(use("s2", {{"card_fingerprint", "c1"}, {"device_id", "d2"}}, t0 + 1s),
+            (std::vector<std::vector<std::string>>{{"s1"}, {}}));
+  // s3 uses d1 and d2: linked to s1 by one device and to s2 by the other.
+  EXPECT_EQ(use("s3", {{"device_id", "d1"}, {"device_id", "d2"}}, t0 + 2s),
+            (std::vector<std::vector<std::string>>{{"s1"}, {"s2"}}));
+  // GetSellerRisk's view, both ways: s1 is linked to s2 (card) and s3 (device).
+  auto linked = Run(store_->LinkedSellers("s1", 1h, t0 + 3s));
+  ASSERT_TRUE(linked.ok()) << linked.status();
+  std::map<std::string, LinkedSeller> by_id;
+  for (const LinkedSeller& l : *linked) by_id[l.seller_id] = l;
+  ASSERT_EQ(by_id.size(), 2u);
+  EXPECT_EQ(by_id["s2"].by, std::vector<std::string>{"card_fingerprint"});
+  EXPECT_EQ(by_id["s3"].by, std::vector<std::string>{"device_id"});
+  EXPECT_EQ(by_id["s3"].shared, 1);
+  auto s3 = Run(store_->LinkedSellers("s3", 1h, t0 + 3s));
+  ASSERT_TRUE(s3.ok());
+  EXPECT_EQ(s3->size(), 2u);
+  // Past the window the links are gone, and every key has a TTL.
+  EXPECT_TRUE(Run(store_->LinkedSellers("s1", 1h, t0 + 2h))->empty());
+  EXPECT_EQ(use("s4", {{"card_fingerprint", "c1"}}, t0 + 2h),
+            (std::vector<std::vector<std::string>>{{}}));
+  const std::string ttl = redis_.Run("PTTL " + store_->InstrumentSellersKey("card_fingerprint", "c1"));
+  EXPECT_GT(std::stoll(ttl), 0);
+  EXPECT_LE(std::stoll(ttl), 3'600'000);
 }
 
 TEST_F(CounterStoreTest, ACounterDropsOutAfterItsWindow) {

@@ -218,7 +218,7 @@ TEST(RuleFileErrors, FileMustBeAMapping) {
 TEST(RuleFileErrors, UnknownTopLevelKey) {
   EXPECT_EQ(LoadError("version: \"1\"\nrulez: []\n"),
             "r.yaml:2:8: rulez: unknown option (expected one of: version, fail_mode, "
-            "blast_radius, counters, rules)");
+            "blast_radius, links, counters, rules)");
 }
 
 TEST(RuleFileErrors, VersionIsRequired) {
@@ -341,6 +341,41 @@ TEST(RuleFile, CounterWhenAndOnlyIfAreParsed) {
   EXPECT_TRUE(Compare(1, CompareOp::kEq, 1));
 }
 
+TEST(RuleFile, LinksAndFlagLinkedAreParsed) {
+  auto set = Parse(
+      "version: \"1\"\n"
+      "links: { by: [card_fingerprint, device_id], window: 12h }\n"
+      "rules:\n"
+      "  - { id: a, when: seller_flagged, action: flag_seller, flag_ttl: 1h, flag_linked: true }\n"
+      "  - { id: b, when: seller_flagged, action: flag_seller, flag_ttl: 1h }\n");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ((*set)->links().by, (std::vector<Field>{Field::kCardFingerprint, Field::kDeviceId}));
+  EXPECT_EQ((*set)->links().window, hours(12));
+  EXPECT_TRUE((*set)->links().enabled());
+  EXPECT_TRUE((*set)->rules()[0].flag_linked());
+  EXPECT_FALSE((*set)->rules()[1].flag_linked());
+  auto none = Parse("version: \"1\"\n");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE((*none)->links().enabled());
+}
+
+TEST(RuleFileErrors, LinksNameInstrumentFieldsAndFlagLinkedNeedsThem) {
+  EXPECT_EQ(LoadError("version: \"1\"\nlinks: { by: [user_id] }\n"),
+            "r.yaml:2:14: links.by: 'user_id' cannot link sellers: use card_fingerprint, "
+            "device_id, ip or instrument_fingerprint");
+  EXPECT_EQ(LoadError("version: \"1\"\nlinks: { by: [ip, ip] }\n"),
+            "r.yaml:2:14: links.by: 'ip' is listed twice");
+  EXPECT_EQ(LoadError("version: \"1\"\nlinks: { window: 1h }\n"),
+            "r.yaml:2:8: links: by: is required (e.g. [card_fingerprint, device_id])");
+  EXPECT_EQ(LoadError("version: \"1\"\nrules:\n"
+                      "  - { id: a, when: seller_flagged, action: flag_seller, flag_ttl: 1h, flag_linked: true }\n"),
+            "r.yaml:3:84: rules[0].flag_linked: needs a links: section (which instruments link "
+            "sellers)");
+  EXPECT_EQ(LoadError("version: \"1\"\nlinks: { by: [ip] }\nrules:\n"
+                      "  - { id: a, when: seller_flagged, action: review, flag_linked: true }\n"),
+            "r.yaml:4:65: rules[0].flag_linked: applies only to action flag_seller");
+}
+
 TEST(RuleFileErrors, CounterWhenReadsRequestFieldsOnlyAndPointsAtTheToken) {
   const std::string header =
       "version: \"1\"\n"
@@ -459,7 +494,7 @@ TEST(RuleFileErrors, RuleWhen) {
             "r.yaml:3:35: rules[0].when: must be a single value, not a list or a mapping");
   EXPECT_EQ(LoadError(WithRule("{ id: a, action: block, if: card_blocked }")),
             "r.yaml:3:33: rules[0].if: unknown option (expected one of: id, when, action, "
-            "flag_ttl, reason, mode, max_block_share)");
+            "flag_ttl, flag_linked, reason, mode, max_block_share)");
 }
 
 TEST(RuleFileErrors, TooManyRules) {
