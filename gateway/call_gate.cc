@@ -3,6 +3,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include "absl/status/status.h"
+#include "gateway/validation.h"
 #include "io/strings.h"
 
 namespace recharge {
@@ -14,21 +15,6 @@ constexpr size_t kMaxAuditField = 1024;
 
 std::string Clip(std::string_view text, size_t max) {
   return std::string(text.substr(0, max));
-}
-
-bool Luhn(std::string_view digits) {
-  int sum = 0;
-  bool twice = false;
-  for (auto it = digits.rbegin(); it != digits.rend(); ++it) {
-    int d = *it - '0';
-    if (twice) {
-      d *= 2;
-      if (d > 9) d -= 9;
-    }
-    sum += d;
-    twice = !twice;
-  }
-  return sum % 10 == 0;
 }
 
 }  // namespace
@@ -45,7 +31,7 @@ std::string RedactCardNumbers(std::string_view text) {
     size_t j = i;
     while (j < text.size() && text[j] >= '0' && text[j] <= '9') ++j;
     const std::string_view run = text.substr(i, j - i);
-    if (run.size() >= 13 && run.size() <= 19 && Luhn(run)) {
+    if (run.size() >= 13 && run.size() <= 19 && LuhnValid(run)) {
       out += "[card number removed]";
     } else {
       out += run;
