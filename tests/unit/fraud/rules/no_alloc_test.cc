@@ -100,13 +100,20 @@ TEST(NoAllocation, EvaluatingTheDefaultRules) {
   input.coins = 100;
   input.amount_usd_cents = 99;
   std::vector<double> counters(set->counters().size(), 1.0);
+  // A ring: 9 accounts on 3 addresses (seller-few-addresses flags it), an
+  // account over the daily budget (a shadow hit).
   std::vector<double> reseller = counters;
-  reseller[*set->counter_index("seller_users_1h")] = 26;
+  reseller[*set->counter_index("seller_users_1h")] = 9;
+  reseller[*set->counter_index("seller_ips_1h")] = 3;
+  reseller[*set->counter_index("seller_devices_1h")] = 9;
   reseller[*set->counter_index("user_spend_usd_24h")] = 900;
   EvalContext context;
   EvalResult result;
   RuleMask demoted;
-  demoted.set(0);
+  for (size_t i = 0; i < set->rules().size(); ++i) {
+    if (set->rules()[i].id() == "seller-few-addresses") demoted.set(i);
+  }
+  ASSERT_EQ(demoted.count(), 1u);
 
   Action honest = Action::kBlock, flagged = Action::kAllow, blocked = Action::kAllow,
          demoted_action = Action::kBlock;
@@ -140,7 +147,7 @@ TEST(NoAllocation, EvaluatingTheDefaultRules) {
   EXPECT_EQ(flagged, Action::kReview);
   EXPECT_TRUE(flag);
   EXPECT_EQ(shadow_hits, 1u);                 // daily-budget
-  EXPECT_EQ(demoted_action, Action::kAllow);  // seller-many-accounts demoted
+  EXPECT_EQ(demoted_action, Action::kAllow);  // seller-few-addresses demoted
   EXPECT_EQ(blocked, Action::kBlock);
 }
 
