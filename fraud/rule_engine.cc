@@ -218,15 +218,16 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
     device_at = static_cast<int>(checks.size());
     checks.push_back(store_.DeviceBlockKey(input.device_id));
   }
+  // The request's fields: the instruments that link sellers, then the rules.
+  rules::EvalContext ctx;
+  rules::FillEvalContext(input, &ctx);
   std::optional<LinkUpdate> links;
   if (rs.links().enabled() && !input.seller_id.empty()) {
-    rules::EvalContext fields;
-    rules::FillEvalContext(input, &fields);
     links.emplace();
     links->seller_id = input.seller_id;
     links->window = rs.links().window;
     for (rules::Field f : rs.links().by) {
-      const std::string_view value = fields.string(f);
+      const std::string_view value = ctx.string(f);
       if (!value.empty()) {
         links->instruments.push_back({std::string(rules::FieldName(f)), std::string(value)});
       }
@@ -248,8 +249,6 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
   for (size_t i = 0; i < values.size(); ++i) {
     if (index[i] >= 0) values[i] = readout->values[index[i]];
   }
-  rules::EvalContext ctx;
-  rules::FillEvalContext(input, &ctx);
   ctx.counters = values;
   ctx.seller_flagged = flag_at >= 0 && readout->exists[flag_at];
   ctx.card_blocked = card_at >= 0 && readout->exists[card_at];

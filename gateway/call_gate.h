@@ -31,6 +31,7 @@
 
 namespace recharge {
 
+// The one conversion from the core's status to the wire's (service.cc).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // What a handler's body knows of its call.

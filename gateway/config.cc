@@ -113,9 +113,8 @@ absl::Status LoadSecurity(const ConfigNode& root, GatewayConfig* c) {
   if (c->transport == Transport::kMtls && c->tls_client_ca_file.empty()) {
     return root.Error("tls.client_ca_file: is required with transport: mtls");
   }
-  if (c->transport == Transport::kPlaintext && !IsLoopbackListen(c->listen)) {
-    return root.Child("transport").Error(StrCat(
-        "plaintext is accepted only on a loopback listen address (listen is ", c->listen, ")"));
+  if (absl::Status s = CheckPlaintextListen(c->transport, c->listen); !s.ok()) {
+    return root.Child("transport").Error(std::string(s.message()));
   }
   if (!root.Has("callers")) {
     return root.Error("callers: is required: every call is authenticated (see docs/security.md)");
@@ -151,6 +150,12 @@ bool IsLoopbackListen(const std::string& listen) {
     return a == 127 && b <= 255 && c <= 255 && d <= 255;
   }
   return false;
+}
+
+absl::Status CheckPlaintextListen(Transport transport, const std::string& listen) {
+  if (transport != Transport::kPlaintext || IsLoopbackListen(listen)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      StrCat("plaintext is accepted only on a loopback listen address (listen is ", listen, ")"));
 }
 
 absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {

@@ -52,6 +52,10 @@ struct GatewayConfig {
 // [::1] or localhost.
 bool IsLoopbackListen(const std::string& listen);
 
+// OK, or INVALID_ARGUMENT when `transport` is plaintext and `listen` is not
+// a loopback address (checked at load and again after --listen).
+absl::Status CheckPlaintextListen(Transport transport, const std::string& listen);
+
 // RECHARGE_FINGERPRINT_KEY from the environment, else the file. At least 32
 // bytes. Errors name the source, never the key.
 absl::StatusOr<Secret> LoadFingerprintKey(const std::string& file);

@@ -91,10 +91,8 @@ int Main(int argc, char** argv) {
 
   SetLogLevel(*ParseLogLevel(config->log_level));
   if (listen_override) config->listen = *listen_override;
-  if (config->transport == Transport::kPlaintext && !IsLoopbackListen(config->listen)) {
-    return Fail(absl::InvalidArgumentError(StrCat(
-        "transport: plaintext is accepted only on a loopback listen address (listen is ",
-        config->listen, ")")));
+  if (absl::Status s = CheckPlaintextListen(config->transport, config->listen); !s.ok()) {
+    return Fail(absl::InvalidArgumentError(StrCat("transport: ", s.message())));
   }
   absl::StatusOr<std::unique_ptr<CallerRegistry>> callers = CallerRegistry::Create(config->callers);
   if (!callers.ok()) return Fail(callers.status());

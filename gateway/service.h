@@ -19,9 +19,6 @@
 
 namespace recharge {
 
-// The one conversion from the core's status to the wire's.
-grpc::Status ToGrpcStatus(const absl::Status& status);
-
 // Every RPC enters through `gate` (authentication, roles, rate limits).
 class RechargeGatewayService final : public recharge::v1::RechargeGateway::CallbackService {
  public:
