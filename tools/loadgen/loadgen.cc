@@ -13,8 +13,14 @@
 //
 // Every RecordRecharge carries a fresh idempotency key, `<prefix>-<n>`, with a
 // prefix unique to the run (time, pid, random), so a rerun never replays
-// stored results. The request is a valid card payment: US, coins_65, USD 99,
-// card 4242424242424242 (the sandbox approves it), an expiry three years out.
+// stored results, and by default a buyer of its own (user, card, device and
+// IP address derived from n), so that no fraud rule sees one buyer doing
+// thousands of recharges. The payment method follows `--mix` (default: all
+// cards): a card payment in US/USD (a Luhn-valid 4242... number the sandbox
+// approves), a PayPal capture in US/USD, or a GCash payment in PH/PHP; always
+// coins_65. An answer is verified: APPROVED, not replayed, a recharge id and
+// 65 coins credited. `--mode replay` sends one request with one key over and
+// over: the first call records it, every later one must be its replay.
 //
 // Output: a human-readable report, then one line of JSON (the last line of
 // stdout; also written to --json-out if given).
@@ -55,7 +61,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-enum class Mode { kRecharge, kEcho };
+enum class Mode { kRecharge, kReplay, kEcho };
+
+// Payment methods of --mix, in the order of their share buckets.
+enum class Method { kCard, kPaypal, kGcash };
 
 struct Options {
   Mode mode = Mode::kRecharge;
@@ -66,7 +75,9 @@ struct Options {
   double warmup_s = 2;
   double timeout_s = 10;          // per-call deadline
   std::string key_prefix;         // default: lg-<time>-<pid>-<random>
-  std::string user_id = "loadgen-user";
+  std::string user_id;            // empty: a user of its own per call
+  // Shares (out of their sum) of card, PayPal and GCash payments.
+  std::array<int, 3> mix = {100, 0, 0};
   int payload_bytes = -1;         // echo: -1 = the size of a RecordRechargeRequest
   std::string token;              // bearer token, sent as `authorization`
   std::string ca_file;            // TLS to the target if set
@@ -74,7 +85,9 @@ struct Options {
 };
 
 constexpr const char* kUsage = R"(usage: loadgen [options]
-  --mode recharge|echo     RecordRecharge on the gateway, or Echo (default recharge)
+  --mode recharge|replay|echo
+                           RecordRecharge with fresh keys, RecordRecharge with one
+                           key repeated (its replays), or Echo (default recharge)
   --target HOST:PORT       server address (default 127.0.0.1:50051)
   --concurrency N          calls kept outstanding (default 64)
   --channels N             gRPC channels, one connection each (default 4)
@@ -82,7 +95,9 @@ constexpr const char* kUsage = R"(usage: loadgen [options]
   --warmup S               seconds run before measuring (default 2)
   --timeout S              per-call deadline in seconds (default 10)
   --key-prefix P           idempotency key prefix (default lg-<time>-<pid>-<random>)
-  --user-id ID             user_id of every recharge (default loadgen-user)
+  --user-id ID             user_id of every recharge (default: one per call)
+  --mix card=N,paypal=N,gcash=N
+                           shares of the payment methods (default card=100)
   --payload-bytes N        echo payload size (default: the size of a recharge request)
   --token T                send "authorization: Bearer T"
   --ca-file PEM            use TLS, trusting this CA (default: plaintext)
@@ -100,6 +115,26 @@ bool ParseInt(const std::string& s, int* out) {
   const long v = std::strtol(s.c_str(), &end, 10);
   *out = static_cast<int>(v);
   return !s.empty() && *end == '\0' && v >= 0 && v <= 1'000'000;
+}
+
+// "card=85,paypal=8,gcash=7": every method named at most once, shares >= 0,
+// at least one positive.
+bool ParseMix(const std::string& s, std::array<int, 3>* mix) {
+  std::array<int, 3> out = {0, 0, 0};
+  std::array<bool, 3> seen = {false, false, false};
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) return false;
+    const std::string name = item.substr(0, eq);
+    const int m = name == "card" ? 0 : name == "paypal" ? 1 : name == "gcash" ? 2 : -1;
+    if (m < 0 || seen[m] || !ParseInt(item.substr(eq + 1), &out[m])) return false;
+    seen[m] = true;
+  }
+  if (out[0] + out[1] + out[2] <= 0) return false;
+  *mix = out;
+  return true;
 }
 
 // Returns an error message, or "" when the options are usable.
@@ -120,6 +155,7 @@ std::string ParseOptions(int argc, char** argv, Options* o) {
       std::exit(0);
     } else if (arg == "--mode") {
       if (value == "recharge") o->mode = Mode::kRecharge;
+      else if (value == "replay") o->mode = Mode::kReplay;
       else if (value == "echo") o->mode = Mode::kEcho;
       else ok = false;
     } else if (arg == "--target") {
@@ -138,6 +174,8 @@ std::string ParseOptions(int argc, char** argv, Options* o) {
       o->key_prefix = value;
     } else if (arg == "--user-id") {
       o->user_id = value;
+    } else if (arg == "--mix") {
+      ok = ParseMix(value, &o->mix);
     } else if (arg == "--payload-bytes") {
       ok = ParseInt(value, &o->payload_bytes);
     } else if (arg == "--token") {
@@ -175,6 +213,8 @@ struct Counts {
   uint64_t calls = 0;
   uint64_t good = 0;
   uint64_t replayed = 0;
+  uint64_t unverified = 0;  // OK and APPROVED, but the answer was not what was asked
+  std::array<uint64_t, 3> approved_by_method{};  // card, paypal, gcash
   std::array<uint64_t, kGrpcCodeNames.size()> grpc{};
   std::array<uint64_t, kRechargeStatuses> recharge{};
 
@@ -182,6 +222,8 @@ struct Counts {
     calls += o.calls;
     good += o.good;
     replayed += o.replayed;
+    unverified += o.unverified;
+    for (size_t i = 0; i < approved_by_method.size(); ++i) approved_by_method[i] += o.approved_by_method[i];
     for (size_t i = 0; i < grpc.size(); ++i) grpc[i] += o.grpc[i];
     for (size_t i = 0; i < recharge.size(); ++i) recharge[i] += o.recharge[i];
   }
@@ -199,9 +241,7 @@ class Run {
   Clock::time_point measure_start() const { return measure_start_; }
   Clock::time_point measure_end() const { return measure_end_; }
 
-  std::string NextKey() {
-    return options_.key_prefix + "-" + std::to_string(next_key_.fetch_add(1, std::memory_order_relaxed));
-  }
+  uint64_t NextCall() { return next_key_.fetch_add(1, std::memory_order_relaxed); }
 
   void SlotStopped() {
     std::lock_guard lock(mu_);
@@ -228,36 +268,89 @@ class Run {
   int stopped_ = 0;
 };
 
-recharge::v1::RecordRechargeRequest SampleRechargeRequest(const Options& o) {
+bool IsRechargeMode(Mode m) { return m == Mode::kRecharge || m == Mode::kReplay; }
+
+// `digits` plus the digit that makes the number pass the Luhn check.
+std::string LuhnComplete(const std::string& digits) {
+  int sum = 0;
+  // The check digit will be at position 0 from the right, so the last digit
+  // of `digits` is at position 1 and is doubled.
+  for (size_t i = 0; i < digits.size(); ++i) {
+    int d = digits[digits.size() - 1 - i] - '0';
+    if (i % 2 == 0) d = d * 2 > 9 ? d * 2 - 9 : d * 2;
+    sum += d;
+  }
+  return digits + static_cast<char>('0' + (10 - sum % 10) % 10);
+}
+
+// The method of call n: the buckets of --mix, interleaved (n modulo the sum).
+Method MethodOf(const Options& o, uint64_t n) {
+  const int total = o.mix[0] + o.mix[1] + o.mix[2];
+  // Spread each method's share over the cycle rather than in one run.
+  const uint64_t r = (n * 37) % static_cast<uint64_t>(total);
+  if (r < static_cast<uint64_t>(o.mix[0])) return Method::kCard;
+  if (r < static_cast<uint64_t>(o.mix[0] + o.mix[1])) return Method::kPaypal;
+  return Method::kGcash;
+}
+
+// Fills `r` as call n's request: its key, buyer and payment method.
+void MakeRechargeRequest(const Options& o, uint64_t n, int exp_year,
+                         recharge::v1::RecordRechargeRequest* r) {
+  const std::string id = std::to_string(n);
+  r->Clear();
+  r->set_idempotency_key(o.mode == Mode::kReplay ? o.key_prefix + "-replay" : o.key_prefix + "-" + id);
+  const uint64_t buyer = o.mode == Mode::kReplay ? 0 : n;
+  r->set_user_id(o.user_id.empty() ? o.key_prefix + "-u" + std::to_string(buyer) : o.user_id);
+  r->set_package_id("coins_65");
+  r->mutable_client()->set_ip("10." + std::to_string((buyer >> 16) & 255) + "." +
+                              std::to_string((buyer >> 8) & 255) + "." + std::to_string(buyer & 255));
+  r->mutable_client()->set_device_id(o.key_prefix + "-d" + std::to_string(buyer));
+  switch (MethodOf(o, o.mode == Mode::kReplay ? 0 : n)) {
+    case Method::kCard: {
+      r->mutable_amount()->set_currency("USD");
+      r->mutable_amount()->set_minor_units(99);
+      r->set_region("US");
+      recharge::v1::Card* card = r->mutable_card();
+      char digits[16];
+      std::snprintf(digits, sizeof digits, "424242%09llu",
+                    static_cast<unsigned long long>(buyer % 1'000'000'000ULL));
+      card->set_number(LuhnComplete(digits));
+      card->set_exp_month(12);
+      card->set_exp_year(exp_year);
+      card->set_cvc("123");
+      card->set_holder_name("Load Gen");
+      break;
+    }
+    case Method::kPaypal:
+      r->mutable_amount()->set_currency("USD");
+      r->mutable_amount()->set_minor_units(99);
+      r->set_region("US");
+      r->mutable_paypal()->set_order_id("ORD-" + o.key_prefix + "-" + id);
+      r->mutable_paypal()->set_payer_id("PAYERLOADGEN");
+      break;
+    case Method::kGcash:
+      r->mutable_amount()->set_currency("PHP");
+      r->mutable_amount()->set_minor_units(5500);
+      r->set_region("PH");
+      r->mutable_ewallet()->set_provider("gcash");
+      r->mutable_ewallet()->set_account_id("lg" + id + "-0001");  // ...0001: the sandbox approves
+      break;
+  }
+}
+
+int ExpiryYear() {
   std::time_t t = std::time(nullptr);
   std::tm tm{};
   gmtime_r(&t, &tm);
-  recharge::v1::RecordRechargeRequest r;
-  r.set_idempotency_key(o.key_prefix + "-0000000000");
-  r.set_user_id(o.user_id);
-  r.set_package_id("coins_65");
-  r.mutable_amount()->set_currency("USD");
-  r.mutable_amount()->set_minor_units(99);
-  r.set_region("US");
-  recharge::v1::Card* card = r.mutable_card();
-  card->set_number("4242424242424242");
-  card->set_exp_month(12);
-  card->set_exp_year(tm.tm_year + 1900 + 3);
-  card->set_cvc("123");
-  card->set_holder_name("Load Gen");
-  r.mutable_client()->set_ip("127.0.0.1");
-  r.mutable_client()->set_device_id("loadgen");
-  return r;
+  return tm.tm_year + 1900 + 3;
 }
 
 // One closed-loop caller: issues a call, records its outcome, issues the next.
 class Slot {
  public:
-  Slot(Run& run, std::shared_ptr<grpc::Channel> channel,
-       const recharge::v1::RecordRechargeRequest& recharge_request,
-       const bench::v1::EchoRequest& echo_request)
-      : run_(run), recharge_request_(recharge_request), echo_request_(echo_request) {
-    if (run.options().mode == Mode::kRecharge) {
+  Slot(Run& run, std::shared_ptr<grpc::Channel> channel, const bench::v1::EchoRequest& echo_request)
+      : run_(run), echo_request_(echo_request), exp_year_(ExpiryYear()) {
+    if (IsRechargeMode(run.options().mode)) {
       recharge_stub_ = recharge::v1::RechargeGateway::NewStub(channel);
     } else {
       echo_stub_ = bench::v1::Echo::NewStub(channel);
@@ -272,8 +365,10 @@ class Slot {
                                std::chrono::duration<double>(o.timeout_s)));
     if (!o.token.empty()) context_->AddMetadata("authorization", "Bearer " + o.token);
     sent_ = Clock::now();
-    if (o.mode == Mode::kRecharge) {
-      recharge_request_.set_idempotency_key(run_.NextKey());
+    if (IsRechargeMode(o.mode)) {
+      const uint64_t n = run_.NextCall();
+      method_ = MethodOf(o, o.mode == Mode::kReplay ? 0 : n);
+      MakeRechargeRequest(o, n, exp_year_, &recharge_request_);
       recharge_response_.Clear();
       recharge_stub_->async()->RecordRecharge(context_.get(), &recharge_request_,
                                               &recharge_response_,
@@ -297,17 +392,26 @@ class Slot {
     bool good = status.ok();
     int recharge_status = -1;
     bool replayed = false;
-    if (status.ok() && run_.options().mode == Mode::kRecharge) {
+    bool unverified = false;
+    const bool replay_mode = run_.options().mode == Mode::kReplay;
+    if (status.ok() && IsRechargeMode(run_.options().mode)) {
       recharge_status = recharge_response_.status();
       if (recharge_status < 0 || recharge_status >= kRechargeStatuses) recharge_status = kRechargeStatuses - 1;
       replayed = recharge_response_.replayed();
-      good = recharge_status == recharge::v1::RECHARGE_STATUS_APPROVED && !replayed;
+      const bool approved = recharge_status == recharge::v1::RECHARGE_STATUS_APPROVED;
+      unverified = approved && (recharge_response_.coins_credited() != 65 ||
+                                recharge_response_.recharge_id().rfind("rch_", 0) != 0);
+      good = approved && !unverified && replayed == replay_mode;
     }
     for (Counts* c : {&total_, measured ? &measured_ : nullptr}) {
       if (c == nullptr) continue;
       ++c->calls;
       if (good) ++c->good;
       if (replayed) ++c->replayed;
+      if (unverified) ++c->unverified;
+      if (recharge_status == recharge::v1::RECHARGE_STATUS_APPROVED && !replayed) {
+        ++c->approved_by_method[static_cast<size_t>(method_)];
+      }
       if (code >= 0 && code < static_cast<int>(c->grpc.size())) ++c->grpc[code];
       else ++c->grpc[2];  // UNKNOWN
       if (recharge_status >= 0) ++c->recharge[recharge_status];
@@ -331,6 +435,8 @@ class Slot {
   recharge::v1::RecordRechargeResponse recharge_response_;
   bench::v1::EchoRequest echo_request_;
   bench::v1::EchoResponse echo_response_;
+  const int exp_year_;
+  Method method_ = Method::kCard;
   Clock::time_point sent_;
   Counts measured_;
   Counts total_;
@@ -363,7 +469,7 @@ nlohmann::json CountsJson(const Counts& c, Mode mode) {
                       {"good", c.good},
                       {"errors", c.calls - c.grpc[0]},
                       {"grpc_status", grpc}};
-  if (mode == Mode::kRecharge) {
+  if (IsRechargeMode(mode)) {
     nlohmann::json rs = nlohmann::json::object();
     for (int i = 0; i < kRechargeStatuses; ++i) {
       if (c.recharge[i] == 0) continue;
@@ -374,6 +480,10 @@ nlohmann::json CountsJson(const Counts& c, Mode mode) {
     }
     j["recharge_status"] = rs;
     j["replayed"] = c.replayed;
+    j["unverified"] = c.unverified;
+    j["approved_new"] = {{"card", c.approved_by_method[0]},
+                         {"paypal", c.approved_by_method[1]},
+                         {"gcash", c.approved_by_method[2]}};
   }
   return j;
 }
@@ -393,7 +503,8 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "loadgen: %s\n", err.c_str());
     return 2;
   }
-  const char* mode_name = o.mode == Mode::kRecharge ? "recharge" : "echo";
+  const char* mode_name = o.mode == Mode::kRecharge ? "recharge"
+                          : o.mode == Mode::kReplay ? "replay" : "echo";
 
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!o.ca_file.empty()) {
@@ -423,18 +534,34 @@ int Main(int argc, char** argv) {
     }
   }
 
-  const recharge::v1::RecordRechargeRequest recharge_request = SampleRechargeRequest(o);
+  recharge::v1::RecordRechargeRequest recharge_request;
+  MakeRechargeRequest(o, 1'000'000, ExpiryYear(), &recharge_request);
   bench::v1::EchoRequest echo_request;
   const int payload = o.payload_bytes >= 0 ? o.payload_bytes
                                            : static_cast<int>(recharge_request.ByteSizeLong());
   echo_request.set_payload(std::string(static_cast<size_t>(payload), 'x'));
 
+  if (o.mode == Mode::kReplay) {
+    // Record the one recharge first: every measured call is then its replay.
+    MakeRechargeRequest(o, 0, ExpiryYear(), &recharge_request);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (!o.token.empty()) ctx.AddMetadata("authorization", "Bearer " + o.token);
+    recharge::v1::RecordRechargeResponse first;
+    const grpc::Status s =
+        recharge::v1::RechargeGateway::NewStub(channels[0])->RecordRecharge(&ctx, recharge_request, &first);
+    if (!s.ok() || first.status() != recharge::v1::RECHARGE_STATUS_APPROVED) {
+      std::fprintf(stderr, "loadgen: the recharge to replay was not approved: %s %s\n",
+                   s.error_message().c_str(), recharge::v1::RechargeStatus_Name(first.status()).c_str());
+      return 1;
+    }
+  }
+
   const Clock::time_point start = Clock::now();
   Run run(o, start);
   std::vector<std::unique_ptr<Slot>> slots;
   for (int i = 0; i < o.concurrency; ++i) {
-    slots.push_back(std::make_unique<Slot>(run, channels[i % channels.size()], recharge_request,
-                                           echo_request));
+    slots.push_back(std::make_unique<Slot>(run, channels[i % channels.size()], echo_request));
   }
   for (auto& slot : slots) slot->Issue();
 
@@ -478,7 +605,10 @@ int Main(int argc, char** argv) {
       {"channels", o.channels},
       {"warmup_s", o.warmup_s},
       {"duration_s", o.duration_s},
-      {"key_prefix", o.mode == Mode::kRecharge ? o.key_prefix : ""},
+      {"key_prefix", IsRechargeMode(o.mode) ? o.key_prefix : ""},
+      {"mix", {{"card", o.mix[0]}, {"paypal", o.mix[1]}, {"gcash", o.mix[2]}}},
+      // --mode replay: the one recharge recorded (approved) before the slots start.
+      {"primed_approved", o.mode == Mode::kReplay ? 1 : 0},
       {"payload_bytes", o.mode == Mode::kEcho ? payload : 0},
       {"throughput", Round3(static_cast<double>(measured.calls) / window)},
       {"good_throughput", Round3(static_cast<double>(measured.good) / window)},
@@ -503,7 +633,7 @@ int Main(int argc, char** argv) {
               latency["p99"].get<double>(), latency["p999"].get<double>(),
               latency["max"].get<double>());
   std::printf("  grpc status  %s\n", CountsLine(m["grpc_status"]).c_str());
-  if (o.mode == Mode::kRecharge) {
+  if (IsRechargeMode(o.mode)) {
     std::printf("  recharge     %s; replayed %llu\n", CountsLine(m["recharge_status"]).c_str(),
                 static_cast<unsigned long long>(measured.replayed));
     std::printf("  whole run    %s\n", CountsLine(summary["total"]["recharge_status"]).c_str());
