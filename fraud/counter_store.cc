@@ -11,12 +11,22 @@
 namespace recharge {
 namespace {
 
-// KEYS: for each counter its bucket keys, current bucket first; then the keys
-//       whose existence is asked.
-// ARGV: [1] number of counters; per counter: kind (c|s|d), buckets, ttl ms,
-//       value, update (1|0), gate ("" or "<i> <op> <number>": update only
-//       if counter i of this call compares so); then the number of
-//       existence keys.
+// One key per counter, whatever its number of buckets (a bucket is the
+// integer now_ms / bucket_ms; the live ones are the last `buckets` of them):
+//   count, sum  a hash: field = bucket, value = that bucket's count or sum;
+//               buckets that left the window are deleted when read;
+//   distinct    a sorted set: member = the value, score = the last bucket it
+//               was seen in; members that left the window are removed when
+//               updated. Exact, up to 100,000 members (past that the
+//               oldest are dropped, so the count stays at 100,000).
+// The TTL (window + one bucket) is renewed when the key gets a new bucket or
+// a member a newer score, which is all the renewal the data needs.
+//
+// KEYS: one per counter; then the keys whose existence is asked.
+// ARGV: [1] number of counters; per counter: kind (c|s|d), current bucket,
+//       buckets, ttl ms, value, update (1|0), gate ("" or "<i> <op> <number>":
+//       update only if counter i of this call compares so); then the number
+//       of existence keys.
 //       Then the number of link instruments L; if L > 0: the seller, now
 //       (ms), the window (ms), and per instrument its member "<kind>:<value>".
 // KEYS (links, after the existence keys): the seller's instruments set, then
@@ -25,8 +35,9 @@ namespace {
 //          then per link instrument the other sellers, comma-separated.
 constexpr std::string_view kUpdateAndRead = R"lua(
 local n = tonumber(ARGV[1])
-local k, a = 1, 2
+local a = 2
 local out = {}
+local cap = 100000
 local function gate_open(gate)
   local gi, gop, gv = string.match(gate, '^(%d+) (%S+) (%S+)$')
   local x, v = tonumber(out[tonumber(gi)]), tonumber(gv)
@@ -35,26 +46,40 @@ local function gate_open(gate)
   elseif gop == '==' then return x == v else return x ~= v end
 end
 for i = 1, n do
-  local kind, b, ttl, val, upd, gate = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  a = a + 6
+  local kind, cur, b, ttl, val, upd, gate = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+                                            ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  a = a + 7
   if upd == '1' and gate ~= '' and not gate_open(gate) then upd = '0' end
-  local cur = KEYS[k]
+  local key, curs = KEYS[i], ARGV[a - 6]
+  local oldest = cur - b + 1
   if kind == 'd' then
-    if upd == '1' then redis.call('PFADD', cur, val); redis.call('PEXPIRE', cur, ttl) end
-    out[i] = tostring(redis.call('PFCOUNT', unpack(KEYS, k, k + b - 1)))
+    if upd == '1' then
+      if redis.call('ZADD', key, 'CH', curs, val) == 1 then redis.call('PEXPIRE', key, ttl) end
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%d', oldest))
+      local size = redis.call('ZCARD', key)
+      if size > cap then redis.call('ZPOPMIN', key, size - cap); size = cap end
+      out[i] = tostring(size)
+    else
+      out[i] = tostring(redis.call('ZCOUNT', key, string.format('%d', oldest), '+inf'))
+    end
   else
     if upd == '1' then
-      if kind == 'c' then redis.call('INCRBY', cur, val) else redis.call('INCRBYFLOAT', cur, val) end
-      redis.call('PEXPIRE', cur, ttl)
+      local now_value
+      if kind == 'c' then now_value = redis.call('HINCRBY', key, curs, val)
+      else now_value = redis.call('HINCRBYFLOAT', key, curs, val) end
+      if tonumber(now_value) == tonumber(val) then redis.call('PEXPIRE', key, ttl) end
     end
-    local total = 0
-    for _, v in ipairs(redis.call('MGET', unpack(KEYS, k, k + b - 1))) do
-      if v then total = total + tonumber(v) end
+    local total, stale = 0, {}
+    local fields = redis.call('HGETALL', key)
+    for j = 1, #fields, 2 do
+      if tonumber(fields[j]) >= oldest then total = total + tonumber(fields[j + 1])
+      else stale[#stale + 1] = fields[j] end
     end
+    if #stale > 0 and upd == '1' then redis.call('HDEL', key, unpack(stale)) end
     out[i] = tostring(total)
   end
-  k = k + b
 end
+local k = n + 1
 local m = tonumber(ARGV[a])
 for j = 0, m - 1 do out[n + 1 + j] = redis.call('EXISTS', KEYS[k + j]) end
 local l = tonumber(ARGV[a + 1] or '0')
@@ -109,11 +134,12 @@ void AppendBucketArgs(const CounterUpdate& c, std::chrono::system_clock::time_po
                       std::vector<std::string>* keys, std::vector<std::string>* args) {
   const int64_t bucket_ms = std::max<int64_t>(1, c.window.count() / std::max(1, c.buckets));
   const int64_t current = Millis(now) / bucket_ms;
-  for (int i = 0; i < c.buckets; ++i) keys->push_back(StrCat(c.key, ":", current - i));
+  keys->push_back(c.key);
   const char* kind = c.kind == CounterUpdate::Kind::kCount ? "c"
                      : c.kind == CounterUpdate::Kind::kSum ? "s"
                                                            : "d";
   args->push_back(kind);
+  args->push_back(std::to_string(current));
   args->push_back(std::to_string(c.buckets));
   args->push_back(std::to_string(c.window.count() + bucket_ms));
   args->push_back(c.kind == CounterUpdate::Kind::kCount && c.value.empty() ? "1" : c.value);

@@ -3,9 +3,11 @@
 // money records never live here.
 //
 // Counters are sliding windows approximated by time buckets: a window of W
-// split into B buckets is B keys, each living W + W/B; an update touches the
-// current bucket, a read sums (count, sum) or merges (distinct, HyperLogLog)
-// the live ones. Every counter of a request is updated and read in ONE round
+// split into B buckets is one key living W + W/B past its last update: a hash
+// of bucket -> count or sum, or (distinct) a sorted set of value -> the last
+// bucket it was seen in. A read sums the live buckets or counts the values
+// seen in them; an update also drops what left the window. (Bucket keys and
+// HyperLogLogs cost ~10x more Redis CPU per decision: bench/README.md.) Every counter of a request is updated and read in ONE round
 // trip: one Lua script, loaded once and called by SHA (reloaded on NOSCRIPT),
 // with every key it touches passed in KEYS. Keys are hash-tagged per entity
 // ({u:<user>}, {s:<seller>}, {c:<card fingerprint>}...) and all carry a TTL.

@@ -11,6 +11,8 @@
 // calls get `shutdown_grace` to finish, then the process exits 0.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+
+#include "absl/synchronization/mutex.h"
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
@@ -51,6 +53,10 @@ int Fail(const absl::Status& status) {
 }
 
 int Main(int argc, char** argv) {
+  // Debian's Abseil is built without NDEBUG, so every absl::Mutex (gRPC's
+  // locks) runs deadlock detection, a graph update per lock: ~3% of the
+  // gateway's CPU in bench/README.md's profile. Off, as in release builds.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   std::string config_path = "configs/gateway.yaml";
   std::optional<std::string> listen_override;
   for (int i = 1; i < argc; ++i) {

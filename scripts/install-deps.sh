@@ -12,7 +12,8 @@ PACKAGES=(
   clang libclang-rt-14-dev
   redis-server redis-tools
   python3 python3-grpcio python3-protobuf
-  nghttp2-client
+  nghttp2-client curl
+  libjemalloc-dev
 )
 
 missing=()

@@ -796,7 +796,7 @@ class CardDataTest(unittest.TestCase):
             by_label[r.job.label].append(r)
         shared = collections.Counter(status_name(r.response.status)
                                      for r in by_label["shared card"])
-        # (HyperLogLog counts: exact at these sizes unless two hashes collide.)
+        # (distinct counts are exact.)
         self.assertGreaterEqual(shared["RECHARGE_STATUS_APPROVED"], 3, shared)
         self.assertGreaterEqual(shared["RECHARGE_STATUS_BLOCKED"], 2, shared)
         flagged = collections.Counter(status_name(r.response.status)

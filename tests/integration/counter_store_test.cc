@@ -169,11 +169,34 @@ TEST_F(CounterStoreTest, ACounterDropsOutAfterItsWindow) {
   EXPECT_EQ(read(t0 + 59s), 2);   // both inside the window
   EXPECT_EQ(read(t0 + 61s), 1);   // the first bucket left it
   EXPECT_EQ(read(t0 + 95s), 0);   // both gone
-  // Every key carries a TTL.
-  const std::string ttl = redis_.Run("PTTL " + c[0].key + ":" +
-                                     std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                        (t0 + 30s).time_since_epoch()).count() / 10000));
+  // One key per counter, with a TTL of at most the window plus a bucket.
+  const std::string ttl = redis_.Run("PTTL " + c[0].key);
   ASSERT_FALSE(ttl.empty());
+  EXPECT_GT(std::stoll(ttl), 0);
+  EXPECT_LE(std::stoll(ttl), 70000);
+  // An update forgets the buckets that left the window.
+  EXPECT_EQ(redis_.Run("HLEN " + c[0].key), "2");
+  ASSERT_EQ(Run(store_->UpdateAndRead(c, {}, t0 + 95s))->values[0], 1);
+  EXPECT_EQ(redis_.Run("HLEN " + c[0].key), "1");
+}
+
+TEST_F(CounterStoreTest, ADistinctValueCountsFromTheLastTimeItWasSeen) {
+  // Window 60 s in 6 buckets: u1 at 0 s and again at 50 s, u2 at 10 s.
+  const auto t0 = std::chrono::system_clock::time_point(std::chrono::hours(410000));
+  CounterUpdate d = Counter(Kind::kDistinct, "users", 60s, 6, "u1");
+  ASSERT_EQ(Run(store_->UpdateAndRead({d}, {}, t0))->values[0], 1);
+  d.value = "u2";
+  ASSERT_EQ(Run(store_->UpdateAndRead({d}, {}, t0 + 10s))->values[0], 2);
+  d.value = "u1";
+  ASSERT_EQ(Run(store_->UpdateAndRead({d}, {}, t0 + 50s))->values[0], 2);
+  auto read = [&](auto t) { return (*Run(store_->Read({d}, t)))[0]; };
+  EXPECT_EQ(read(t0 + 65s), 2);    // u2 (bucket 1) is still inside
+  EXPECT_EQ(read(t0 + 75s), 1);    // u2 left; u1 was seen again at 50 s
+  EXPECT_EQ(read(t0 + 115s), 0);   // u1 left too
+  d.value = "u3";
+  ASSERT_EQ(Run(store_->UpdateAndRead({d}, {}, t0 + 115s))->values[0], 1);
+  EXPECT_EQ(redis_.Run("ZCARD " + d.key), "1");  // the update removed the others
+  const std::string ttl = redis_.Run("PTTL " + d.key);
   EXPECT_GT(std::stoll(ttl), 0);
   EXPECT_LE(std::stoll(ttl), 70000);
 }

@@ -29,6 +29,8 @@
 // call k happens before call k+1 is issued), so its tally needs no lock; the
 // main thread reads the tallies only after every slot has stopped.
 #include <grpcpp/grpcpp.h>
+
+#include "absl/synchronization/mutex.h"
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -76,6 +78,7 @@ struct Options {
   double timeout_s = 10;          // per-call deadline
   std::string key_prefix;         // default: lg-<time>-<pid>-<random>
   std::string user_id;            // empty: a user of its own per call
+  uint64_t buyer_base = 0;        // random per run: buyers (cards, IPs) differ between runs
   // Shares (out of their sum) of card, PayPal and GCash payments.
   std::array<int, 3> mix = {100, 0, 0};
   int payload_bytes = -1;         // echo: -1 = the size of a RecordRechargeRequest
@@ -197,6 +200,8 @@ std::string ParseOptions(int argc, char** argv, Options* o) {
                   static_cast<unsigned>(getpid()), static_cast<unsigned>(rd() & 0xffff));
     o->key_prefix = buf;
   }
+  std::random_device rd;
+  o->buyer_base = (static_cast<uint64_t>(rd()) << 20) ^ rd();
   return "";
 }
 
@@ -299,7 +304,7 @@ void MakeRechargeRequest(const Options& o, uint64_t n, int exp_year,
   const std::string id = std::to_string(n);
   r->Clear();
   r->set_idempotency_key(o.mode == Mode::kReplay ? o.key_prefix + "-replay" : o.key_prefix + "-" + id);
-  const uint64_t buyer = o.mode == Mode::kReplay ? 0 : n;
+  const uint64_t buyer = o.buyer_base + (o.mode == Mode::kReplay ? 0 : n);
   r->set_user_id(o.user_id.empty() ? o.key_prefix + "-u" + std::to_string(buyer) : o.user_id);
   r->set_package_id("coins_65");
   r->mutable_client()->set_ip("10." + std::to_string((buyer >> 16) & 255) + "." +
@@ -498,6 +503,10 @@ std::string CountsLine(const nlohmann::json& counts) {
 }
 
 int Main(int argc, char** argv) {
+  // Debian's Abseil is built without NDEBUG, so every absl::Mutex (gRPC's
+  // locks) runs deadlock detection, a graph update per lock: ~3% of the
+  // gateway's CPU in bench/README.md's profile. Off, as in release builds.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   Options o;
   if (std::string err = ParseOptions(argc, argv, &o); !err.empty()) {
     std::fprintf(stderr, "loadgen: %s\n", err.c_str());
