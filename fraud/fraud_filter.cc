@@ -4,23 +4,60 @@
 
 namespace recharge {
 
+namespace {
+
+// Appends "name":"value" (JSON-escaped) and a comma.
+void AppendJsonString(std::string* out, std::string_view name, std::string_view value) {
+  out->push_back('"');
+  out->append(name);
+  out->append("\":\"");
+  for (const char ch : value) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(ch);
+    } else if (c < 0x20) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out->append("\\u00");
+      out->push_back(kHex[c >> 4]);
+      out->push_back(kHex[c & 15]);
+    } else {
+      out->push_back(ch);  // UTF-8 passes through (validated on the way in)
+    }
+  }
+  out->append("\",");
+}
+
+}  // namespace
+
+// Built by hand: it runs on every recharge, and a JSON object tree costs a
+// dozen allocations where one string suffices.
 std::string FraudInput::ToJson() const {
-  nlohmann::json j = {
-      {"user_id", user_id},
-      {"seller_id", seller_id},
-      {"ip", ip},
-      {"device_id", device_id},
-      {"card_fingerprint", card_fingerprint},
-      {"instrument_fingerprint", instrument_fingerprint},
-      {"payment_method", payment_method},
-      {"wallet_provider", wallet_provider},
-      {"region", region},
-      {"currency", currency},
-      {"package_id", package_id},
-      {"coins", coins},
-      {"amount_usd", static_cast<double>(amount_usd_cents) / 100.0},
-  };
-  return j.dump();
+  std::string out;
+  out.reserve(256 + user_id.size() + seller_id.size() + device_id.size() + 2 * card_fingerprint.size());
+  out.push_back('{');
+  AppendJsonString(&out, "user_id", user_id);
+  AppendJsonString(&out, "seller_id", seller_id);
+  AppendJsonString(&out, "ip", ip);
+  AppendJsonString(&out, "device_id", device_id);
+  AppendJsonString(&out, "card_fingerprint", card_fingerprint);
+  AppendJsonString(&out, "instrument_fingerprint", instrument_fingerprint);
+  AppendJsonString(&out, "payment_method", payment_method);
+  AppendJsonString(&out, "wallet_provider", wallet_provider);
+  AppendJsonString(&out, "region", region);
+  AppendJsonString(&out, "currency", currency);
+  AppendJsonString(&out, "package_id", package_id);
+  out.append("\"coins\":");
+  out.append(std::to_string(coins));
+  // amount_usd as a decimal number of dollars, exact in cents.
+  out.append(",\"amount_usd\":");
+  const int64_t cents = amount_usd_cents < 0 ? -amount_usd_cents : amount_usd_cents;
+  if (amount_usd_cents < 0) out.push_back('-');
+  out.append(std::to_string(cents / 100));
+  char frac[4] = {'.', static_cast<char>('0' + cents % 100 / 10), static_cast<char>('0' + cents % 10), 0};
+  out.append(frac);
+  out.push_back('}');
+  return out;
 }
 
 std::optional<FraudInput> FraudInput::FromJson(std::string_view text) {

@@ -259,7 +259,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   // 3. Fraud decision, before anything is charged.
   FraudAssessment assessment = co_await fraud_.Assess(input);
 
-  Recharge recharge = claim.draft;
+  Recharge recharge = std::move(claim.draft);  // Begin() had its own copy
   RecordRechargeResponse response;
   response.set_recharge_id(recharge.recharge_id());
   if (assessment.decision() == recharge::v1::FRAUD_ACTION_BLOCK) {
@@ -295,15 +295,16 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   }
 
   // 5. Record the outcome with the decision and its inputs.
+  const std::string recharge_id = recharge.recharge_id();
   Completion done;
   done.idempotency_key = req.idempotency_key();
-  done.recharge = recharge;
-  done.response = response;
-  done.decision = DecisionRecord{recharge.recharge_id(), input.ToJson(), assessment};
+  done.decision = DecisionRecord{recharge_id, input.ToJson(), std::move(assessment)};
+  done.recharge = std::move(recharge);
+  done.response = std::move(response);
   absl::StatusOr<RecordRechargeResponse> stored = co_await ledger_.Complete(std::move(done));
   if (!stored.ok()) {
     // The key stays `started`: the reconciler resolves it through Lookup.
-    LogError("ledger_complete_failed", {{"recharge_id", recharge.recharge_id()},
+    LogError("ledger_complete_failed", {{"recharge_id", recharge_id},
                                         {"error", std::string(stored.status().message())}});
     co_return absl::UnavailableError(
         "the outcome could not be recorded yet; retry with the same idempotency key");
