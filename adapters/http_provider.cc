@@ -20,7 +20,8 @@ absl::StatusOr<HttpProvider::Options> HttpProvider::ParseOptions(const ConfigNod
   if (!timeout.ok()) return timeout.status();
   if (timeout->count() <= 0) return config.Child("timeout").Error("must be positive");
   options.timeout = *timeout;
-  absl::StatusOr<int64_t> pool = config.GetInt("pool_size", 32, 1, 4096);
+  absl::StatusOr<int64_t> pool =
+      config.GetInt("pool_size", static_cast<int64_t>(options.pool_size), 1, 65536);
   if (!pool.ok()) return pool.status();
   options.pool_size = static_cast<size_t>(*pool);
   return options;
@@ -30,7 +31,7 @@ absl::StatusOr<std::unique_ptr<HttpProvider>> HttpProvider::Create(Options optio
   HttpsClient::Options http;
   http.endpoint = options.endpoint;
   http.ca_file = options.ca_file;
-  http.max_idle_connections = options.pool_size;
+  http.max_connections = options.pool_size;
   absl::StatusOr<std::unique_ptr<HttpsClient>> client = HttpsClient::Create(std::move(http));
   if (!client.ok()) return client.status();
   return std::unique_ptr<HttpProvider>(new HttpProvider(std::move(options), *std::move(client)));

@@ -24,9 +24,12 @@ class HttpProvider {
     HttpsEndpoint endpoint;
     std::string ca_file;  // empty: the system store
     std::chrono::milliseconds timeout{5000};
-    size_t pool_size = 32;
+    // Connections open to the provider at most (idle + busy): one per call
+    // in flight; past it calls wait for one within their deadline.
+    size_t pool_size = 256;
   };
-  // Reads `endpoint` (required), `ca_file`, `timeout` (5s) and `pool_size` (32).
+  // Reads `endpoint` (required), `ca_file`, `timeout` (5s) and `pool_size`
+  // (256, 1..65536).
   static absl::StatusOr<Options> ParseOptions(const ConfigNode& config);
   static absl::StatusOr<std::unique_ptr<HttpProvider>> Create(Options options);
 

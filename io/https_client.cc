@@ -1,5 +1,7 @@
 #include "io/https_client.h"
 
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/error.hpp>
@@ -13,6 +15,10 @@
 
 #include <cerrno>
 #include <charconv>
+#include <mutex>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
 
 #include "io/strings.h"
 
@@ -20,11 +26,15 @@ namespace recharge {
 namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
 
-struct HttpsClient::Connection {
+namespace {
+
+struct Connection {
   Connection(asio::any_io_executor ex, asio::ssl::context& ctx) : stream(ex, ctx) {}
   beast::ssl_stream<beast::tcp_stream> stream;
   beast::flat_buffer buffer;
 };
+
+}  // namespace
 
 absl::StatusOr<HttpsEndpoint> ParseHttpsUrl(std::string_view url) {
   constexpr std::string_view kScheme = "https://";
@@ -54,65 +64,326 @@ absl::StatusOr<HttpsEndpoint> ParseHttpsUrl(std::string_view url) {
   return out;
 }
 
-HttpsClient::HttpsClient(Options options)
-    : options_(std::move(options)), ssl_context_(asio::ssl::context::tls_client) {}
-
-HttpsClient::~HttpsClient() = default;
-
-absl::StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options) {
-  std::unique_ptr<HttpsClient> client(new HttpsClient(std::move(options)));
-  boost::system::error_code ec;
-  client->ssl_context_.set_options(asio::ssl::context::default_workarounds |
-                                   asio::ssl::context::no_sslv2 | asio::ssl::context::no_sslv3 |
-                                   asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
-  if (client->options_.ca_file.empty()) {
-    client->ssl_context_.set_default_verify_paths(ec);
-  } else {
-    client->ssl_context_.load_verify_file(client->options_.ca_file, ec);
-  }
-  if (ec) {
-    return absl::InvalidArgumentError(
-        StrCat("cannot load CA file \"", client->options_.ca_file, "\": ", ec.message()));
-  }
-  client->ssl_context_.set_verify_mode(asio::ssl::verify_peer);
-  return client;
-}
-
 namespace {
 
 // An idle keep-alive connection the server has closed (or sent anything on,
 // such as a TLS close_notify) must not carry a request: a failure on it would
 // look ambiguous although nothing could have been processed.
-bool StillOpen(int fd) {
+bool StillOpen(Connection& c) {
   char byte;
+  const int fd = beast::get_lowest_layer(c.stream).socket().native_handle();
   const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 }  // namespace
 
-std::unique_ptr<HttpsClient::Connection> HttpsClient::TakeIdle() {
-  std::lock_guard<std::mutex> lock(mu_);
+// The connections to one endpoint: at most max_connections open, the idle
+// ones kept for reuse, and the calls waiting for one in arrival order.
+//
+// A call holds a slot from Acquire() until its Lease gives it back, with the
+// connection for reuse or without it (closed). A slot given back while calls
+// wait goes straight to the first of them, so a new call never overtakes a
+// waiting one. Each wait is a Waiter: the suspended coroutine's completion
+// handler, posted to the coroutine's own executor by whoever unlinks it from
+// the queue (a returned slot, its deadline timer, or Close) — under mu_, so
+// exactly once.
+class HttpsClient::Pool : public std::enable_shared_from_this<Pool> {
+ public:
+  explicit Pool(Options o)
+      : options(std::move(o)), ssl_context(asio::ssl::context::tls_client) {}
+
+  static asio::awaitable<HttpsResult> Send(std::shared_ptr<Pool> pool,
+                                           http::request<http::string_body> request,
+                                           std::chrono::steady_clock::time_point deadline,
+                                           bool idempotent);
+  // Fails the waiting calls and closes the idle connections; slots given back
+  // later close their connection.
+  void Close();
+
+  const Options options;
+  asio::ssl::context ssl_context;
+
+ private:
+  class Lease;
+  struct Waiter;
+  enum class Take { kGranted, kFull, kClosed };
+
+  // Takes a slot (an idle connection into `connection`, or, leaving it null,
+  // the right to open one), or says why not. Stale idle connections found on
+  // the way go to `stale`, to be closed outside the lock.
+  Take TakeLocked(std::unique_ptr<Connection>& connection,
+                  std::vector<std::unique_ptr<Connection>>& stale)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  asio::awaitable<absl::Status> Acquire(Lease& lease,
+                                        std::chrono::steady_clock::time_point deadline);
+  // Takes a slot for `waiter` at once, or queues it until `deadline`.
+  void Enqueue(const std::shared_ptr<Waiter>& waiter,
+               std::chrono::steady_clock::time_point deadline);
+  // The waiter's deadline passed: fails it if it still waits.
+  void Expire(Waiter& waiter);
+  // Gives a slot back: with its connection for reuse (`reusable`), else
+  // closes the connection first.
+  void Release(std::unique_ptr<Connection> connection, bool reusable);
+  void Link(Waiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unlink(Waiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  asio::awaitable<absl::Status> Connect(Connection& connection,
+                                        std::chrono::steady_clock::time_point deadline);
+
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
+  size_t open_ ABSL_GUARDED_BY(mu_) = 0;  // idle + busy + being opened
+  Waiter* first_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Waiter* last_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// A slot held by one call; given back exactly once, by Return() (the
+// connection may carry another call) or by the destructor (it is closed).
+class HttpsClient::Pool::Lease {
+ public:
+  explicit Lease(Pool& pool) : pool_(pool) {}
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  ~Lease() {
+    if (held) pool_.Release(std::move(connection), false);
+  }
+  void Return() {
+    held = false;
+    pool_.Release(std::move(connection), true);
+  }
+
+  bool held = false;
+  std::unique_ptr<Connection> connection;  // null while held: open one
+
+ private:
+  Pool& pool_;
+};
+
+struct HttpsClient::Pool::Waiter {
+  enum class Outcome { kWaiting, kGranted, kTimedOut, kClosed };
+  // Resumes the waiting coroutine on its own executor.
+  struct Resume {
+    virtual ~Resume() = default;
+    virtual void Post() = 0;
+  };
+  template <typename Handler>
+  struct ResumeWith final : Resume {
+    explicit ResumeWith(Handler h) : handler(std::move(h)) {}
+    void Post() override {
+      auto ex = asio::get_associated_executor(handler);
+      asio::post(ex, std::move(handler));
+    }
+    Handler handler;
+  };
+
+  explicit Waiter(asio::any_io_executor ex) : timer(std::move(ex)) {}
+
+  // Guarded by the pool's mutex while linked; read by the coroutine once resumed.
+  Outcome outcome = Outcome::kWaiting;
+  std::unique_ptr<Connection> connection;  // when granted; null: open one
+  std::unique_ptr<Resume> resume;
+  Waiter* prev = nullptr;
+  Waiter* next = nullptr;
+  bool linked = false;
+  // The deadline; touched only by the waiting coroutine (armed before it
+  // is linked, cancelled once it is resumed), so never concurrently.
+  asio::steady_timer timer;
+};
+
+void HttpsClient::Pool::Link(Waiter& w) {
+  w.prev = last_;
+  w.next = nullptr;
+  (last_ ? last_->next : first_) = &w;
+  last_ = &w;
+  w.linked = true;
+}
+
+void HttpsClient::Pool::Unlink(Waiter& w) {
+  (w.prev ? w.prev->next : first_) = w.next;
+  (w.next ? w.next->prev : last_) = w.prev;
+  w.prev = w.next = nullptr;
+  w.linked = false;
+}
+
+HttpsClient::Pool::Take HttpsClient::Pool::TakeLocked(
+    std::unique_ptr<Connection>& connection, std::vector<std::unique_ptr<Connection>>& stale) {
+  if (closed_) return Take::kClosed;
+  if (first_ != nullptr) return Take::kFull;  // they came first
   while (!idle_.empty()) {
     std::unique_ptr<Connection> c = std::move(idle_.back());
     idle_.pop_back();
-    if (StillOpen(beast::get_lowest_layer(c->stream).socket().native_handle())) return c;
+    if (StillOpen(*c)) {
+      connection = std::move(c);
+      return Take::kGranted;
+    }
+    stale.push_back(std::move(c));
+    --open_;
   }
-  return nullptr;
+  if (open_ >= options.max_connections) return Take::kFull;
+  ++open_;
+  return Take::kGranted;
 }
 
-void HttpsClient::ReturnIdle(std::unique_ptr<Connection> connection) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (idle_.size() < options_.max_idle_connections) idle_.push_back(std::move(connection));
+void HttpsClient::Pool::Enqueue(const std::shared_ptr<Waiter>& waiter,
+                                std::chrono::steady_clock::time_point deadline) {
+  std::vector<std::unique_ptr<Connection>> stale;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    switch (TakeLocked(waiter->connection, stale)) {
+      case Take::kGranted:
+        waiter->outcome = Waiter::Outcome::kGranted;
+        break;
+      case Take::kClosed:
+        waiter->outcome = Waiter::Outcome::kClosed;
+        break;
+      case Take::kFull:
+        // Armed under the lock, before anyone can resume the coroutine: the
+        // handler never runs inline, and takes the lock itself.
+        waiter->timer.expires_at(deadline);
+        waiter->timer.async_wait(
+            [pool = shared_from_this(), w = waiter](boost::system::error_code ec) {
+              if (!ec) pool->Expire(*w);
+            });
+        Link(*waiter);
+        return;
+    }
+  }
+  waiter->resume->Post();
 }
 
-asio::awaitable<absl::Status> HttpsClient::Connect(Connection& c,
-                                                   std::chrono::steady_clock::time_point deadline) {
+void HttpsClient::Pool::Expire(Waiter& w) {
+  std::unique_ptr<Waiter::Resume> resume;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!w.linked) return;  // granted (or closed) meanwhile
+    Unlink(w);
+    w.outcome = Waiter::Outcome::kTimedOut;
+    resume = std::move(w.resume);
+  }
+  resume->Post();
+}
+
+void HttpsClient::Pool::Release(std::unique_ptr<Connection> connection, bool reusable) {
+  // A connection not kept is closed before its slot is given away: the
+  // server never sees more than max_connections at once.
+  if (!reusable) connection.reset();
+  std::unique_ptr<Waiter::Resume> resume;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) {
+      --open_;
+    } else if (first_ != nullptr) {
+      Waiter& w = *first_;
+      Unlink(w);
+      w.outcome = Waiter::Outcome::kGranted;
+      w.connection = std::move(connection);  // null: the waiter opens one
+      resume = std::move(w.resume);
+    } else if (connection) {
+      idle_.push_back(std::move(connection));
+    } else {
+      --open_;
+    }
+  }
+  if (resume) resume->Post();
+  // A connection left here (the client is closed) is closed on return.
+}
+
+void HttpsClient::Pool::Close() {
+  std::vector<std::unique_ptr<Connection>> idle;
+  std::vector<std::unique_ptr<Waiter::Resume>> waiting;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    open_ -= idle_.size();
+    idle.swap(idle_);
+    while (first_ != nullptr) {
+      Waiter& w = *first_;
+      Unlink(w);
+      w.outcome = Waiter::Outcome::kClosed;
+      waiting.push_back(std::move(w.resume));
+    }
+  }
+  for (auto& resume : waiting) resume->Post();
+}
+
+asio::awaitable<absl::Status> HttpsClient::Pool::Acquire(
+    Lease& lease, std::chrono::steady_clock::time_point deadline) {
+  Take take;
+  std::vector<std::unique_ptr<Connection>> stale;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    take = TakeLocked(lease.connection, stale);
+  }
+  stale.clear();
+  if (take == Take::kGranted) lease.held = true;
+  if (take == Take::kFull) {
+    // The slow path: wait for a slot, without a thread. The initiation runs
+    // once this coroutine is suspended; whoever unlinks the waiter posts
+    // its handler back to this coroutine's executor.
+    auto waiter = std::make_shared<Waiter>(co_await asio::this_coro::executor);
+    auto initiation = [this, &waiter, deadline](auto handler) {
+      waiter->resume = std::make_unique<Waiter::ResumeWith<decltype(handler)>>(std::move(handler));
+      Enqueue(waiter, deadline);
+    };
+    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(initiation,
+                                                                          asio::use_awaitable);
+    waiter->timer.cancel();
+    switch (waiter->outcome) {
+      case Waiter::Outcome::kGranted:
+        lease.held = true;
+        lease.connection = std::move(waiter->connection);
+        co_return absl::OkStatus();
+      case Waiter::Outcome::kTimedOut:
+        co_return absl::DeadlineExceededError(
+            StrCat("no provider connection free within the deadline (max ",
+                   options.max_connections, ")"));
+      case Waiter::Outcome::kClosed:
+      case Waiter::Outcome::kWaiting:
+        take = Take::kClosed;
+        break;
+    }
+  }
+  if (take == Take::kClosed) {
+    co_return absl::UnavailableError(StrCat("HTTPS client for ", options.endpoint.host, ":",
+                                            options.endpoint.port, " is shut down"));
+  }
+  co_return absl::OkStatus();
+}
+
+HttpsClient::~HttpsClient() { pool_->Close(); }
+
+const HttpsEndpoint& HttpsClient::endpoint() const { return pool_->options.endpoint; }
+
+absl::StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options) {
+  if (options.max_connections == 0) {
+    return absl::InvalidArgumentError("max_connections must be at least 1");
+  }
+  auto pool = std::make_shared<Pool>(std::move(options));
+  boost::system::error_code ec;
+  pool->ssl_context.set_options(asio::ssl::context::default_workarounds |
+                                asio::ssl::context::no_sslv2 | asio::ssl::context::no_sslv3 |
+                                asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+  if (pool->options.ca_file.empty()) {
+    pool->ssl_context.set_default_verify_paths(ec);
+  } else {
+    pool->ssl_context.load_verify_file(pool->options.ca_file, ec);
+  }
+  if (ec) {
+    return absl::InvalidArgumentError(
+        StrCat("cannot load CA file \"", pool->options.ca_file, "\": ", ec.message()));
+  }
+  pool->ssl_context.set_verify_mode(asio::ssl::verify_peer);
+  return std::unique_ptr<HttpsClient>(new HttpsClient(std::move(pool)));
+}
+
+asio::awaitable<absl::Status> HttpsClient::Pool::Connect(
+    Connection& c, std::chrono::steady_clock::time_point deadline) {
   boost::system::error_code ec;
   auto ex = co_await asio::this_coro::executor;
   tcp::resolver resolver(ex);
-  auto results = co_await resolver.async_resolve(options_.endpoint.host,
-                                                 std::to_string(options_.endpoint.port),
+  auto results = co_await resolver.async_resolve(options.endpoint.host,
+                                                 std::to_string(options.endpoint.port),
                                                  asio::redirect_error(asio::use_awaitable, ec));
   if (ec) co_return absl::UnavailableError(StrCat("resolve: ", ec.message()));
   auto& layer = beast::get_lowest_layer(c.stream);
@@ -123,11 +394,11 @@ asio::awaitable<absl::Status> HttpsClient::Connect(Connection& c,
   layer.socket().set_option(tcp::no_delay(true));
 
   boost::system::error_code addr_ec;
-  asio::ip::make_address(options_.endpoint.host, addr_ec);
+  asio::ip::make_address(options.endpoint.host, addr_ec);
   if (addr_ec) {  // a host name, not an IP literal: send SNI
-    SSL_set_tlsext_host_name(c.stream.native_handle(), options_.endpoint.host.c_str());
+    SSL_set_tlsext_host_name(c.stream.native_handle(), options.endpoint.host.c_str());
   }
-  c.stream.set_verify_callback(asio::ssl::host_name_verification(options_.endpoint.host));
+  c.stream.set_verify_callback(asio::ssl::host_name_verification(options.endpoint.host));
   co_await c.stream.async_handshake(asio::ssl::stream_base::client,
                                     asio::redirect_error(asio::use_awaitable, ec));
   if (ec == beast::error::timeout) co_return absl::DeadlineExceededError("TLS handshake timed out");
@@ -138,39 +409,60 @@ asio::awaitable<absl::Status> HttpsClient::Connect(Connection& c,
 asio::awaitable<HttpsResult> HttpsClient::Send(http::request<http::string_body> request,
                                                std::chrono::steady_clock::time_point deadline,
                                                bool idempotent) {
+  return Pool::Send(pool_, std::move(request), deadline, idempotent);
+}
+
+asio::awaitable<HttpsResult> HttpsClient::Pool::Send(std::shared_ptr<Pool> pool,
+                                                     http::request<http::string_body> request,
+                                                     std::chrono::steady_clock::time_point deadline,
+                                                     bool idempotent) {
   request.version(11);
-  request.set(http::field::host, options_.endpoint.host);
+  request.set(http::field::host, pool->options.endpoint.host);
   request.keep_alive(true);
   request.prepare_payload();
   auto ex = co_await asio::this_coro::executor;
 
+  // A slot first: until one is free nothing is sent, so a call that gets
+  // none is a definite failure.
+  Lease lease(*pool);
+  if (absl::Status got = co_await pool->Acquire(lease, deadline); !got.ok()) {
+    HttpsResult result;
+    result.status = std::move(got);
+    result.maybe_sent = false;
+    co_return result;
+  }
+
   // Once any attempt may have delivered the request, the outcome stays
   // "maybe sent" whatever later attempts do: a failed retry must never turn
-  // an ambiguous call into a definite failure.
+  // an ambiguous call into a definite failure. A retry keeps the slot and
+  // opens a fresh connection in it.
   bool maybe_sent = false;
   for (int attempt = 0;; ++attempt) {
     HttpsResult result;
-    std::unique_ptr<Connection> c = TakeIdle();
-    const bool reused = c != nullptr;
-    if (!c) {
+    const bool reused = lease.connection != nullptr;
+    if (!reused) {
       // Each connection has its own strand: Beast's stream and its timer
       // must not run handlers concurrently on the multi-threaded io_context.
-      c = std::make_unique<Connection>(asio::make_strand(ex), ssl_context_);
-      absl::Status connected = co_await Connect(*c, deadline);
+      lease.connection = std::make_unique<Connection>(asio::make_strand(ex), pool->ssl_context);
+      absl::Status connected = co_await pool->Connect(*lease.connection, deadline);
       if (!connected.ok()) {
         result.status = connected;
         result.maybe_sent = maybe_sent;
-        co_return result;
+        co_return result;  // the lease closes the connection and frees the slot
       }
     }
+    Connection& c = *lease.connection;
     boost::system::error_code ec;
-    beast::get_lowest_layer(c->stream).expires_at(deadline);
-    co_await http::async_write(c->stream, request, asio::redirect_error(asio::use_awaitable, ec));
+    beast::get_lowest_layer(c.stream).expires_at(deadline);
+    co_await http::async_write(c.stream, request, asio::redirect_error(asio::use_awaitable, ec));
     const bool time_left = std::chrono::steady_clock::now() < deadline;
     if (ec) {
       // The request was not written whole, so the server cannot have acted
       // on it: a fresh connection may be tried once, whatever the request.
-      if (reused && attempt == 0 && time_left && ec != beast::error::timeout) continue;
+      if (reused && attempt == 0 && time_left && ec != beast::error::timeout) {
+        lease.connection.reset();
+        continue;
+      }
       result.maybe_sent = maybe_sent;
       result.status = !time_left || ec == beast::error::timeout
                           ? absl::DeadlineExceededError("request not sent before the deadline")
@@ -180,13 +472,12 @@ asio::awaitable<HttpsResult> HttpsClient::Send(http::request<http::string_body> 
     maybe_sent = true;  // the whole request reached the connection
     http::response_parser<http::string_body> parser;
     parser.body_limit(1 << 20);
-    co_await http::async_read(c->stream, c->buffer, parser,
+    co_await http::async_read(c.stream, c.buffer, parser,
                               asio::redirect_error(asio::use_awaitable, ec));
     if (!ec) {
       result.response = parser.release();
-      const bool keep = result.response.keep_alive();
       result.status = absl::OkStatus();
-      if (keep) ReturnIdle(std::move(c));
+      if (result.response.keep_alive()) lease.Return();
       co_return result;
     }
     // A keep-alive connection the server closed as we sent fails at once
@@ -199,6 +490,7 @@ asio::awaitable<HttpsResult> HttpsClient::Send(http::request<http::string_body> 
         ec == asio::ssl::error::stream_truncated;
     if (reused && idempotent && attempt == 0 && !parser.got_some() && stale_connection &&
         std::chrono::steady_clock::now() < deadline) {
+      lease.connection.reset();
       continue;
     }
     result.maybe_sent = true;
