@@ -2,7 +2,12 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <optional>
 #include <unordered_map>
+#include <utility>
+
+#include <google/protobuf/message_lite.h>
 
 #include "io/strings.h"
 
@@ -64,26 +69,31 @@ int64_t NowMicros() { return UnixMicros(std::chrono::system_clock::now()); }
 
 }  // namespace
 
-// The connection and its cached statements. Used only on the writer thread.
+// One connection and its cached statements, used by one thread only: the
+// writer's (read-write) or a reader's (query_only).
 class SqliteLedgerStore::Db {
  public:
   // A cached prepared statement, reset when this wrapper goes out of scope.
+  // Bound text and blobs are not copied: REQUIRES they outlive the wrapper.
   class Stmt {
    public:
-    Stmt(Db& db, sqlite3_stmt* s) : db_(db), s_(s) {}
+    Stmt(Db& db, sqlite3_stmt* s) : db_(&db), s_(s) {}
+    Stmt(Stmt&& other) noexcept : db_(other.db_), s_(std::exchange(other.s_, nullptr)) {}
     ~Stmt() {
+      if (s_ == nullptr) return;
       sqlite3_reset(s_);
       sqlite3_clear_bindings(s_);
     }
     Stmt(const Stmt&) = delete;
     Stmt& operator=(const Stmt&) = delete;
+    Stmt& operator=(Stmt&&) = delete;
 
     Stmt& Text(int i, std::string_view v) {
-      sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
       return *this;
     }
     Stmt& Blob(int i, std::string_view v) {
-      sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
       return *this;
     }
     Stmt& Int(int i, int64_t v) {
@@ -95,7 +105,7 @@ class SqliteLedgerStore::Db {
       int rc = sqlite3_step(s_);
       if (rc == SQLITE_ROW) return true;
       if (rc == SQLITE_DONE) return false;
-      return db_.Error("step");
+      return db_->Error("step");
     }
     absl::Status Run() {
       absl::StatusOr<bool> r = Step();
@@ -105,27 +115,39 @@ class SqliteLedgerStore::Db {
       const unsigned char* p = sqlite3_column_text(s_, c);
       return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(s_, c)) : "";
     }
-    std::string ColBlob(int c) {
+    std::string_view ColBlobView(int c) {
       const void* p = sqlite3_column_blob(s_, c);
-      return p ? std::string(static_cast<const char*>(p), sqlite3_column_bytes(s_, c)) : "";
+      return p ? std::string_view(static_cast<const char*>(p), sqlite3_column_bytes(s_, c))
+               : std::string_view();
     }
+    std::string ColBlob(int c) { return std::string(ColBlobView(c)); }
     int64_t ColInt(int c) { return sqlite3_column_int64(s_, c); }
+    // Parses a protobuf column without copying it first.
+    bool ParseCol(int c, google::protobuf::MessageLite* m) {
+      std::string_view v = ColBlobView(c);
+      return m->ParseFromArray(v.data(), static_cast<int>(v.size()));
+    }
 
    private:
-    Db& db_;
+    Db* db_;
     sqlite3_stmt* s_;
   };
 
-  explicit Db(sqlite3* db) : db_(db) {}
+  Db(sqlite3* db, bool read_only) : db_(db), read_only_(read_only) {}
   ~Db() {
     for (auto& [sql, s] : cache_) sqlite3_finalize(s);
     sqlite3_close(db_);
   }
 
+  sqlite3* handle() const { return db_; }
+  // A reader's connection: it never writes.
+  bool read_only() const { return read_only_; }
+
   absl::Status Error(std::string_view what) const {
     return absl::UnavailableError(StrCat("ledger: ", what, ": ", sqlite3_errmsg(db_)));
   }
 
+  // Runs SQL that is not cached (the schema, pragmas).
   absl::Status Exec(const char* sql) {
     char* err = nullptr;
     if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
@@ -137,17 +159,44 @@ class SqliteLedgerStore::Db {
   }
 
   // REQUIRES: `sql` is a string literal (it keys the cache by address).
-  absl::StatusOr<std::unique_ptr<Stmt>> Prepare(const char* sql) {
+  absl::StatusOr<Stmt> Prepare(const char* sql) {
     sqlite3_stmt*& s = cache_[sql];
     if (s == nullptr &&
         sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr) != SQLITE_OK) {
       s = nullptr;
       return Error("prepare");
     }
-    return std::make_unique<Stmt>(*this, s);
+    return Stmt(*this, s);
   }
 
+  // Runs a cached statement that takes no parameters (BEGIN, COMMIT...).
+  // REQUIRES: `sql` is a string literal.
+  absl::Status Run(const char* sql) {
+    absl::StatusOr<Stmt> s = Prepare(sql);
+    if (!s.ok()) return s.status();
+    return s->Run();
+  }
+
+  // Reads made of several statements see one snapshot. On the writer (no
+  // reader threads) they already run inside the batch's transaction.
+  class ReadTransaction {
+   public:
+    explicit ReadTransaction(Db& db) : db_(db.Autocommit() && db.Run("BEGIN").ok() ? &db : nullptr) {}
+    ~ReadTransaction() {
+      if (db_ != nullptr) (void)db_->Run("COMMIT");
+    }
+    ReadTransaction(const ReadTransaction&) = delete;
+    ReadTransaction& operator=(const ReadTransaction&) = delete;
+
+   private:
+    Db* db_;
+  };
+
   int64_t Changes() const { return sqlite3_changes64(db_); }
+  // Rows changed by statements that completed, since the connection opened.
+  int64_t TotalChanges() const { return sqlite3_total_changes64(db_); }
+  // No transaction is open (SQLite rolls one back by itself on some errors).
+  bool Autocommit() const { return sqlite3_get_autocommit(db_) != 0; }
 
   // Reads a page of recharges from `stmt`, whose columns are created_at,
   // seq, record and which was asked for page_size + 1 rows: the extra row
@@ -164,7 +213,7 @@ class SqliteLedgerStore::Db {
         break;
       }
       last = RechargeCursor{stmt.ColInt(0), stmt.ColInt(1)};
-      if (!page.recharges.emplace_back().ParseFromString(stmt.ColBlob(2))) {
+      if (!stmt.ParseCol(2, &page.recharges.emplace_back())) {
         return absl::DataLossError("ledger: stored recharge does not parse");
       }
     }
@@ -173,18 +222,19 @@ class SqliteLedgerStore::Db {
 
  private:
   sqlite3* db_;
+  const bool read_only_;
   std::unordered_map<const char*, sqlite3_stmt*> cache_;
 };
 
-#define LEDGER_PREPARE(var, sql)                        \
-  auto var##_or = db.Prepare(sql);                      \
-  if (!var##_or.ok()) return var##_or.status();         \
-  Db::Stmt& var = **var##_or
+#define LEDGER_PREPARE(var, sql)                \
+  auto var##_or = db.Prepare(sql);              \
+  if (!var##_or.ok()) return var##_or.status(); \
+  Db::Stmt& var = *var##_or
 
-#define LEDGER_RETURN_IF_ERROR(expr)          \
-  do {                                        \
-    absl::Status _s = (expr);                 \
-    if (!_s.ok()) return _s;                  \
+#define LEDGER_RETURN_IF_ERROR(expr) \
+  do {                               \
+    absl::Status _s = (expr);        \
+    if (!_s.ok()) return _s;         \
   } while (0)
 
 namespace {
@@ -193,24 +243,103 @@ absl::Status StatusOf(const absl::StatusOr<T>& r) {
   return r.status();
 }
 [[maybe_unused]] absl::Status StatusOf(const absl::Status& s) { return s; }
+
 }  // namespace
+
+// A queued operation. It lives from Submit() until its caller is resumed
+// (Resume() deletes it); in between it is owned by the queue or batch that
+// holds its pointer.
+class SqliteLedgerStore::Op {
+ public:
+  virtual ~Op() = default;
+  // On a reader: true if answered; false if it must go on to the writer.
+  virtual bool RunRead(Db& db) = 0;
+  // On the writer, inside the batch's transaction: the operation's status.
+  virtual absl::Status RunWrite(Db& db) = 0;
+  // The batch did not commit: the result becomes `error`.
+  virtual void Fail(const absl::Status& error) = 0;
+  // On the caller's executor: resumes the caller, then deletes this.
+  virtual void Resume() = 0;
+  const asio::any_io_executor& executor() const { return executor_; }
+
+ protected:
+  asio::any_io_executor executor_;
+};
+
+template <typename R, sqlite_ledger_internal::Route kRoute, typename Fn, typename Handler>
+class SqliteLedgerStore::OpImpl final : public Op {
+ public:
+  OpImpl(Fn fn, Handler handler) : fn_(std::move(fn)), handler_(std::move(handler)) {
+    executor_ = asio::get_associated_executor(handler_);
+  }
+
+  bool RunRead(Db& db) override {
+    if constexpr (kRoute == Route::kReadThenWrite) {
+      std::optional<R> r = fn_(db);
+      if (!r) return false;
+      result_.emplace(*std::move(r));
+    } else {
+      result_.emplace(fn_(db));
+    }
+    return true;
+  }
+
+  absl::Status RunWrite(Db& db) override {
+    if constexpr (kRoute == Route::kReadThenWrite) {
+      std::optional<R> r = fn_(db);
+      if (!r) r.emplace(absl::InternalError("ledger: the writer left an operation unanswered"));
+      result_.emplace(*std::move(r));
+    } else {
+      result_.emplace(fn_(db));
+    }
+    return StatusOf(*result_);
+  }
+
+  void Fail(const absl::Status& error) override { result_.emplace(error); }
+
+  void Resume() override {
+    std::unique_ptr<OpImpl> self(this);
+    Handler handler = std::move(handler_);
+    R result = result_ ? *std::move(result_) : R(absl::UnavailableError("ledger: not run"));
+    self.reset();
+    std::move(handler)(std::move(result));
+  }
+
+ private:
+  Fn fn_;
+  Handler handler_;
+  std::optional<R> result_;
+};
 
 SqliteLedgerStore::SqliteLedgerStore(Options options) : options_(std::move(options)) {}
 
-absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> SqliteLedgerStore::Open(Options options) {
+namespace {
+absl::StatusOr<sqlite3*> OpenConnection(const std::string& path, bool create) {
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(options.path.c_str(), &raw,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  const int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   if (rc != SQLITE_OK) {
     std::string msg = raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc);
     sqlite3_close(raw);
-    return absl::UnavailableError(
-        StrCat("ledger: cannot open \"", options.path, "\": ", msg));
+    return absl::UnavailableError(StrCat("ledger: cannot open \"", path, "\": ", msg));
   }
-  auto db = std::make_unique<Db>(raw);
   sqlite3_busy_timeout(raw, 5000);
+  return raw;
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> SqliteLedgerStore::Open(Options options) {
+  absl::StatusOr<sqlite3*> raw = OpenConnection(options.path, /*create=*/true);
+  if (!raw.ok()) return raw.status();
+  auto db = std::make_unique<Db>(*raw, /*read_only=*/false);
+  // synchronous=FULL: a commit returns once its WAL frames are fsynced. The
+  // page cache is sized so that the indexes' hot pages stay in memory;
+  // savepoint journals (only when a batch is re-run) stay in memory too.
+  // No automatic checkpoint inside COMMIT: the writer checkpoints after it
+  // has resumed the batch's callers (WriterLoop).
   for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
-                             "PRAGMA foreign_keys=ON"}) {
+                             "PRAGMA foreign_keys=ON", "PRAGMA cache_size=-65536",
+                             "PRAGMA temp_store=MEMORY", "PRAGMA wal_autocheckpoint=0"}) {
     if (absl::Status s = db->Exec(pragma); !s.ok()) {
       return absl::UnavailableError(StrCat("ledger \"", options.path, "\": ", s.message()));
     }
@@ -219,338 +348,460 @@ absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> SqliteLedgerStore::Open(Optio
     return absl::UnavailableError(StrCat("ledger \"", options.path, "\": ", s.message()));
   }
   std::unique_ptr<SqliteLedgerStore> store(new SqliteLedgerStore(std::move(options)));
+  sqlite3_wal_hook(*raw, &SqliteLedgerStore::OnWalCommit, store.get());
   store->db_ = std::move(db);
+  for (int i = 0; i < store->options_.reader_threads; ++i) {
+    absl::StatusOr<sqlite3*> r = OpenConnection(store->options_.path, /*create=*/false);
+    if (!r.ok()) return r.status();
+    auto reader = std::make_unique<Db>(*r, /*read_only=*/true);
+    for (const char* pragma : {"PRAGMA query_only=ON", "PRAGMA cache_size=-65536"}) {
+      if (absl::Status s = reader->Exec(pragma); !s.ok()) {
+        return absl::UnavailableError(StrCat("ledger \"", store->options_.path, "\": ", s.message()));
+      }
+    }
+    store->readers_.push_back(std::move(reader));
+  }
   store->writer_ = std::thread([s = store.get()] { s->WriterLoop(); });
+  for (auto& reader : store->readers_) {
+    store->reader_threads_.emplace_back([s = store.get(), r = reader.get()] { s->ReaderLoop(*r); });
+  }
   return store;
 }
 
 SqliteLedgerStore::~SqliteLedgerStore() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
+  // Readers first: they may still pass operations on to the writer.
+  for (Queue* q : {&reads_, &writes_}) {
+    {
+      std::lock_guard<std::mutex> lock(q->mu);
+      q->stopping = true;
+    }
+    q->cv.notify_all();
+    if (q == &reads_) {
+      for (std::thread& t : reader_threads_) t.join();
+    } else if (writer_.joinable()) {
+      writer_.join();
+    }
   }
-  cv_.notify_all();
-  if (writer_.joinable()) writer_.join();
 }
 
-uint64_t SqliteLedgerStore::commits() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return commits_;
+void SqliteLedgerStore::Push(Queue& q, Op* const* ops, size_t n) {
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(q.mu);
+    q.ops.insert(q.ops.end(), ops, ops + n);
+    // A thread busy with a batch comes back for the queue by itself: only an
+    // idle one is woken, and each idle one by one push only.
+    if (q.idle > 0) {
+      --q.idle;
+      wake = true;
+    }
+  }
+  if (wake) q.cv.notify_one();
 }
 
-void SqliteLedgerStore::Enqueue(Op op) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(op));
+namespace {
+// Takes up to `max` operations from `q` into `batch`, waiting for one.
+// Returns false when the queue is stopping and empty.
+template <typename QueueT, typename OpT>
+bool Take(QueueT& q, size_t max, std::vector<OpT*>& batch) {
+  std::unique_lock<std::mutex> lock(q.mu);
+  if (q.ops.empty() && !q.stopping) {
+    ++q.idle;  // the push that wakes us takes it back
+    q.cv.wait(lock, [&] { return q.stopping || !q.ops.empty(); });
   }
-  cv_.notify_one();
+  if (q.ops.empty()) return false;
+  if (q.ops.size() <= max) {
+    batch.swap(q.ops);
+  } else {
+    batch.assign(q.ops.begin(), q.ops.begin() + static_cast<ptrdiff_t>(max));
+    q.ops.erase(q.ops.begin(), q.ops.begin() + static_cast<ptrdiff_t>(max));
+  }
+  return true;
 }
+}  // namespace
 
 void SqliteLedgerStore::WriterLoop() {
-  std::vector<Op> batch;
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, and everything queued is done
-      while (!queue_.empty() && batch.size() < options_.group_commit_max) {
-        batch.push_back(std::move(queue_.front()));
-        queue_.pop_front();
-      }
+  std::vector<Op*> batch;
+  while (Take(writes_, std::max<size_t>(1, options_.group_commit_max), batch)) {
+    absl::Status commit = RunBatch(batch);
+    commits_.fetch_add(1, std::memory_order_relaxed);
+    if (!commit.ok()) {
+      for (Op* op : batch) op->Fail(commit);
     }
-    absl::Status commit = db_->Exec("BEGIN IMMEDIATE");
-    if (commit.ok()) {
-      for (Op& op : batch) {
-        absl::Status s = db_->Exec("SAVEPOINT op");
-        if (s.ok()) {
-          s = op.run(*db_);
-          if (!s.ok()) s = db_->Exec("ROLLBACK TO op");
-          if (s.ok()) s = db_->Exec("RELEASE op");
-        }
-        if (!s.ok()) {
-          commit = s;
-          break;
-        }
-      }
-      if (commit.ok()) commit = db_->Exec("COMMIT");
-      if (!commit.ok()) (void)db_->Exec("ROLLBACK");
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++commits_;
-    }
-    for (Op& op : batch) op.done(commit);
+    Deliver(batch);
     batch.clear();
+    // Copies the WAL back into the database once it has grown, between
+    // batches: no caller waits for it, and with no transaction open it can
+    // finish, so the next transaction starts the WAL over.
+    if (wal_frames_ >= options_.checkpoint_pages) {
+      (void)sqlite3_wal_checkpoint_v2(db_->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      wal_frames_ = 0;
+      checkpoints_.fetch_add(1, std::memory_order_relaxed);
+    }
   }
 }
 
-template <typename R>
-asio::awaitable<R> SqliteLedgerStore::Submit(std::function<R(Db&)> body) {
-  auto initiation = [this](auto handler, std::function<R(Db&)> body) {
+int SqliteLedgerStore::OnWalCommit(void* self, sqlite3*, const char*, int frames) {
+  static_cast<SqliteLedgerStore*>(self)->wal_frames_ = frames;
+  return SQLITE_OK;
+}
+
+absl::Status SqliteLedgerStore::RunBatch(std::vector<Op*>& batch) {
+  Db& db = *db_;
+  auto abandon = [&db](absl::Status s) {
+    if (!db.Autocommit()) (void)db.Run("ROLLBACK");
+    return s;
+  };
+  LEDGER_RETURN_IF_ERROR(db.Run("BEGIN IMMEDIATE"));
+  // Fast path: no savepoints. An operation that fails without having
+  // changed a row left nothing to undo (a failing statement undoes itself).
+  bool rerun = false;
+  for (Op* op : batch) {
+    const int64_t before = db.TotalChanges();
+    absl::Status s = op->RunWrite(db);
+    if (s.ok()) continue;
+    if (db.Autocommit()) return s;  // SQLite rolled the transaction back
+    if (db.TotalChanges() != before) {
+      rerun = true;
+      break;
+    }
+  }
+  if (rerun) {
+    // Run the batch again from the start, each operation in a savepoint, so
+    // that the failed one is undone alone.
+    reruns_.fetch_add(1, std::memory_order_relaxed);
+    LEDGER_RETURN_IF_ERROR(abandon(db.Run("ROLLBACK")));
+    LEDGER_RETURN_IF_ERROR(db.Run("BEGIN IMMEDIATE"));
+    for (Op* op : batch) {
+      if (absl::Status s = db.Run("SAVEPOINT op"); !s.ok()) return abandon(s);
+      if (!op->RunWrite(db).ok()) {
+        if (db.Autocommit()) return absl::UnavailableError("ledger: transaction rolled back");
+        if (absl::Status s = db.Run("ROLLBACK TO op"); !s.ok()) return abandon(s);
+      }
+      if (absl::Status s = db.Run("RELEASE op"); !s.ok()) return abandon(s);
+    }
+  }
+  if (absl::Status s = db.Run("COMMIT"); !s.ok()) return abandon(s);
+  return absl::OkStatus();
+}
+
+void SqliteLedgerStore::ReaderLoop(Db& db) {
+  constexpr size_t kReadBatch = 256;
+  std::vector<Op*> batch, answered, to_writer;
+  while (Take(reads_, kReadBatch, batch)) {
+    {
+      // One read transaction (one snapshot, one lock of the file) for the
+      // batch: every op in it was queued before the snapshot was taken, so
+      // each sees every commit made before it was asked.
+      Db::ReadTransaction snapshot(db);
+      for (Op* op : batch) (op->RunRead(db) ? answered : to_writer).push_back(op);
+    }
+    if (!to_writer.empty()) Push(writes_, to_writer.data(), to_writer.size());
+    Deliver(answered);
+    batch.clear();
+    answered.clear();
+    to_writer.clear();
+  }
+}
+
+namespace {
+// Operations to resume with one post. If the executor is destroyed before
+// running it, the operations are freed (their coroutines with them).
+template <typename OpT>
+struct Chunk {
+  std::vector<OpT*> ops;
+  size_t next = 0;
+  explicit Chunk(std::vector<OpT*> o) : ops(std::move(o)) {}
+  Chunk(Chunk&& other) noexcept : ops(std::move(other.ops)), next(std::exchange(other.next, 0)) {
+    other.ops.clear();
+  }
+  Chunk(const Chunk&) = delete;
+  ~Chunk() {
+    for (; next < ops.size(); ++next) std::unique_ptr<OpT>(ops[next]).reset();
+  }
+  void operator()() {
+    while (next < ops.size()) ops[next++]->Resume();
+  }
+};
+}  // namespace
+
+void SqliteLedgerStore::Deliver(std::vector<Op*>& ops) {
+  // One post per run of operations with the same executor, in chunks so
+  // that an io_context with several threads resumes them in parallel.
+  constexpr size_t kChunk = 16;
+  for (size_t i = 0; i < ops.size();) {
+    size_t j = i + 1;
+    while (j < ops.size() && j - i < kChunk && ops[j]->executor() == ops[i]->executor()) ++j;
+    asio::any_io_executor ex = ops[i]->executor();
+    asio::post(ex, Chunk<Op>(std::vector<Op*>(ops.begin() + static_cast<ptrdiff_t>(i),
+                                               ops.begin() + static_cast<ptrdiff_t>(j))));
+    i = j;
+  }
+}
+
+template <typename R, sqlite_ledger_internal::Route kRoute, typename Fn>
+asio::awaitable<R> SqliteLedgerStore::Submit(Fn fn) {
+  auto initiation = [this](auto handler, Fn fn) {
     using Handler = decltype(handler);
-    struct State {
-      explicit State(Handler h) : handler(std::move(h)) {}
-      Handler handler;
-      std::optional<R> result;
-    };
-    auto state = std::make_shared<State>(std::move(handler));
-    Op op;
-    op.run = [state, body = std::move(body)](Db& db) {
-      state->result.emplace(body(db));
-      return StatusOf(*state->result);
-    };
-    op.done = [state](absl::Status commit) {
-      if (!commit.ok() || !state->result) state->result.emplace(commit.ok() ? absl::UnavailableError("ledger: not run") : commit);
-      auto ex = asio::get_associated_executor(state->handler);
-      asio::post(ex, [state]() mutable { std::move(state->handler)(std::move(*state->result)); });
-    };
-    Enqueue(std::move(op));
+    Op* op = new OpImpl<R, kRoute, Fn, Handler>(std::move(fn), std::move(handler));
+    const bool read_first = kRoute != Route::kWrite && !readers_.empty();
+    Push(read_first ? reads_ : writes_, &op, 1);
   };
   co_return co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(R)>(
-      initiation, asio::use_awaitable, std::move(body));
+      initiation, asio::use_awaitable, std::move(fn));
 }
 
 asio::awaitable<absl::StatusOr<BeginResult>> SqliteLedgerStore::Begin(KeyClaim claim) {
-  std::function<absl::StatusOr<BeginResult>(Db&)> body =
-      [claim = std::move(claim)](Db& db) -> absl::StatusOr<BeginResult> {
-        const int64_t now = NowMicros();
-        {
-          LEDGER_PREPARE(insert,
-                         "INSERT INTO idempotency_keys (key, fingerprint, recharge_id, state, draft,"
-                         " created_at, updated_at) VALUES (?1, ?2, ?3, 'started', ?4, ?5, ?5)"
-                         " ON CONFLICT (key) DO NOTHING");
-          LEDGER_RETURN_IF_ERROR(insert.Text(1, claim.idempotency_key)
-                                     .Blob(2, claim.fingerprint)
-                                     .Text(3, claim.draft.recharge_id())
-                                     .Blob(4, claim.draft.SerializeAsString())
-                                     .Int(5, now)
-                                     .Run());
-        }
+  using Result = absl::StatusOr<BeginResult>;
+  // On a reader: answers a key that exists, passes a new one on (nullopt).
+  // On the writer: claims the key, or reports what it holds. The draft is
+  // serialized only for a key not found, by the reader when there is one.
+  auto body = [claim = std::move(claim), draft = std::string()](Db& db) mutable -> std::optional<Result> {
+    if (!db.read_only()) {
+      if (draft.empty()) draft = claim.draft.SerializeAsString();
+      LEDGER_PREPARE(insert,
+                     "INSERT INTO idempotency_keys (key, fingerprint, recharge_id, state, draft,"
+                     " created_at, updated_at) VALUES (?1, ?2, ?3, 'started', ?4, ?5, ?5)"
+                     " ON CONFLICT (key) DO NOTHING");
+      LEDGER_RETURN_IF_ERROR(insert.Text(1, claim.idempotency_key)
+                                 .Blob(2, claim.fingerprint)
+                                 .Text(3, claim.draft.recharge_id())
+                                 .Blob(4, draft)
+                                 .Int(5, NowMicros())
+                                 .Run());
+      if (db.Changes() == 1) {
         BeginResult out;
-        if (db.Changes() == 1) {
-          out.kind = BeginResult::Kind::kClaimed;
-          out.recharge_id = claim.draft.recharge_id();
-          return out;
-        }
-        LEDGER_PREPARE(select,
-                       "SELECT fingerprint, recharge_id, state, response FROM idempotency_keys"
-                       " WHERE key = ?1");
-        select.Text(1, claim.idempotency_key);
-        absl::StatusOr<bool> row = select.Step();
-        if (!row.ok()) return row.status();
-        if (!*row) return absl::UnavailableError("ledger: key vanished during Begin");
-        out.recharge_id = select.ColText(1);
-        if (select.ColBlob(0) != claim.fingerprint) {
-          out.kind = BeginResult::Kind::kMismatch;
-        } else if (select.ColText(2) == "started") {
-          out.kind = BeginResult::Kind::kInFlight;
-        } else {
-          out.kind = BeginResult::Kind::kReplay;
-          if (!out.stored.ParseFromString(select.ColBlob(3))) {
-            return absl::DataLossError("ledger: stored response does not parse");
-          }
-        }
+        out.kind = BeginResult::Kind::kClaimed;
+        out.recharge_id = claim.draft.recharge_id();
         return out;
-      };
-  co_return co_await Submit<absl::StatusOr<BeginResult>>(std::move(body));
+      }
+    }
+    LEDGER_PREPARE(select,
+                   "SELECT fingerprint, recharge_id, state, response FROM idempotency_keys"
+                   " WHERE key = ?1");
+    select.Text(1, claim.idempotency_key);
+    absl::StatusOr<bool> row = select.Step();
+    if (db.read_only() && (!row.ok() || !*row)) {  // the writer decides
+      draft = claim.draft.SerializeAsString();
+      return std::nullopt;
+    }
+    if (!row.ok()) return row.status();
+    if (!*row) return absl::UnavailableError("ledger: key vanished during Begin");
+    BeginResult out;
+    out.recharge_id = select.ColText(1);
+    if (select.ColBlobView(0) != claim.fingerprint) {
+      out.kind = BeginResult::Kind::kMismatch;
+    } else if (select.ColText(2) == "started") {
+      out.kind = BeginResult::Kind::kInFlight;
+    } else {
+      out.kind = BeginResult::Kind::kReplay;
+      if (!select.ParseCol(3, &out.stored)) {
+        return absl::DataLossError("ledger: stored response does not parse");
+      }
+    }
+    return out;
+  };
+  co_return co_await Submit<Result, Route::kReadThenWrite>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<RecordRechargeResponse>> SqliteLedgerStore::Complete(
     Completion done) {
-  std::function<absl::StatusOr<RecordRechargeResponse>(Db&)> body =
-      [done = std::move(done)](Db& db) -> absl::StatusOr<RecordRechargeResponse> {
-        const int64_t now = NowMicros();
-        {
-          LEDGER_PREPARE(update,
-                         "UPDATE idempotency_keys SET state = 'completed', response = ?1,"
-                         " updated_at = ?2 WHERE key = ?3 AND state = 'started'");
-          LEDGER_RETURN_IF_ERROR(update.Blob(1, done.response.SerializeAsString())
-                                     .Int(2, now)
-                                     .Text(3, done.idempotency_key)
-                                     .Run());
-        }
-        if (db.Changes() == 0) {  // completed already (recovery raced us): that one stands
-          LEDGER_PREPARE(select, "SELECT response FROM idempotency_keys WHERE key = ?1");
-          select.Text(1, done.idempotency_key);
-          absl::StatusOr<bool> row = select.Step();
-          if (!row.ok()) return row.status();
-          RecordRechargeResponse stored;
-          if (!*row || !stored.ParseFromString(select.ColBlob(0))) {
-            return absl::FailedPreconditionError("ledger: key was not claimed");
-          }
-          return stored;
-        }
-        const Recharge& r = done.recharge;
-        {
-          LEDGER_PREPARE(insert,
-                         "INSERT INTO recharges (recharge_id, idempotency_key, user_id, status,"
-                         " created_at, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
-          LEDGER_RETURN_IF_ERROR(
-              insert.Text(1, r.recharge_id())
-                  .Text(2, done.idempotency_key)
-                  .Text(3, r.user_id())
-                  .Int(4, r.status())
-                  .Int(5, r.created_at().seconds() * 1'000'000 + r.created_at().nanos() / 1000)
-                  .Blob(6, r.SerializeAsString())
-                  .Run());
-        }
-        if (done.decision) {
-          LEDGER_PREPARE(log,
-                         "INSERT INTO decision_log (recharge_id, at, inputs, assessment)"
-                         " VALUES (?1, ?2, ?3, ?4)");
-          LEDGER_RETURN_IF_ERROR(log.Text(1, done.decision->recharge_id)
-                                     .Int(2, now)
-                                     .Text(3, done.decision->inputs_json)
-                                     .Blob(4, done.decision->assessment.SerializeAsString())
-                                     .Run());
-        }
-        return done.response;
-      };
-  co_return co_await Submit<absl::StatusOr<RecordRechargeResponse>>(std::move(body));
+  // Serialized on the caller's thread; the writer only binds bytes.
+  struct Rows {
+    std::string key;
+    std::string response;
+    Recharge recharge;
+    std::string record;
+    std::optional<DecisionRecord> decision;
+    std::string assessment;
+    RecordRechargeResponse response_message;
+  };
+  Rows rows;
+  rows.key = std::move(done.idempotency_key);
+  rows.response = done.response.SerializeAsString();
+  rows.record = done.recharge.SerializeAsString();
+  rows.recharge = std::move(done.recharge);
+  if (done.decision) rows.assessment = done.decision->assessment.SerializeAsString();
+  rows.decision = std::move(done.decision);
+  rows.response_message = std::move(done.response);
+  auto body = [rows = std::move(rows)](Db& db) -> absl::StatusOr<RecordRechargeResponse> {
+    const int64_t now = NowMicros();
+    {
+      LEDGER_PREPARE(update,
+                     "UPDATE idempotency_keys SET state = 'completed', response = ?1,"
+                     " updated_at = ?2 WHERE key = ?3 AND state = 'started'");
+      LEDGER_RETURN_IF_ERROR(update.Blob(1, rows.response).Int(2, now).Text(3, rows.key).Run());
+    }
+    if (db.Changes() == 0) {  // completed already (recovery raced us): that one stands
+      LEDGER_PREPARE(select, "SELECT response FROM idempotency_keys WHERE key = ?1");
+      select.Text(1, rows.key);
+      absl::StatusOr<bool> row = select.Step();
+      if (!row.ok()) return row.status();
+      RecordRechargeResponse stored;
+      if (!*row || !select.ParseCol(0, &stored)) {
+        return absl::FailedPreconditionError("ledger: key was not claimed");
+      }
+      return stored;
+    }
+    const Recharge& r = rows.recharge;
+    {
+      LEDGER_PREPARE(insert,
+                     "INSERT INTO recharges (recharge_id, idempotency_key, user_id, status,"
+                     " created_at, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+      LEDGER_RETURN_IF_ERROR(
+          insert.Text(1, r.recharge_id())
+              .Text(2, rows.key)
+              .Text(3, r.user_id())
+              .Int(4, r.status())
+              .Int(5, r.created_at().seconds() * 1'000'000 + r.created_at().nanos() / 1000)
+              .Blob(6, rows.record)
+              .Run());
+    }
+    if (rows.decision) {
+      LEDGER_PREPARE(log,
+                     "INSERT INTO decision_log (recharge_id, at, inputs, assessment)"
+                     " VALUES (?1, ?2, ?3, ?4)");
+      LEDGER_RETURN_IF_ERROR(log.Text(1, rows.decision->recharge_id)
+                                 .Int(2, now)
+                                 .Text(3, rows.decision->inputs_json)
+                                 .Blob(4, rows.assessment)
+                                 .Run());
+    }
+    return rows.response_message;
+  };
+  co_return co_await Submit<absl::StatusOr<RecordRechargeResponse>, Route::kWrite>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::Transition(
     Recharge next, RecordRechargeResponse response, recharge::v1::RechargeStatus from) {
-  std::function<absl::StatusOr<bool>(Db&)> body =
-      [next = std::move(next), response = std::move(response),
-       from](Db& db) -> absl::StatusOr<bool> {
-        {
-          LEDGER_PREPARE(update,
-                         "UPDATE recharges SET status = ?1, record = ?2"
-                         " WHERE recharge_id = ?3 AND status = ?4");
-          LEDGER_RETURN_IF_ERROR(update.Int(1, next.status())
-                                     .Blob(2, next.SerializeAsString())
-                                     .Text(3, next.recharge_id())
-                                     .Int(4, from)
-                                     .Run());
-        }
-        if (db.Changes() == 0) return false;
-        LEDGER_PREPARE(key,
-                       "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
-                       " WHERE key = ?3");
-        LEDGER_RETURN_IF_ERROR(key.Blob(1, response.SerializeAsString())
-                                   .Int(2, NowMicros())
-                                   .Text(3, next.idempotency_key())
-                                   .Run());
-        return true;
-      };
-  co_return co_await Submit<absl::StatusOr<bool>>(std::move(body));
+  auto body = [id = next.recharge_id(), key = next.idempotency_key(), status = next.status(),
+               record = next.SerializeAsString(), response = response.SerializeAsString(),
+               from](Db& db) -> absl::StatusOr<bool> {
+    {
+      LEDGER_PREPARE(update,
+                     "UPDATE recharges SET status = ?1, record = ?2"
+                     " WHERE recharge_id = ?3 AND status = ?4");
+      LEDGER_RETURN_IF_ERROR(update.Int(1, status).Blob(2, record).Text(3, id).Int(4, from).Run());
+    }
+    if (db.Changes() == 0) return false;
+    LEDGER_PREPARE(key_update,
+                   "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
+                   " WHERE key = ?3");
+    LEDGER_RETURN_IF_ERROR(key_update.Blob(1, response).Int(2, NowMicros()).Text(3, key).Run());
+    return true;
+  };
+  co_return co_await Submit<absl::StatusOr<bool>, Route::kWrite>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListByStatus(
     recharge::v1::RechargeStatus status, int page_size, std::optional<RechargeCursor> cursor) {
-  std::function<absl::StatusOr<RechargePage>(Db&)> body =
-      [status, page_size, cursor](Db& db) -> absl::StatusOr<RechargePage> {
-        LEDGER_PREPARE(stmt,
-                       "SELECT created_at, seq, record FROM recharges WHERE status = ?1"
-                       " AND (created_at > ?2 OR (created_at = ?2 AND seq > ?3))"
-                       " ORDER BY created_at, seq LIMIT ?4");
-        const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MIN, INT64_MIN});
-        stmt.Int(1, status).Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
-        return Db::ReadPage(stmt, page_size);
-      };
-  co_return co_await Submit<absl::StatusOr<RechargePage>>(std::move(body));
+  auto body = [status, page_size, cursor](Db& db) -> absl::StatusOr<RechargePage> {
+    LEDGER_PREPARE(stmt,
+                   "SELECT created_at, seq, record FROM recharges WHERE status = ?1"
+                   " AND (created_at > ?2 OR (created_at = ?2 AND seq > ?3))"
+                   " ORDER BY created_at, seq LIMIT ?4");
+    const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MIN, INT64_MIN});
+    stmt.Int(1, status).Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
+    return Db::ReadPage(stmt, page_size);
+  };
+  co_return co_await Submit<absl::StatusOr<RechargePage>, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<std::string>> SqliteLedgerStore::GetDecisionInputs(
     std::string recharge_id) {
-  std::function<absl::StatusOr<std::string>(Db&)> body =
-      [id = std::move(recharge_id)](Db& db) -> absl::StatusOr<std::string> {
-        LEDGER_PREPARE(select,
-                       "SELECT inputs FROM decision_log WHERE recharge_id = ?1"
-                       " ORDER BY seq DESC LIMIT 1");
-        select.Text(1, id);
-        absl::StatusOr<bool> row = select.Step();
-        if (!row.ok()) return row.status();
-        if (!*row) return absl::NotFoundError(StrCat("recharge_id: no decision recorded for \"", id, "\""));
-        return select.ColText(0);
-      };
-  co_return co_await Submit<absl::StatusOr<std::string>>(std::move(body));
+  auto body = [id = std::move(recharge_id)](Db& db) -> absl::StatusOr<std::string> {
+    LEDGER_PREPARE(select,
+                   "SELECT inputs FROM decision_log WHERE recharge_id = ?1"
+                   " ORDER BY seq DESC LIMIT 1");
+    select.Text(1, id);
+    absl::StatusOr<bool> row = select.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return absl::NotFoundError(StrCat("recharge_id: no decision recorded for \"", id, "\""));
+    return select.ColText(0);
+  };
+  co_return co_await Submit<absl::StatusOr<std::string>, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::string id) {
-  std::function<absl::StatusOr<Recharge>(Db&)> body =
-      [id = std::move(id)](Db& db) -> absl::StatusOr<Recharge> {
-        LEDGER_PREPARE(select, "SELECT record FROM recharges WHERE recharge_id = ?1");
-        select.Text(1, id);
-        absl::StatusOr<bool> row = select.Step();
-        if (!row.ok()) return row.status();
-        if (!*row) return absl::NotFoundError(StrCat("recharge_id: no recharge \"", id, "\""));
-        Recharge r;
-        if (!r.ParseFromString(select.ColBlob(0))) {
-          return absl::DataLossError("ledger: stored recharge does not parse");
-        }
-        return r;
-      };
-  co_return co_await Submit<absl::StatusOr<Recharge>>(std::move(body));
+  auto body = [id = std::move(id)](Db& db) -> absl::StatusOr<Recharge> {
+    LEDGER_PREPARE(select, "SELECT record FROM recharges WHERE recharge_id = ?1");
+    select.Text(1, id);
+    absl::StatusOr<bool> row = select.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return absl::NotFoundError(StrCat("recharge_id: no recharge \"", id, "\""));
+    Recharge r;
+    if (!select.ParseCol(0, &r)) return absl::DataLossError("ledger: stored recharge does not parse");
+    return r;
+  };
+  co_return co_await Submit<absl::StatusOr<Recharge>, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListRecharges(
     std::string user_id, int page_size, std::optional<RechargeCursor> cursor) {
-  std::function<absl::StatusOr<RechargePage>(Db&)> body =
-      [user_id = std::move(user_id), page_size,
-       cursor](Db& db) -> absl::StatusOr<RechargePage> {
-        auto stmt_or =
-            user_id.empty()
-                ? db.Prepare("SELECT created_at, seq, record FROM recharges"
-                             " WHERE (created_at < ?2 OR (created_at = ?2 AND seq < ?3))"
-                             " ORDER BY created_at DESC, seq DESC LIMIT ?4")
-                : db.Prepare("SELECT created_at, seq, record FROM recharges WHERE user_id = ?1"
-                             " AND (created_at < ?2 OR (created_at = ?2 AND seq < ?3))"
-                             " ORDER BY created_at DESC, seq DESC LIMIT ?4");
-        if (!stmt_or.ok()) return stmt_or.status();
-        Db::Stmt& stmt = **stmt_or;
-        if (!user_id.empty()) stmt.Text(1, user_id);
-        const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MAX, INT64_MAX});
-        stmt.Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
-        return Db::ReadPage(stmt, page_size);
-      };
-  co_return co_await Submit<absl::StatusOr<RechargePage>>(std::move(body));
+  auto body = [user_id = std::move(user_id), page_size,
+               cursor](Db& db) -> absl::StatusOr<RechargePage> {
+    auto stmt_or =
+        user_id.empty()
+            ? db.Prepare("SELECT created_at, seq, record FROM recharges"
+                         " WHERE (created_at < ?2 OR (created_at = ?2 AND seq < ?3))"
+                         " ORDER BY created_at DESC, seq DESC LIMIT ?4")
+            : db.Prepare("SELECT created_at, seq, record FROM recharges WHERE user_id = ?1"
+                         " AND (created_at < ?2 OR (created_at = ?2 AND seq < ?3))"
+                         " ORDER BY created_at DESC, seq DESC LIMIT ?4");
+    if (!stmt_or.ok()) return stmt_or.status();
+    Db::Stmt& stmt = *stmt_or;
+    if (!user_id.empty()) stmt.Text(1, user_id);
+    const RechargeCursor from = cursor.value_or(RechargeCursor{INT64_MAX, INT64_MAX});
+    stmt.Int(2, from.created_at_us).Int(3, from.seq).Int(4, page_size + 1);
+    return Db::ReadPage(stmt, page_size);
+  };
+  co_return co_await Submit<absl::StatusOr<RechargePage>, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> SqliteLedgerStore::ListUnresolved(
     std::chrono::system_clock::time_point started_before) {
+  using Result = absl::StatusOr<std::vector<UnresolvedRecharge>>;
   const int64_t before = UnixMicros(started_before);
-  std::function<absl::StatusOr<std::vector<UnresolvedRecharge>>(Db&)> body =
-      [before](Db& db) -> absl::StatusOr<std::vector<UnresolvedRecharge>> {
-        std::vector<UnresolvedRecharge> out;
-        {
-          LEDGER_PREPARE(started,
-                         "SELECT key, draft FROM idempotency_keys WHERE state = 'started'"
-                         " AND created_at < ?1 ORDER BY created_at");
-          started.Int(1, before);
-          for (;;) {
-            absl::StatusOr<bool> row = started.Step();
-            if (!row.ok()) return row.status();
-            if (!*row) break;
-            UnresolvedRecharge& u = out.emplace_back();
-            u.idempotency_key = started.ColText(0);
-            u.started = true;
-            if (!u.recharge.ParseFromString(started.ColBlob(1))) {
-              return absl::DataLossError("ledger: stored draft does not parse");
-            }
-          }
+  auto body = [before](Db& db) -> Result {
+    Db::ReadTransaction snapshot(db);  // both lists from one snapshot
+    std::vector<UnresolvedRecharge> out;
+    {
+      LEDGER_PREPARE(started,
+                     "SELECT key, draft FROM idempotency_keys WHERE state = 'started'"
+                     " AND created_at < ?1 ORDER BY created_at");
+      started.Int(1, before);
+      for (;;) {
+        absl::StatusOr<bool> row = started.Step();
+        if (!row.ok()) return row.status();
+        if (!*row) break;
+        UnresolvedRecharge& u = out.emplace_back();
+        u.idempotency_key = started.ColText(0);
+        u.started = true;
+        if (!started.ParseCol(1, &u.recharge)) {
+          return absl::DataLossError("ledger: stored draft does not parse");
         }
-        LEDGER_PREPARE(pending,
-                       "SELECT idempotency_key, record FROM recharges WHERE status = 6"
-                       " ORDER BY seq");
-        for (;;) {
-          absl::StatusOr<bool> row = pending.Step();
-          if (!row.ok()) return row.status();
-          if (!*row) break;
-          UnresolvedRecharge& u = out.emplace_back();
-          u.idempotency_key = pending.ColText(0);
-          if (!u.recharge.ParseFromString(pending.ColBlob(1))) {
-            return absl::DataLossError("ledger: stored recharge does not parse");
-          }
-        }
-        return out;
-      };
-  co_return co_await Submit<absl::StatusOr<std::vector<UnresolvedRecharge>>>(std::move(body));
+      }
+    }
+    LEDGER_PREPARE(pending,
+                   "SELECT idempotency_key, record FROM recharges WHERE status = 6"
+                   " ORDER BY seq");
+    for (;;) {
+      absl::StatusOr<bool> row = pending.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      UnresolvedRecharge& u = out.emplace_back();
+      u.idempotency_key = pending.ColText(0);
+      if (!pending.ParseCol(1, &u.recharge)) {
+        return absl::DataLossError("ledger: stored recharge does not parse");
+      }
+    }
+    return out;
+  };
+  co_return co_await Submit<Result, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::Status> SqliteLedgerStore::AppendAudit(recharge::v1::AuditEvent event) {
-  std::function<absl::Status(Db&)> body = [event = std::move(event)](Db& db) -> absl::Status {
+  auto body = [event = std::move(event)](Db& db) -> absl::Status {
     LEDGER_PREPARE(insert,
                    "INSERT INTO audit_log (at, caller, rpc, target, note, outcome, detail)"
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
@@ -564,12 +815,12 @@ asio::awaitable<absl::Status> SqliteLedgerStore::AppendAudit(recharge::v1::Audit
         .Text(7, event.detail())
         .Run();
   };
-  co_return co_await Submit<absl::Status>(std::move(body));
+  co_return co_await Submit<absl::Status, Route::kWrite>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<AuditPage>> SqliteLedgerStore::ListAudit(
     int page_size, std::optional<int64_t> before_seq) {
-  std::function<absl::StatusOr<AuditPage>(Db&)> body =
+  auto body =
       [page_size, before_seq](Db& db) -> absl::StatusOr<AuditPage> {
         LEDGER_PREPARE(stmt,
                        "SELECT seq, at, caller, rpc, target, note, outcome, detail FROM audit_log"
@@ -598,13 +849,13 @@ asio::awaitable<absl::StatusOr<AuditPage>> SqliteLedgerStore::ListAudit(
         }
         return page;
       };
-  co_return co_await Submit<absl::StatusOr<AuditPage>>(std::move(body));
+  co_return co_await Submit<absl::StatusOr<AuditPage>, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeKeys(
     std::chrono::system_clock::time_point before) {
   const int64_t cutoff = UnixMicros(before);
-  std::function<absl::StatusOr<int64_t>(Db&)> body =
+  auto body =
       [cutoff](Db& db) -> absl::StatusOr<int64_t> {
         // A key whose recharge is still PENDING is kept: forgetting it would
         // let a retry charge a second time.
@@ -615,7 +866,7 @@ asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeKeys(
         LEDGER_RETURN_IF_ERROR(purge.Int(1, cutoff).Run());
         return db.Changes();
       };
-  co_return co_await Submit<absl::StatusOr<int64_t>>(std::move(body));
+  co_return co_await Submit<absl::StatusOr<int64_t>, Route::kWrite>(std::move(body));
 }
 
 }  // namespace recharge

@@ -7,7 +7,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
+#include <future>
 #include <thread>
 
 #include "io/crypto.h"
@@ -285,6 +287,143 @@ TEST_F(LedgerTest, AuditEventsAreKeptAcrossReopenAndListedNewestFirstInPages) {
   ASSERT_EQ(last->events.size(), 1u);
   EXPECT_EQ(last->events[0].target(), "seller-0");
   EXPECT_FALSE(last->next_before_seq.has_value());
+}
+
+TEST_F(LedgerTest, ReplayMismatchAndInFlightAreAnsweredWithoutAWriterCommit) {
+  KeyClaim done = Claim("reader-done", "fp-A");
+  ASSERT_EQ(Run(store_->Begin(done))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(done, RECHARGE_STATUS_APPROVED))).ok());
+  KeyClaim started = Claim("reader-started", "fp-A");
+  ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
+
+  const uint64_t commits_before = store_->commits();
+  for (int i = 0; i < 20; ++i) {
+    auto replay = Run(store_->Begin(done));
+    ASSERT_TRUE(replay.ok());
+    EXPECT_EQ(replay->kind, Kind::kReplay);
+    EXPECT_EQ(replay->recharge_id, "rch_reader-done");
+    EXPECT_EQ(replay->stored.status(), RECHARGE_STATUS_APPROVED);
+  }
+  EXPECT_EQ(Run(store_->Begin(Claim("reader-done", "fp-B")))->kind, Kind::kMismatch);
+  EXPECT_EQ(Run(store_->Begin(started))->kind, Kind::kInFlight);
+  EXPECT_EQ(Run(store_->Begin(Claim("reader-started", "fp-B")))->kind, Kind::kMismatch);
+  EXPECT_TRUE(Run(store_->GetRecharge("rch_reader-done")).ok());
+  EXPECT_TRUE(Run(store_->ListRecharges("u1", 10, std::nullopt)).ok());
+  EXPECT_EQ(store_->commits(), commits_before);
+
+  // A new key still needs the writer.
+  EXPECT_EQ(Run(store_->Begin(Claim("reader-new", "fp-A")))->kind, Kind::kClaimed);
+  EXPECT_EQ(store_->commits(), commits_before + 1);
+}
+
+TEST_F(LedgerTest, ClaimsRacingReplayReadsOfOneKeyHaveExactlyOneClaim) {
+  // Every caller retries until it sees the stored response; the one that
+  // claims the key completes it. Readers and the writer answer concurrently.
+  constexpr int kCallers = 200;
+  const KeyClaim c = Claim("race-replay", "fp");
+  std::atomic<int> claimed{0}, replayed{0}, errors{0};
+  auto caller = [&]() -> asio::awaitable<void> {
+    for (int attempt = 0; attempt < 10'000; ++attempt) {
+      absl::StatusOr<BeginResult> r = co_await store_->Begin(c);
+      if (!r.ok()) {
+        ++errors;
+        co_return;
+      }
+      if (r->kind == Kind::kClaimed) {
+        ++claimed;
+        absl::StatusOr<RecordRechargeResponse> stored =
+            co_await store_->Complete(Done(c, RECHARGE_STATUS_APPROVED));
+        if (!stored.ok()) ++errors;
+        co_return;
+      }
+      if (r->kind == Kind::kReplay) {
+        ++replayed;
+        co_return;
+      }
+      if (r->kind != Kind::kInFlight) {
+        ++errors;
+        co_return;
+      }
+    }
+    ++errors;  // never saw the outcome
+  };
+  std::vector<std::future<void>> calls;
+  for (int i = 0; i < kCallers; ++i) calls.push_back(asio::co_spawn(io_, caller(), asio::use_future));
+  for (auto& f : calls) f.get();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(claimed.load(), 1);
+  EXPECT_EQ(replayed.load(), kCallers - 1);
+}
+
+TEST_F(LedgerTest, AnOperationFailingAfterItWroteIsUndoneAloneAndItsBatchCommits) {
+  // Two keys whose drafts share a recharge id: the second completion updates
+  // its key, then fails on the recharge's unique id. That update must be
+  // undone while the operations batched with it commit.
+  KeyClaim first = Claim("dup-1", "fp");
+  KeyClaim second = Claim("dup-2", "fp");
+  second.draft.set_recharge_id(first.draft.recharge_id());
+  ASSERT_EQ(Run(store_->Begin(first))->kind, Kind::kClaimed);
+  ASSERT_EQ(Run(store_->Begin(second))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(first, RECHARGE_STATUS_APPROVED))).ok());
+
+  const uint64_t reruns_before = store_->savepoint_reruns();
+  std::vector<std::future<absl::StatusOr<BeginResult>>> others;
+  for (int i = 0; i < 20; ++i) {
+    others.push_back(asio::co_spawn(io_, store_->Begin(Claim("batched-" + std::to_string(i), "fp")),
+                                    asio::use_future));
+  }
+  Completion dup = Done(second, RECHARGE_STATUS_APPROVED);
+  auto failed = Run(store_->Complete(dup));
+  EXPECT_FALSE(failed.ok());
+  EXPECT_GE(store_->savepoint_reruns(), reruns_before + 1);
+  for (auto& f : others) {
+    auto r = f.get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->kind, Kind::kClaimed);
+  }
+
+  store_.reset();  // what was committed is on disk
+  Open();
+  EXPECT_EQ(Run(store_->Begin(second))->kind, Kind::kInFlight);  // still `started`
+  EXPECT_EQ(Run(store_->Begin(first))->kind, Kind::kReplay);
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(Run(store_->Begin(Claim("batched-" + std::to_string(i), "fp")))->kind, Kind::kInFlight);
+  }
+}
+
+TEST_F(LedgerTest, WithoutReaderThreadsTheWriterAnswersEverything) {
+  store_.reset();
+  auto s = SqliteLedgerStore::Open({.path = (dir_ / "ledger.db").string(), .reader_threads = 0});
+  ASSERT_TRUE(s.ok()) << s.status();
+  store_ = *std::move(s);
+  KeyClaim c = Claim("no-readers", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  EXPECT_EQ(Run(store_->Begin(c))->kind, Kind::kInFlight);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  const uint64_t commits_before = store_->commits();
+  EXPECT_EQ(Run(store_->Begin(c))->kind, Kind::kReplay);
+  EXPECT_EQ(store_->commits(), commits_before + 1);
+  EXPECT_EQ(Run(store_->GetRecharge("rch_no-readers"))->status(), RECHARGE_STATUS_APPROVED);
+  auto unresolved = Run(store_->ListUnresolved(std::chrono::system_clock::now()));
+  ASSERT_TRUE(unresolved.ok()) << unresolved.status();
+  EXPECT_TRUE(unresolved->empty());
+}
+
+TEST_F(LedgerTest, TheWalIsCheckpointedBetweenBatches) {
+  store_.reset();
+  auto s = SqliteLedgerStore::Open({.path = (dir_ / "ledger.db").string(), .checkpoint_pages = 8});
+  ASSERT_TRUE(s.ok()) << s.status();
+  store_ = *std::move(s);
+  for (int i = 0; i < 20; ++i) {
+    KeyClaim c = Claim("ckpt-" + std::to_string(i), "fp");
+    ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+    ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  }
+  EXPECT_GT(store_->checkpoints(), 0u);
+  EXPECT_LT(std::filesystem::file_size(dir_ / "ledger.db-wal"), 64u * 4096u);
+  store_.reset();
+  Open();
+  EXPECT_EQ(Run(store_->Begin(Claim("ckpt-19", "fp")))->kind, Kind::kReplay);
 }
 
 TEST(SqliteLedgerStore, UnopenablePathIsUnavailableAndNamed) {
