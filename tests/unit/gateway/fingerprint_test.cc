@@ -69,6 +69,14 @@ TEST(RechargeId, HasPrefixAndIsUnique) {
   EXPECT_EQ(a.rfind("rch_", 0), 0u);
   EXPECT_EQ(a.size(), 28u);
   EXPECT_NE(a, b);
+  // Later ids sort later (their first 12 hex digits are the time in µs).
+  std::string prev = NewRechargeId();
+  for (int i = 0; i < 1000; ++i) {
+    std::string next = NewRechargeId();
+    EXPECT_LE(prev.substr(0, 16), next.substr(0, 16));
+    EXPECT_EQ(next.find_first_not_of("0123456789abcdef", 4), std::string::npos) << next;
+    prev = std::move(next);
+  }
 }
 
 }  // namespace
