@@ -11,6 +11,7 @@
 # var/dev/app-client.pem/.key or var/dev/ops-client.pem/.key.
 #
 # Environment: GATEWAY_PORT (50051), REDIS_PORT (6390), SANDBOX_PORT (8443),
+# SANDBOX_LATENCY_MS (0: the sandbox's injected provider latency, in ms),
 # GATEWAY_TLS (0), GATEWAY_LOG_LEVEL (info).
 # Safe to run twice: set-up steps skip what is already done.
 set -euo pipefail
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 export GATEWAY_PORT="${GATEWAY_PORT:-50051}" REDIS_PORT="${REDIS_PORT:-6390}" SANDBOX_PORT="${SANDBOX_PORT:-8443}"
 
 ./scripts/install-deps.sh
-./scripts/build.sh Release recharge-gateway recharge_proto_py
+./scripts/build.sh Release recharge-gateway recharge_proto_py psp-sandbox
 ./scripts/dev-secrets.sh var
 mkdir -p var/redis var/sandbox var/log
 token_sha256() { tr -d '\n' < "$1" | sha256sum | cut -d' ' -f1; }
@@ -30,6 +31,10 @@ if [ "${GATEWAY_TLS:-0}" = 1 ]; then
 else
   export GATEWAY_TRANSPORT=plaintext
 fi
+
+# One file descriptor per provider connection (configs/adapters.yaml,
+# pool_size): raise the soft limit as far as the hard one allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$GATEWAY_PORT" "$REDIS_PORT" "$SANDBOX_PORT"; do
@@ -55,11 +60,12 @@ redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$PWD/var/redis" \
 pids+=($!)
 
 rm -f var/sandbox/port
-/usr/bin/python3 sandbox/psp_sandbox.py --host 127.0.0.1 --port "$SANDBOX_PORT" \
+"${SANDBOX_BIN:-build/sandbox/psp-sandbox}" --host 127.0.0.1 --port "$SANDBOX_PORT" \
   --cert var/certs/server.pem --key var/certs/server.key \
   --journal var/sandbox/journal.jsonl --card-secret-file var/secrets/card_api_key \
   --paypal-credentials-file var/secrets/paypal_credentials \
   --ewallet-secret-file var/secrets/ewallet_secret \
+  --latency-ms "${SANDBOX_LATENCY_MS:-0}" \
   --port-file var/sandbox/port >> var/log/sandbox.log 2>&1 &
 pids+=($!)
 

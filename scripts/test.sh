@@ -3,8 +3,8 @@
 #  1. the Release flavour (build/): the whole suite through ctest — unit
 #     tests, the sandbox's tests, and end-to-end tests that start their own
 #     Redis, PSP sandbox and gateway on free loopback ports;
-#  2. the sanitizer flavour (build/asan, ASan + UBSan): the unit, integration
-#     and end-to-end tests again, against the instrumented code;
+#  2. the sanitizer flavour (build/asan, ASan + UBSan): the unit, integration,
+#     sandbox and end-to-end tests again, against the instrumented code;
 #  3. the fuzz flavour (build/fuzz, clang + libFuzzer): each fuzz target of
 #     tests/fuzz for a bounded time (FUZZ_SECONDS each, default 60).
 # Prints ctest's summary for each and exits non-zero on any failure.
@@ -26,10 +26,10 @@ status=0
 
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
   echo "== ASan/UBSan flavour ==" >&2
-  ./scripts/build.sh Asan unit_tests integration_tests recharge-gateway recharge_proto_py
+  ./scripts/build.sh Asan unit_tests integration_tests recharge-gateway recharge_proto_py psp-sandbox
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
   # shellcheck disable=SC2086
-  (cd build/asan && ctest -j "$JOBS" --output-on-failure --timeout 600 -L 'unit|integration|e2e' ${CTEST_ARGS:-}) || status=1
+  (cd build/asan && ctest -j "$JOBS" --output-on-failure --timeout 600 -L 'unit|integration|e2e|sandbox' ${CTEST_ARGS:-}) || status=1
 fi
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   echo "== Fuzz flavour ==" >&2

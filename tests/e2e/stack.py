@@ -51,6 +51,7 @@ random hex characters per stack); the configs use absolute paths only.
 
 Environment (defaults are relative to the repository root):
     GATEWAY_BIN      build/gateway/recharge-gateway
+    SANDBOX_BIN      build/sandbox/psp-sandbox
     RECHARGE_PY_OUT  build/python (the generated recharge/v1 Python stubs)
     E2E_KEEP_TMP     if set, the temporary directory is kept (its path is printed)
 """
@@ -78,7 +79,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_BIN = Path(os.environ.get("GATEWAY_BIN") or REPO / "build" / "gateway" / "recharge-gateway")
 PY_OUT = Path(os.environ.get("RECHARGE_PY_OUT") or REPO / "build" / "python")
-SANDBOX = REPO / "sandbox" / "psp_sandbox.py"
+SANDBOX_BIN = Path(os.environ.get("SANDBOX_BIN") or REPO / "build" / "sandbox" / "psp-sandbox")
 MAKE_CERTS = REPO / "scripts" / "make-dev-certs.sh"
 PACKAGES_YAML = REPO / "configs" / "packages.yaml"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -105,7 +106,7 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
                    ("grpc.min_reconnect_backoff_ms", 50),
                    ("grpc.max_reconnect_backoff_ms", 250)]
 
-# Deterministic test instruments of the sandbox (sandbox/card_api.py).
+# Deterministic test instruments of the sandbox (sandbox/card_api.h).
 CARD_APPROVE = "4242424242424242"
 CARD_DECLINE = "4000000000000002"
 CARD_NSF = "4000000000009995"
@@ -274,7 +275,7 @@ class Proc:
 
 
 class Sandbox:
-    """One PSP sandbox process (sandbox/psp_sandbox.py) over HTTPS, with its
+    """One PSP sandbox process (the psp-sandbox binary, $SANDBOX_BIN) over HTTPS, with its
     journal, port file and log in `directory`. Can be stopped and started
     again (by default on the same port); its journal survives restarts."""
 
@@ -309,7 +310,7 @@ class Sandbox:
             port = self.port
         port_file = self.dir / "port"
         port_file.unlink(missing_ok=True)
-        argv = [PYTHON, str(SANDBOX), "--host", "127.0.0.1", "--port", str(port),
+        argv = [str(SANDBOX_BIN), "--host", "127.0.0.1", "--port", str(port),
                 "--cert", str(self.certs / "server.pem"), "--key", str(self.certs / "server.key"),
                 "--journal", str(self.journal_path),
                 "--card-secret-file", str(self.card_secret_file),

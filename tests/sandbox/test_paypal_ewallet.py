@@ -890,7 +890,7 @@ class RestartTest(unittest.TestCase):
             self.assertEqual([c["id"] for c in sb.pp_lookup(pkey)[2]["captures"]], [cap_id])
 
             # E-wallet: same status and body, except the full account_id,
-            # which is not journaled (documented in ewallet_api.py).
+            # which is not journaled (documented in sandbox/ewallet_api.h).
             for (s, _, body, _), provider, acct, amount, cur, key, ref in (
                     (e1, "gcash", eacct, 1200, "PHP", ekey, "rch_e1"),
                     (e2, "kakaopay", facct, 3000, "KRW", fkey, "rch_e2")):
@@ -931,7 +931,7 @@ class CliTest(unittest.TestCase):
     def test_bad_credentials_file_fails_startup(self):
         bad = TMP / "bad.credentials"
         bad.write_text("only-one-line\n")
-        cmd = [base.PYTHON, str(base.SANDBOX), "--port", "0",
+        cmd = [str(base.SANDBOX), "--port", "0",
                "--cert", str(CERTS / "server.pem"), "--key", str(CERTS / "server.key"),
                "--journal", str(TMP / "unused.jsonl"), "--card-secret-file", str(CARD_FILE),
                "--paypal-credentials-file", str(bad)]

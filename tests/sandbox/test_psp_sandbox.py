@@ -1,5 +1,7 @@
 #!/usr/bin/python3
-"""End-to-end tests for sandbox/psp_sandbox.py over real, verified HTTPS.
+"""End-to-end tests for the PSP sandbox (the psp-sandbox binary built from
+sandbox/) over real, verified HTTPS. The binary is $SANDBOX_BIN, by default
+build/sandbox/psp-sandbox (ctest sets SANDBOX_BIN).
 
 Run from the repository root with either:
     /usr/bin/python3 -m unittest tests/sandbox/test_psp_sandbox.py
@@ -27,7 +29,7 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SANDBOX = REPO / "sandbox" / "psp_sandbox.py"
+SANDBOX = Path(os.environ.get("SANDBOX_BIN") or REPO / "build" / "sandbox" / "psp-sandbox")
 MAKE_CERTS = REPO / "scripts" / "make-dev-certs.sh"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
@@ -77,7 +79,7 @@ class Sandbox:
     def start(self) -> "Sandbox":
         if self.port_file.exists():
             self.port_file.unlink()
-        cmd = [PYTHON, str(SANDBOX), "--host", "127.0.0.1", "--port", "0",
+        cmd = [str(SANDBOX), "--host", "127.0.0.1", "--port", "0",
                "--cert", str(self.certdir / "server.pem"), "--key", str(self.certdir / "server.key"),
                "--journal", str(self.journal), "--card-secret-file", str(self.secret_file),
                "--port-file", str(self.port_file), *self.extra_args]

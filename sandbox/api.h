@@ -1,0 +1,77 @@
+// SandboxApi: one provider API of the sandbox (card, PayPal, e-wallet). An
+// API adds its routes to the router, rebuilds its state from its journal
+// records at start-up, and is given the shared services: the journal, its
+// own idempotency store and its ApiConfig (latency / fault injection).
+//
+// Adding an API: a new <name>_api.{h,cc} with a Make<Name>Api factory that
+// returns a SandboxApi, registered in main.cc's API list.
+//
+// Thread-safety: handlers run concurrently on every server thread.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "io/asio.h"
+#include "sandbox/config.h"
+#include "sandbox/http.h"
+
+namespace recharge::sandbox {
+
+class SandboxApi {
+ public:
+  virtual ~SandboxApi() = default;
+  virtual std::string_view name() const = 0;
+  // Adds the API's routes; requests routed to them count for `api_index`.
+  virtual void AddRoutes(Router& router, int api_index) = 0;
+  // Rebuilds one charge (and its idempotency entry) from a journal record
+  // of this API. An error stops start-up.
+  virtual absl::Status Restore(const Json& record) = 0;
+};
+
+// Sleeps the API's configured latency (plus jitter). False: the sandbox is
+// stopping and the request must be abandoned (nothing charged).
+inline asio::awaitable<bool> SimulateLatency(const ApiConfig& config, Request& request) {
+  const double seconds = config.DelaySeconds();
+  if (seconds <= 0) co_return true;
+  co_return co_await request.context->Sleep(seconds);
+}
+
+// Request counters per API and PayPal token grants, for /_sandbox/stats.
+class Stats {
+ public:
+  explicit Stats(std::vector<std::string> apis)
+      : apis_(std::move(apis)), requests_(apis_.size()) {}
+
+  void CountRequest(int api_index) {
+    requests_[static_cast<size_t>(api_index)].fetch_add(1, std::memory_order_relaxed);
+  }
+  void CountTokenGrant() { token_grants_.fetch_add(1, std::memory_order_relaxed); }
+
+  // {"paypal_token_grants":N,"requests":{"card":N,...}}
+  Json Snapshot() const {
+    Json requests = Json::object();
+    for (size_t i = 0; i < apis_.size(); ++i) {
+      requests[apis_[i]] = requests_[i].load(std::memory_order_relaxed);
+    }
+    Json out = Json::object();
+    out["paypal_token_grants"] = token_grants_.load(std::memory_order_relaxed);
+    out["requests"] = std::move(requests);
+    return out;
+  }
+  Json Reset() {
+    token_grants_.store(0, std::memory_order_relaxed);
+    for (auto& r : requests_) r.store(0, std::memory_order_relaxed);
+    return Snapshot();
+  }
+
+ private:
+  const std::vector<std::string> apis_;
+  std::vector<std::atomic<uint64_t>> requests_;
+  std::atomic<uint64_t> token_grants_{0};
+};
+
+}  // namespace recharge::sandbox

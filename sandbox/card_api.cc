@@ -1,0 +1,495 @@
+#include "sandbox/card_api.h"
+
+#include <algorithm>
+#include <cctype>
+#include <array>
+#include <ctime>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+#include "io/crypto.h"
+#include "io/strings.h"
+#include "sandbox/idempotency.h"
+
+namespace recharge::sandbox {
+
+namespace {
+
+constexpr std::string_view kApiName = "card";
+constexpr std::string_view kDeclinePrefix = "4000000000";
+constexpr size_t kMaxIdempotencyKeyLen = 255;
+constexpr size_t kMaxDescriptionLen = 1000;
+constexpr size_t kMaxMetadataKeys = 50;
+constexpr size_t kMaxMetadataKeyLen = 40;
+constexpr size_t kMaxMetadataValueLen = 500;
+constexpr size_t kMaxFormFields = 200;
+constexpr int64_t kMaxAmount = 99'999'999'999;
+
+// One charge taken (or rebuilt from the journal); also what is stored under
+// its idempotency key.
+struct Charge final : StoredResult {
+  std::string id;
+  int64_t amount = 0;
+  std::string currency;
+  std::string status;  // "succeeded" | "failed"
+  std::string decline_code;
+  std::string last4;
+  std::optional<std::string> idempotency_key;
+  double ts = 0;
+  // SHA-256 over every request parameter (in memory only); empty for a
+  // charge rebuilt from the journal, compared on amount/currency/last4.
+  std::string fingerprint;
+};
+
+struct ChargeParams {
+  int64_t amount = 0;
+  std::string currency;  // upper case
+  Secret number;
+  std::string fingerprint;
+};
+
+Response Invalid(std::string_view param, std::string_view message) {
+  Json extra = Json::object();
+  extra["param"] = param;
+  return ErrorResponse(400, "invalid_request_error", "parameter_invalid", message, std::move(extra));
+}
+
+Response InternalError() {
+  Json err = Json::object();
+  err["type"] = "api_error";
+  err["code"] = "internal_error";
+  err["charged"] = false;
+  Json body = Json::object();
+  body["error"] = std::move(err);
+  return Response::FromJson(500, body);
+}
+
+// Digits-only amount in (0, kMaxAmount], leading zeros allowed.
+std::optional<int64_t> ParseAmount(std::string_view s) {
+  if (!IsAsciiDigits(s)) return std::nullopt;
+  while (s.size() > 1 && s.front() == '0') s.remove_prefix(1);
+  if (s.size() > 11) return std::nullopt;
+  int64_t v = 0;
+  for (char c : s) v = v * 10 + (c - '0');
+  if (v <= 0 || v > kMaxAmount) return std::nullopt;
+  return v;
+}
+
+int SmallInt(std::string_view digits) {  // REQUIRES: 1..4 ASCII digits
+  int v = 0;
+  for (char c : digits) v = v * 10 + (c - '0');
+  return v;
+}
+
+class ShardedChargeIndex {
+ public:
+  void Put(std::shared_ptr<const Charge> charge) {
+    Shard& s = ShardFor(charge->id);
+    std::lock_guard lock(s.mu);
+    s.by_id[charge->id] = std::move(charge);
+  }
+  std::shared_ptr<const Charge> Get(std::string_view id) {
+    Shard& s = ShardFor(id);
+    std::lock_guard lock(s.mu);
+    auto it = s.by_id.find(std::string(id));
+    return it == s.by_id.end() ? nullptr : it->second;
+  }
+
+ private:
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::shared_ptr<const Charge>> by_id;
+  };
+  Shard& ShardFor(std::string_view id) { return shards_[std::hash<std::string_view>{}(id) % 64]; }
+  std::array<Shard, 64> shards_;
+};
+
+class CardApi final : public SandboxApi {
+ public:
+  CardApi(Secret secret, Journal& journal, const ApiConfig& config)
+      : secret_(std::move(secret)), journal_(journal), config_(config) {}
+
+  std::string_view name() const override { return kApiName; }
+
+  void AddRoutes(Router& router, int api_index) override {
+    router.Add("POST", "/v1/charges", [this](Request& r) { return CreateCharge(r); }, api_index);
+    router.Add("GET", "/v1/charges", [this](Request& r) { return ListCharges(r); }, api_index);
+    router.Add("GET", "/v1/charges/*", [this](Request& r) { return RetrieveCharge(r); }, api_index);
+  }
+
+  absl::Status Restore(const Json& rec) override {
+    auto charge = std::make_shared<Charge>();
+    try {
+      charge->id = rec.at("id").get<std::string>();
+      charge->amount = rec.at("amount").get<int64_t>();
+      charge->currency = rec.at("currency").get<std::string>();
+      charge->status = rec.at("status").get<std::string>();
+      if (rec.contains("decline_code") && rec["decline_code"].is_string()) {
+        charge->decline_code = rec["decline_code"].get<std::string>();
+      }
+      charge->last4 = rec.at("last4").get<std::string>();
+      if (rec.contains("idempotency_key") && rec["idempotency_key"].is_string()) {
+        charge->idempotency_key = rec["idempotency_key"].get<std::string>();
+      }
+      charge->ts = rec.at("ts").get<double>();
+    } catch (const Json::exception& e) {
+      return absl::DataLossError(StrCat("card journal record: ", e.what()));
+    }
+    if (charge->status != "succeeded" && charge->status != "failed") {
+      return absl::DataLossError(StrCat("card journal record ", charge->id, ": bad status"));
+    }
+    charges_.Put(charge);
+    if (charge->idempotency_key && !charge->idempotency_key->empty()) {
+      store_.Put(*charge->idempotency_key, charge);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // POST /v1/charges: validate, then charge under the key's lock (or replay).
+  asio::awaitable<Response> CreateCharge(Request& req) {
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    std::optional<std::string> key;
+    if (std::optional<Response> err = IdempotencyKey(req, &key)) co_return *std::move(err);
+    ChargeParams params;
+    if (std::optional<Response> err = ParseParams(req, key.has_value(), &params)) {
+      co_return *std::move(err);
+    }
+    if (config_.DropMode()) {
+      co_await SimulateLatency(config_, req);
+      co_return Response::Drop("timeout_mode=drop");
+    }
+    Response resp;
+    if (!key) {
+      if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+      resp = co_await TakeCharge(params, std::nullopt, nullptr);
+    } else {
+      IdempotencyStore::Hold hold = co_await store_.Acquire(*key);
+      std::shared_ptr<const StoredResult> prior = hold.prior();
+      if (prior == nullptr) {
+        // In flight: duplicates and lookups wait on the key meanwhile.
+        if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+        resp = co_await TakeCharge(params, key, &hold);
+      } else {
+        hold.Release();
+        if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+        resp = Replay(static_cast<const Charge&>(*prior), params);
+      }
+      resp.log_key = *key;
+    }
+    co_return resp;
+  }
+
+  // GET /v1/charges?idempotency_key=K: the crash-recovery Lookup.
+  asio::awaitable<Response> ListCharges(Request& req) {
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+    std::vector<std::string> values = QueryValues(req.query, "idempotency_key");
+    if (values.size() != 1 || values[0].empty()) {
+      co_return Invalid("idempotency_key", "Exactly one idempotency_key query parameter is required.");
+    }
+    std::string key = values[0];
+    std::shared_ptr<const StoredResult> prior;
+    {
+      // Wait for an in-flight request under this key so "not found" is definite.
+      IdempotencyStore::Hold hold = co_await store_.Acquire(key);
+      prior = hold.prior();
+    }
+    Response resp;
+    JsonWriter w(&resp.body);
+    w.BeginObject();
+    w.Key("object").String("list");
+    w.Key("data").BeginArray();
+    if (prior != nullptr) w.Raw(ChargeJson(static_cast<const Charge&>(*prior)));
+    w.EndArray();
+    w.Key("has_more").Bool(false);
+    w.Key("url").String("/v1/charges");
+    w.EndObject();
+    resp.log_key = key;
+    co_return resp;
+  }
+
+  // GET /v1/charges/<id>
+  asio::awaitable<Response> RetrieveCharge(Request& req) {
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+    std::shared_ptr<const Charge> charge = charges_.Get(req.path_params.at(0));
+    if (charge == nullptr) {
+      Json extra = Json::object();
+      extra["param"] = "id";
+      co_return ErrorResponse(404, "invalid_request_error", "resource_missing", "No such charge.",
+                              std::move(extra));
+    }
+    Response resp;
+    resp.body = ChargeJson(*charge);
+    co_return resp;
+  }
+
+  std::optional<Response> Authenticate(const Request& req) const {
+    auto [scheme, token] = SplitAuthorization(req.header("Authorization"));
+    if (EqualsIgnoreCase(scheme, "bearer") && ConstantTimeEquals(token, secret_.Reveal())) {
+      return std::nullopt;
+    }
+    return ErrorResponse(401, "invalid_request_error", "unauthorized", "Invalid API key provided.",
+                         Json::object(), {{"WWW-Authenticate", "Bearer realm=\"psp-sandbox\""}});
+  }
+
+  static std::optional<Response> IdempotencyKey(const Request& req, std::optional<std::string>* key) {
+    std::optional<std::string_view> value = req.header("Idempotency-Key");
+    if (!value) return std::nullopt;
+    if (value->empty() || value->size() > kMaxIdempotencyKeyLen || !IsVisibleAscii(*value)) {
+      return Invalid("Idempotency-Key",
+                     "Idempotency-Key must be 1-255 printable ASCII characters without spaces.");
+    }
+    *key = std::string(*value);
+    return std::nullopt;
+  }
+
+  static std::optional<Response> ParseParams(const Request& req, bool want_fingerprint,
+                                             ChargeParams* out) {
+    if (MediaType(req.header("Content-Type")) != "application/x-www-form-urlencoded") {
+      return ErrorResponse(400, "invalid_request_error", "parameter_invalid",
+                           "Content-Type must be application/x-www-form-urlencoded.");
+    }
+    std::optional<FormPairs> pairs;
+    if (ValidUtf8(req.body) &&
+        static_cast<size_t>(std::count(req.body.begin(), req.body.end(), '&')) + 1 <=
+            kMaxFormFields) {
+      pairs = ParseForm(req.body, /*strict_utf8=*/true);
+    }
+    if (!pairs) {
+      return ErrorResponse(400, "invalid_request_error", "parameter_invalid",
+                           "Request body is not valid form-encoded UTF-8.");
+    }
+    static const std::array<std::string_view, 7> kAllowed = {
+        "amount", "currency", "card[number]", "card[exp_month]", "card[exp_year]", "card[cvc]",
+        "description"};
+    std::array<std::optional<std::string_view>, kAllowed.size()> raw;  // by kAllowed index
+    auto allowed_index = [](std::string_view k) -> int {
+      for (size_t i = 0; i < kAllowed.size(); ++i) {
+        if (kAllowed[i] == k) return static_cast<int>(i);
+      }
+      return -1;
+    };
+    std::map<std::string_view, std::string_view> metadata;
+    for (const auto& [k, v] : *pairs) {
+      const bool is_meta = k.starts_with("metadata[");
+      const int index = allowed_index(k);
+      if ((index >= 0 && raw[static_cast<size_t>(index)]) || (is_meta && metadata.count(k))) {
+        return Invalid(k, "Parameter specified more than once.");
+      }
+      if (index >= 0) {
+        raw[static_cast<size_t>(index)] = v;
+      } else if (is_meta && k.ends_with("]") && k.size() >= 10) {
+        std::string_view mk = std::string_view(k).substr(9, k.size() - 10);
+        if (mk.empty() || Utf8Length(mk) > kMaxMetadataKeyLen ||
+            mk.find_first_of("[]") != std::string_view::npos) {
+          return Invalid(k, "Invalid metadata key.");
+        }
+        if (Utf8Length(v) > kMaxMetadataValueLen) {
+          return Invalid(k, "Metadata values can be at most 500 characters.");
+        }
+        metadata[k] = v;
+        if (metadata.size() > kMaxMetadataKeys) {
+          return Invalid(k, "At most 50 metadata keys are allowed.");
+        }
+      } else {
+        Json extra = Json::object();
+        extra["param"] = std::string(Utf8Prefix(k, 100));
+        return ErrorResponse(400, "invalid_request_error", "parameter_unknown",
+                             "Received unknown parameter.", std::move(extra));
+      }
+    }
+    auto get = [&](std::string_view name) -> std::string_view {
+      return raw[static_cast<size_t>(allowed_index(name))].value_or(std::string_view());
+    };
+
+    std::optional<int64_t> amount = ParseAmount(get("amount"));
+    if (!amount) return Invalid("amount", "amount must be a positive integer in minor units.");
+    std::string_view currency = get("currency");
+    if (currency.size() != 3 || !std::all_of(currency.begin(), currency.end(), [](char c) {
+          return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        })) {
+      return Invalid("currency", "currency must be a 3-letter ISO code.");
+    }
+    std::string_view number = get("card[number]");
+    if (!IsAsciiDigits(number) || number.size() < 12 || number.size() > 19 || !LuhnValid(number)) {
+      return Invalid("card[number]", "Your card number is incorrect.");
+    }
+    std::string_view month_s = get("card[exp_month]");
+    if (!IsAsciiDigits(month_s) || month_s.size() > 2 || SmallInt(month_s) < 1 ||
+        SmallInt(month_s) > 12) {
+      return Invalid("card[exp_month]", "Your card's expiration month is invalid.");
+    }
+    std::string_view year_s = get("card[exp_year]");
+    if (!IsAsciiDigits(year_s) || (year_s.size() != 2 && year_s.size() != 4)) {
+      return Invalid("card[exp_year]", "Your card's expiration year is invalid.");
+    }
+    const int year = SmallInt(year_s) + (year_s.size() == 2 ? 2000 : 0);
+    const int month = SmallInt(month_s);
+    std::time_t now_t = static_cast<std::time_t>(NowSeconds());
+    std::tm now{};
+    gmtime_r(&now_t, &now);
+    const int now_year = now.tm_year + 1900;
+    const int now_month = now.tm_mon + 1;
+    if (year < now_year || (year == now_year && month < now_month) || year > now_year + 50) {
+      return Invalid("card[exp_year]", "Your card's expiration date is invalid or in the past.");
+    }
+    std::string_view cvc = get("card[cvc]");
+    if (!IsAsciiDigits(cvc) || (cvc.size() != 3 && cvc.size() != 4)) {
+      return Invalid("card[cvc]", "Your card's security code is invalid.");
+    }
+    if (Utf8Length(get("description")) > kMaxDescriptionLen) {
+      return Invalid("description", "description can be at most 1000 characters.");
+    }
+
+    out->amount = *amount;
+    out->currency = std::string(currency);
+    for (char& c : out->currency) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    out->number = Secret(std::string(number));
+    if (want_fingerprint) {
+      // Over every raw parameter (the whole request is compared on reuse);
+      // kept in memory only, never journaled.
+      std::vector<std::pair<std::string_view, std::string_view>> sorted(pairs->begin(),
+                                                                         pairs->end());
+      std::sort(sorted.begin(), sorted.end());
+      std::string canonical;
+      for (const auto& [k, v] : sorted) StrAppend(&canonical, k.size(), ":", k, v.size(), ":", v);
+      out->fingerprint = Sha256(canonical);
+    }
+    return std::nullopt;
+  }
+
+  Response Replay(const Charge& prior, const ChargeParams& params) const {
+    bool same;
+    if (!prior.fingerprint.empty()) {
+      same = ConstantTimeEquals(prior.fingerprint, params.fingerprint);
+    } else {  // rebuilt from the journal: compare what the journal knows
+      std::string_view number = params.number.Reveal();
+      same = prior.amount == params.amount && prior.currency == params.currency &&
+             prior.last4 == number.substr(number.size() - 4);
+    }
+    if (!same) {
+      return ErrorResponse(400, "idempotency_error", "idempotency_key_reused",
+                           "Keys for idempotent requests can only be used with the same "
+                           "parameters they were first used with.");
+    }
+    Response resp = Render(prior);
+    resp.headers.emplace_back("Idempotent-Replayed", "true");
+    resp.replayed = true;
+    return resp;
+  }
+
+  // Charges (or declines) per the test instruments; journals before
+  // answering. Errors happen before anything is charged, journaled or
+  // stored under the key, so a retry with the key may succeed.
+  asio::awaitable<Response> TakeCharge(const ChargeParams& params,
+                                       const std::optional<std::string>& key,
+                                       IdempotencyStore::Hold* hold) {
+    if (config_.InjectError()) co_return InternalError();
+    std::string_view number = params.number.Reveal();
+    std::string decline;
+    if (number == "4000000000000002") {
+      decline = "card_declined";
+    } else if (number == "4000000000009995") {
+      decline = "insufficient_funds";
+    } else if (number.starts_with(kDeclinePrefix)) {
+      decline = "card_declined";
+    }
+    auto charge = std::make_shared<Charge>();
+    charge->id = StrCat("ch_", RandomHex(12));
+    charge->amount = params.amount;
+    charge->currency = params.currency;
+    charge->status = decline.empty() ? "succeeded" : "failed";
+    charge->decline_code = decline;
+    charge->last4 = std::string(number.substr(number.size() - 4));
+    charge->idempotency_key = key;
+    charge->ts = NowSeconds();
+    charge->fingerprint = params.fingerprint;
+
+    std::string line;
+    JsonWriter rec(&line);
+    rec.BeginObject();
+    rec.Key("ts").Double(charge->ts);
+    rec.Key("api").String(kApiName);
+    rec.Key("id").String(charge->id);
+    rec.Key("idempotency_key");
+    if (key) {
+      rec.String(*key);
+    } else {
+      rec.Null();
+    }
+    rec.Key("amount").Int(charge->amount);
+    rec.Key("currency").String(charge->currency);
+    rec.Key("status").String(charge->status);
+    rec.Key("decline_code").String(charge->decline_code);
+    rec.Key("last4").String(charge->last4);
+    rec.EndObject();
+    // Not journaled means not taken: tell the client truthfully.
+    if (!co_await journal_.AppendLine(std::move(line))) co_return InternalError();
+
+    charges_.Put(charge);
+    if (hold != nullptr) hold->Put(charge);
+    co_return Render(*charge);
+  }
+
+  // The charge object of the API (create, retrieve and list answers).
+  static std::string ChargeJson(const Charge& c) {
+    std::string out;
+    JsonWriter w(&out);
+    w.BeginObject();
+    w.Key("id").String(c.id);
+    w.Key("object").String("charge");
+    w.Key("amount").Int(c.amount);
+    w.Key("currency").String(c.currency);
+    w.Key("status").String(c.status);
+    w.Key("paid").Bool(c.status == "succeeded");
+    w.Key("card_last4").String(c.last4);
+    w.Key("idempotency_key");
+    if (c.idempotency_key) {
+      w.String(*c.idempotency_key);
+    } else {
+      w.Null();
+    }
+    w.Key("created").Int(static_cast<int64_t>(c.ts));
+    if (c.status == "failed") w.Key("failure_code").String(c.decline_code);
+    w.EndObject();
+    return out;
+  }
+
+  // The create call's answer: a pure function of the record, so replays
+  // (also after a restart) are byte-identical.
+  static Response Render(const Charge& c) {
+    Response resp;
+    if (c.status == "succeeded") {
+      resp.body = ChargeJson(c);
+      return resp;
+    }
+    resp.status = 402;
+    JsonWriter w(&resp.body);
+    w.BeginObject().Key("error").BeginObject();
+    w.Key("type").String("card_error");
+    w.Key("code").String("card_declined");
+    w.Key("decline_code").String(c.decline_code);
+    w.Key("message").String("Your card was declined.");
+    w.Key("charge").String(c.id);
+    w.EndObject().EndObject();
+    return resp;
+  }
+
+  const Secret secret_;
+  Journal& journal_;
+  const ApiConfig& config_;
+  IdempotencyStore store_;
+  ShardedChargeIndex charges_;
+};
+
+}  // namespace
+
+std::unique_ptr<SandboxApi> MakeCardApi(Secret secret, Journal& journal, const ApiConfig& config) {
+  return std::make_unique<CardApi>(std::move(secret), journal, config);
+}
+
+}  // namespace recharge::sandbox

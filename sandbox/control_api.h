@@ -1,0 +1,23 @@
+// The sandbox's control API: test-only knobs, unauthenticated (bind the
+// sandbox to loopback). Requests to it are not counted in the stats.
+//
+//   GET  /_sandbox/health       -> {"ok":true}
+//   GET  /_sandbox/config       -> SandboxConfig::Snapshot()
+//   POST /_sandbox/config       a JSON subset of the snapshot -> the new
+//                               config; validated as a whole, a 400 changes
+//                               nothing (see config.h)
+//   GET  /_sandbox/stats        -> {"paypal_token_grants":N,
+//                                   "requests":{"card":N,"paypal":N,"ewallet":N}}
+//   POST /_sandbox/stats/reset  zeroes the counters -> the zeroed stats
+#pragma once
+
+#include "sandbox/api.h"
+#include "sandbox/config.h"
+#include "sandbox/http.h"
+
+namespace recharge::sandbox {
+
+// REQUIRES: config and stats outlive the router.
+void AddControlRoutes(Router& router, SandboxConfig& config, Stats& stats);
+
+}  // namespace recharge::sandbox

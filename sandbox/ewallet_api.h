@@ -1,0 +1,55 @@
+// The e-wallet API of the sandbox: one API for regional wallets, the
+// provider in the path. Enabled by --ewallet-secret-file (one HMAC secret
+// shared by all providers); without it every path answers 404 NOT_ENABLED.
+//
+// Providers and currencies: gcash PHP; dana IDR; grabpay SGD, MYR; paytm INR;
+// momo VND; kakaopay KRW; any provider whose name starts with "toy" (e.g.
+// toypay) takes any currency. Names match exactly (lower case).
+//
+// Signing (every request, checked before anything else):
+//   X-Timestamp: unix seconds; X-Signature: lowercase hex
+//   HMAC-SHA256(secret, ts + "\n" + METHOD + "\n" + target + "\n" + body),
+//   target being the request target exactly as sent. Bad or missing ->
+//   401 {"code":"INVALID_SIGNATURE"}; a correct signature over a timestamp
+//   more than 300 s off -> 401 {"code":"STALE_TIMESTAMP"}.
+//
+// POST /ewallet/v1/{provider}/payments
+//   X-Idempotency-Key required (1-255 printable ASCII, no spaces); body
+//   {"merchant_ref","account_id","amount":<int minor units>,"currency"}.
+//   Checks: signature (401) -> provider (404 UNKNOWN_PROVIDER) -> key and
+//   body (400 INVALID_REQUEST with "field") -> currency (400
+//   UNSUPPORTED_CURRENCY). Outcome by account_id suffix: ...0005 -> 503
+//   SYSTEM_BUSY "charged":false (nothing stored); ...0002 -> FAILED
+//   INSUFFICIENT_BALANCE; ...0003 -> FAILED ACCOUNT_BLOCKED; else SUCCESS
+//   (payment_id "EW-<24 upper hex>"), all 200 and journaled. Keys are per
+//   provider: the same key and body replays (X-Idempotent-Replayed: true),
+//   another body -> 409 IDEMPOTENCY_CONFLICT. Injected errors -> 500
+//   SYSTEM_ERROR "charged":false.
+//
+// GET /ewallet/v1/{provider}/payments?idempotency_key=K   (signed)
+//   -> 200 {"payments":[]} or {"payments":[<payment>]}; waits for an
+//   in-flight payment under the key.
+//
+// Journal line: {"ts","api":"ewallet","provider","id","idempotency_key",
+// "amount","currency","status","decline_code","account_id_last4",
+// "merchant_ref"}. The full account_id is never journaled: after a restart
+// replays and lookups show it as "****" + last 4, and a key reused with
+// another account_id is detected on its last 4 only. Latency applies to
+// payments and lookups; timeout_mode "drop" to payments. The secret and
+// signatures are never logged.
+#pragma once
+
+#include <memory>
+#include <optional>
+
+#include "io/secret.h"
+#include "sandbox/api.h"
+#include "sandbox/journal.h"
+
+namespace recharge::sandbox {
+
+// `secret` nullopt: the API answers 404 (it still restores its records).
+std::unique_ptr<SandboxApi> MakeEwalletApi(std::optional<Secret> secret, Journal& journal,
+                                           const ApiConfig& config);
+
+}  // namespace recharge::sandbox
