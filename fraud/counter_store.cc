@@ -15,9 +15,10 @@ namespace {
 // integer now_ms / bucket_ms; the live ones are the last `buckets` of them):
 //   count, sum  a hash: field = bucket, value = that bucket's count or sum;
 //               buckets that left the window are deleted when read;
-//   distinct    a sorted set: member = the value, score = the last bucket it
-//               was seen in; members that left the window are removed when
-//               updated. Exact, up to 100,000 members (past that the
+//   distinct    a sorted set: member = 8 bytes of the value's SHA-256,
+//               score = the last bucket it was seen in; members that left
+//               the window are removed when updated. Exact (but for 64-bit
+//               hash collisions), up to 100,000 members (past that the
 //               oldest are dropped, so the count stays at 100,000).
 // The TTL (window + one bucket) is renewed when the key gets a new bucket or
 // a member a newer score, which is all the renewal the data needs.
@@ -142,7 +143,16 @@ void AppendBucketArgs(const CounterUpdate& c, std::chrono::system_clock::time_po
   args->push_back(std::to_string(current));
   args->push_back(std::to_string(c.buckets));
   args->push_back(std::to_string(c.window.count() + bucket_ms));
-  args->push_back(c.kind == CounterUpdate::Kind::kCount && c.value.empty() ? "1" : c.value);
+  if (c.kind == CounterUpdate::Kind::kDistinct) {
+    // A distinct value is kept as the first 8 bytes of its SHA-256: small and
+    // fixed-size whatever the value, nothing of the value itself in Redis,
+    // and a collision among 100,000 values has odds of about 3e-10.
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(c.value.data()), c.value.size(), digest);
+    args->emplace_back(reinterpret_cast<const char*>(digest), 8);
+  } else {
+    args->push_back(c.kind == CounterUpdate::Kind::kCount && c.value.empty() ? "1" : c.value);
+  }
   args->push_back(c.update ? "1" : "0");
   args->push_back(c.gate);
 }
