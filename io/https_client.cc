@@ -458,12 +458,16 @@ asio::awaitable<HttpsResult> HttpsClient::Pool::Send(std::shared_ptr<Pool> pool,
     Connection& c = *lease.connection;
     boost::system::error_code ec;
     beast::get_lowest_layer(c.stream).expires_at(deadline);
-    co_await http::async_write(c.stream, request, asio::redirect_error(asio::use_awaitable, ec));
+    const size_t written =
+        co_await http::async_write(c.stream, request, asio::redirect_error(asio::use_awaitable, ec));
     const bool time_left = std::chrono::steady_clock::now() < deadline;
     if (ec) {
-      // The request was not written whole, so the server cannot have acted
-      // on it: a fresh connection may be tried once, whatever the request.
-      if (reused && attempt == 0 && time_left && ec != beast::error::timeout) {
+      // Nothing written: the server cannot have acted on it, and a fresh
+      // connection may be tried once, whatever the request. Part of it
+      // written (a write cut by the deadline or the peer): bytes may have
+      // reached the server, and the outcome is not known, never definite.
+      if (written > 0) maybe_sent = true;
+      if (written == 0 && reused && attempt == 0 && time_left && ec != beast::error::timeout) {
         lease.connection.reset();
         continue;
       }

@@ -176,5 +176,24 @@ TEST(HttpsClient, RefusesZeroMaxConnections) {
   EXPECT_EQ(made.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(HttpsClientPoolTest, AWriteCutPartWayIsMaybeSent) {
+  // A request far larger than the socket buffers: the server reads part of
+  // it (its body limit is 1 MiB), then closes, and the write fails after
+  // bytes went out. Those bytes may have reached the provider, so the call's
+  // outcome is unknown, never a definite failure (a real charge was once
+  // recorded as FAILED this way when the deadline cut a write).
+  TlsServer server;
+  auto client = Client(server, 1);
+  http::request<http::string_body> request(http::verb::post, "/big", 11);
+  request.body() = std::string(64 << 20, 'x');
+  HttpsResult r = asio::co_spawn(asio::make_strand(io_),
+                                 client->Send(std::move(request), std::chrono::steady_clock::now() + 10s,
+                                              /*idempotent=*/false),
+                                 asio::use_future)
+                      .get();
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_TRUE(r.maybe_sent) << r.status;
+}
+
 }  // namespace
 }  // namespace recharge
