@@ -18,8 +18,8 @@
 // thousands of recharges. The payment method follows `--mix` (default: all
 // cards): a card payment in US/USD (a Luhn-valid 4242... number the sandbox
 // approves), a PayPal capture in US/USD, or a GCash payment in PH/PHP; always
-// coins_65. An answer is verified: APPROVED, not replayed, a recharge id and
-// 65 coins credited. `--mode replay` sends one request with one key over and
+// coins_65. An answer is verified: APPROVED, not replayed, a recharge id, 65
+// coins credited, and a fraud decision taken on the counters (not degraded). `--mode replay` sends one request with one key over and
 // over: the first call records it, every later one must be its replay.
 //
 // Output: a human-readable report, then one line of JSON (the last line of
@@ -219,6 +219,7 @@ struct Counts {
   uint64_t good = 0;
   uint64_t replayed = 0;
   uint64_t unverified = 0;  // OK and APPROVED, but the answer was not what was asked
+  uint64_t degraded = 0;    // decided without the fraud counters (Redis too slow or down)
   std::array<uint64_t, 3> approved_by_method{};  // card, paypal, gcash
   std::array<uint64_t, kGrpcCodeNames.size()> grpc{};
   std::array<uint64_t, kRechargeStatuses> recharge{};
@@ -228,6 +229,7 @@ struct Counts {
     good += o.good;
     replayed += o.replayed;
     unverified += o.unverified;
+    degraded += o.degraded;
     for (size_t i = 0; i < approved_by_method.size(); ++i) approved_by_method[i] += o.approved_by_method[i];
     for (size_t i = 0; i < grpc.size(); ++i) grpc[i] += o.grpc[i];
     for (size_t i = 0; i < recharge.size(); ++i) recharge[i] += o.recharge[i];
@@ -398,6 +400,7 @@ class Slot {
     int recharge_status = -1;
     bool replayed = false;
     bool unverified = false;
+    bool degraded = false;
     const bool replay_mode = run_.options().mode == Mode::kReplay;
     if (status.ok() && IsRechargeMode(run_.options().mode)) {
       recharge_status = recharge_response_.status();
@@ -406,7 +409,9 @@ class Slot {
       const bool approved = recharge_status == recharge::v1::RECHARGE_STATUS_APPROVED;
       unverified = approved && (recharge_response_.coins_credited() != 65 ||
                                 recharge_response_.recharge_id().rfind("rch_", 0) != 0);
-      good = approved && !unverified && replayed == replay_mode;
+      // A decision taken by the fail mode skipped the fraud rules: not good.
+      degraded = recharge_response_.fraud().degraded();
+      good = approved && !unverified && !degraded && replayed == replay_mode;
     }
     for (Counts* c : {&total_, measured ? &measured_ : nullptr}) {
       if (c == nullptr) continue;
@@ -414,6 +419,7 @@ class Slot {
       if (good) ++c->good;
       if (replayed) ++c->replayed;
       if (unverified) ++c->unverified;
+      if (degraded) ++c->degraded;
       if (recharge_status == recharge::v1::RECHARGE_STATUS_APPROVED && !replayed) {
         ++c->approved_by_method[static_cast<size_t>(method_)];
       }
@@ -486,6 +492,7 @@ nlohmann::json CountsJson(const Counts& c, Mode mode) {
     j["recharge_status"] = rs;
     j["replayed"] = c.replayed;
     j["unverified"] = c.unverified;
+    j["degraded"] = c.degraded;
     j["approved_new"] = {{"card", c.approved_by_method[0]},
                          {"paypal", c.approved_by_method[1]},
                          {"gcash", c.approved_by_method[2]}};
@@ -643,8 +650,10 @@ int Main(int argc, char** argv) {
               latency["max"].get<double>());
   std::printf("  grpc status  %s\n", CountsLine(m["grpc_status"]).c_str());
   if (IsRechargeMode(o.mode)) {
-    std::printf("  recharge     %s; replayed %llu\n", CountsLine(m["recharge_status"]).c_str(),
-                static_cast<unsigned long long>(measured.replayed));
+    std::printf("  recharge     %s; replayed %llu; fraud decision degraded %llu\n",
+                CountsLine(m["recharge_status"]).c_str(),
+                static_cast<unsigned long long>(measured.replayed),
+                static_cast<unsigned long long>(measured.degraded));
     std::printf("  whole run    %s\n", CountsLine(summary["total"]["recharge_status"]).c_str());
   }
   std::printf("  loadgen cpu  %.2f cores\n", (cpu1 - cpu0) / window);
