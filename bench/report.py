@@ -157,7 +157,9 @@ if have("inflight"):
 if have("recharge"):
     r = rows["recharge"]
     ev, rc = r["redis_evalsha_per_call"], r["redis_commands_per_call"]
-    target("4a one Redis round trip per decision", ev is not None and 0.95 <= ev <= 1.05,
+    # At most one: a command whose deadline passed before it could be sent is
+    # dropped by the client (that decision is degraded, with no round trip).
+    target("4a one Redis round trip per decision", ev is not None and ev <= 1.05,
            f"{ev:.2f} EVALSHA per RecordRecharge ({rc:.1f} Redis commands counting those the "
            "script runs)" if ev is not None else "?")
 rules_ns = micro.get("BM_EvaluateDefaultRules_Ordinary")
