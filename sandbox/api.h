@@ -18,6 +18,7 @@
 #include "io/asio.h"
 #include "sandbox/config.h"
 #include "sandbox/http.h"
+#include "sandbox/idempotency.h"
 
 namespace recharge::sandbox {
 
@@ -38,6 +39,40 @@ inline asio::awaitable<bool> SimulateLatency(const ApiConfig& config, Request& r
   const double seconds = config.DelaySeconds();
   if (seconds <= 0) co_return true;
   co_return co_await request.context->Sleep(seconds);
+}
+
+// The flow every charge-like request shares. In timeout_mode "drop" it waits
+// the latency and is dropped, nothing charged. With a key (`store_key`) the
+// key is held (duplicates and lookups wait on it), the latency is waited,
+// then the request is taken anew if nothing is stored under the key
+// (`take(&hold)`) or answered from what is (`replay(prior)`, the key released
+// first); the answer's log line names `log_key`. Without a key it is taken
+// with no hold (`take(nullptr)`). A stop during the latency drops it.
+template <typename Take, typename Replay>
+asio::awaitable<Response> TakeOrReplay(const ApiConfig& config, IdempotencyStore& store,
+                                       Request& req, std::optional<std::string> store_key,
+                                       std::string log_key, const Take& take,
+                                       const Replay& replay) {
+  if (config.DropMode()) {
+    co_await SimulateLatency(config, req);
+    co_return Response::Drop("timeout_mode=drop");
+  }
+  if (!store_key) {
+    if (!co_await SimulateLatency(config, req)) co_return Response::Drop("shutting down");
+    co_return co_await take(nullptr);
+  }
+  IdempotencyStore::Hold hold = co_await store.Acquire(*std::move(store_key));
+  std::shared_ptr<const StoredResult> prior = hold.prior();
+  if (prior != nullptr) hold.Release();
+  if (!co_await SimulateLatency(config, req)) co_return Response::Drop("shutting down");
+  Response resp;
+  if (prior == nullptr) {
+    resp = co_await take(&hold);
+  } else {
+    resp = replay(*prior);
+  }
+  resp.log_key = std::move(log_key);
+  co_return resp;
 }
 
 // Request counters per API and PayPal token grants, for /_sandbox/stats.

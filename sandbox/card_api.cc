@@ -56,15 +56,6 @@ Response Invalid(std::string_view param, std::string_view message) {
   return ErrorResponse(400, "invalid_request_error", "parameter_invalid", message, std::move(extra));
 }
 
-Response InternalError() {
-  Json err = Json::object();
-  err["type"] = "api_error";
-  err["code"] = "internal_error";
-  err["charged"] = false;
-  Json body = Json::object();
-  body["error"] = std::move(err);
-  return Response::FromJson(500, body);
-}
 
 // Digits-only amount in (0, kMaxAmount], leading zeros allowed.
 std::optional<int64_t> ParseAmount(std::string_view s) {
@@ -157,29 +148,12 @@ class CardApi final : public SandboxApi {
     if (std::optional<Response> err = ParseParams(req, key.has_value(), &params)) {
       co_return *std::move(err);
     }
-    if (config_.DropMode()) {
-      co_await SimulateLatency(config_, req);
-      co_return Response::Drop("timeout_mode=drop");
-    }
-    Response resp;
-    if (!key) {
-      if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-      resp = co_await TakeCharge(params, std::nullopt, nullptr);
-    } else {
-      IdempotencyStore::Hold hold = co_await store_.Acquire(*key);
-      std::shared_ptr<const StoredResult> prior = hold.prior();
-      if (prior == nullptr) {
-        // In flight: duplicates and lookups wait on the key meanwhile.
-        if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-        resp = co_await TakeCharge(params, key, &hold);
-      } else {
-        hold.Release();
-        if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-        resp = Replay(static_cast<const Charge&>(*prior), params);
-      }
-      resp.log_key = *key;
-    }
-    co_return resp;
+    // Named lambdas (not written inside co_await: io/asio.h, GCC 12).
+    auto take = [&](IdempotencyStore::Hold* hold) { return TakeCharge(params, key, hold); };
+    auto replay = [&](const StoredResult& prior) {
+      return Replay(static_cast<const Charge&>(prior), params);
+    };
+    co_return co_await TakeOrReplay(config_, store_, req, key, key.value_or(""), take, replay);
   }
 
   // GET /v1/charges?idempotency_key=K: the crash-recovery Lookup.

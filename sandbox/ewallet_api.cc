@@ -162,23 +162,14 @@ class EwalletApi final : public SandboxApi {
         std::find(currencies->begin(), currencies->end(), params.currency) == currencies->end()) {
       co_return Code(400, "UNSUPPORTED_CURRENCY");
     }
-    if (config_.DropMode()) {
-      co_await SimulateLatency(config_, req);
-      co_return Response::Drop("timeout_mode=drop");
-    }
-    Response resp;
-    IdempotencyStore::Hold hold = co_await store_.Acquire(StoreKey(provider, key));
-    std::shared_ptr<const StoredResult> prior = hold.prior();
-    if (prior == nullptr) {
-      if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-      resp = co_await TakePayment(params, std::string(key), hold);
-    } else {
-      hold.Release();
-      if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-      resp = Replay(static_cast<const Payment&>(*prior), params);
-    }
-    resp.log_key = std::string(key);
-    co_return resp;
+    auto take = [&](IdempotencyStore::Hold* hold) {
+      return TakePayment(params, std::string(key), *hold);
+    };
+    auto replay = [&](const StoredResult& prior) {
+      return Replay(static_cast<const Payment&>(prior), params);
+    };
+    co_return co_await TakeOrReplay(config_, store_, req, StoreKey(provider, key),
+                                    std::string(key), take, replay);
   }
 
   // GET /ewallet/v1/{provider}/payments?idempotency_key=K

@@ -157,6 +157,16 @@ JsonWriter& JsonWriter::Raw(std::string_view json) {
   return *this;
 }
 
+Response InternalError() {
+  Json err = Json::object();
+  err["type"] = "api_error";
+  err["code"] = "internal_error";
+  err["charged"] = false;
+  Json body = Json::object();
+  body["error"] = std::move(err);
+  return Response::FromJson(500, body);
+}
+
 Response ErrorResponse(int status, std::string_view type, std::string_view code,
                        std::string_view message, Json extra,
                        std::vector<std::pair<std::string, std::string>> headers) {

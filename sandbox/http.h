@@ -101,6 +101,10 @@ Response ErrorResponse(int status, std::string_view type, std::string_view code,
                        std::string_view message, Json extra = Json::object(),
                        std::vector<std::pair<std::string, std::string>> headers = {});
 
+// 500 {"error":{"type":"api_error","code":"internal_error","charged":false}}:
+// a failure before anything was charged (injected, or a handler's exception).
+Response InternalError();
+
 using Handler = std::function<asio::awaitable<Response>(Request&)>;
 
 // Routes (method, pattern) to handlers. A pattern is a path whose segments

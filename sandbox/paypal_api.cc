@@ -255,28 +255,11 @@ class PaypalApi final : public SandboxApi {
       key = std::string(*value);
     }
     if (std::optional<Response> err = ParseBody(req, &params)) co_return *std::move(err);
-    if (config_.DropMode()) {
-      co_await SimulateLatency(config_, req);
-      co_return Response::Drop("timeout_mode=drop");
-    }
-    Response resp;
-    if (!key) {
-      if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-      resp = co_await TakeCapture(params, std::nullopt, nullptr);
-    } else {
-      IdempotencyStore::Hold hold = co_await store_.Acquire(*key);
-      std::shared_ptr<const StoredResult> prior = hold.prior();
-      if (prior == nullptr) {
-        if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-        resp = co_await TakeCapture(params, key, &hold);
-      } else {
-        hold.Release();
-        if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-        resp = Replay(static_cast<const Capture&>(*prior), params);
-      }
-      resp.log_key = *key;
-    }
-    co_return resp;
+    auto take = [&](IdempotencyStore::Hold* hold) { return TakeCapture(params, key, hold); };
+    auto replay = [&](const StoredResult& prior) {
+      return Replay(static_cast<const Capture&>(prior), params);
+    };
+    co_return co_await TakeOrReplay(config_, store_, req, key, key.value_or(""), take, replay);
   }
 
   // GET /v2/payments/captures?paypal_request_id=K

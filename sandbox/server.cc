@@ -385,13 +385,7 @@ asio::awaitable<void> Server::Impl::Serve(Worker& worker, tcp::socket socket) {
               LogError("handler_error",
                        {{"request", SanitizeForLog(StrCat(req.method, " ", req.path), options.redact)},
                         {"error", SanitizeForLog(e.what(), options.redact)}});
-              Json err = Json::object();
-              err["type"] = "api_error";
-              err["code"] = "internal_error";
-              err["charged"] = false;
-              Json body = Json::object();
-              body["error"] = std::move(err);
-              resp = Response::FromJson(500, body);
+              resp = InternalError();
             }
           }
         }
