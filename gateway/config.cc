@@ -187,7 +187,15 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   }
   if (root->Has("limits")) {
     ConfigNode limits = root->Child("limits");
-    if (absl::Status s = limits.CheckKeys({"max_request_bytes", "call_deadline"}); !s.ok()) return s;
+    if (absl::Status s = limits.CheckKeys({"max_request_bytes", "call_deadline",
+                                           "max_recharges_in_progress", "max_recharges_waiting"});
+        !s.ok()) {
+      return s;
+    }
+    CONFIG_ASSIGN(c.max_recharges_in_progress,
+                  limits.GetInt("max_recharges_in_progress", c.max_recharges_in_progress, 1, 1'000'000));
+    CONFIG_ASSIGN(c.max_recharges_waiting,
+                  limits.GetInt("max_recharges_waiting", c.max_recharges_waiting, 0, 10'000'000));
     CONFIG_ASSIGN(c.max_request_bytes,
                   limits.GetInt("max_request_bytes", c.max_request_bytes, 1024, 16 * 1024 * 1024));
     CONFIG_ASSIGN(c.call_deadline, limits.GetDuration("call_deadline", c.call_deadline));

@@ -20,6 +20,21 @@ using recharge::v1::RecordRechargeResponse;
 
 // Time kept back from the caller's deadline to record the outcome.
 constexpr std::chrono::milliseconds kRecordMargin(100);
+// A call waits for admission until this long before its deadline: less
+// than that left is too little to decide, charge and record.
+constexpr std::chrono::milliseconds kAdmissionMargin(200);
+
+// A slot among the recharges in progress, given back when the call ends.
+class AdmissionSlot {
+ public:
+  explicit AdmissionSlot(AsyncSemaphore& slots) : slots_(slots) {}
+  AdmissionSlot(const AdmissionSlot&) = delete;
+  AdmissionSlot& operator=(const AdmissionSlot&) = delete;
+  ~AdmissionSlot() { slots_.Release(); }
+
+ private:
+  AsyncSemaphore& slots_;
+};
 
 void AppendField(std::string* out, std::string_view name, std::string_view value) {
   StrAppend(out, name, "=", value.size(), ":", value, ";");
@@ -148,13 +163,15 @@ ChargeRequest ChargeRequestOf(const Recharge& recharge,
 }
 
 RechargeFlow::RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
-                           FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key)
+                           FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key,
+                           std::shared_ptr<AsyncSemaphore> in_progress)
     : catalogue_(catalogue),
       ledger_(ledger),
       router_(router),
       fraud_(fraud),
       reconciler_(reconciler),
-      fingerprint_key_(std::move(fingerprint_key)) {}
+      fingerprint_key_(std::move(fingerprint_key)),
+      in_progress_(std::move(in_progress)) {}
 
 std::string RechargeFlow::Fingerprint(std::string_view value) const {
   return HexEncode(HmacSha256(fingerprint_key_, value));
@@ -200,7 +217,26 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
       break;
   }
 
-  // 2. Claim the idempotency key, durably, before anything else happens.
+  // 2. Admission: room among the recharges in progress, or a refusal that
+  //    leaves the key unclaimed (a retry with it is a new attempt).
+  switch (co_await in_progress_->Acquire(deadline - kAdmissionMargin)) {
+    case AsyncSemaphore::Wait::kGranted:
+      break;
+    case AsyncSemaphore::Wait::kTimedOut:
+      co_return absl::DeadlineExceededError(StrCat(
+          "gateway busy: no room among the ", in_progress_->capacity(),
+          " recharges in progress before the deadline; nothing was charged or stored, "
+          "retry with the same idempotency_key"));
+    case AsyncSemaphore::Wait::kQueueFull:
+      co_return absl::ResourceExhaustedError(
+          "gateway busy: too many recharges waiting; nothing was charged or stored, "
+          "retry with the same idempotency_key");
+    case AsyncSemaphore::Wait::kClosed:
+      co_return absl::UnavailableError("gateway shutting down; nothing was charged or stored");
+  }
+  AdmissionSlot slot(*in_progress_);
+
+  // 3. Claim the idempotency key, durably, before anything else happens.
   KeyClaim claim;
   claim.idempotency_key = req.idempotency_key();
   claim.fingerprint = RequestFingerprint(req, input.card_fingerprint);
@@ -267,7 +303,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
       break;
   }
 
-  // 3. Fraud decision, before anything is charged.
+  // 4. Fraud decision, before anything is charged.
   FraudAssessment assessment = co_await fraud_.Assess(input);
 
   Recharge recharge = std::move(claim.draft);  // Begin() had its own copy
@@ -278,7 +314,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   } else if (assessment.decision() == recharge::v1::FRAUD_ACTION_REVIEW) {
     recharge.set_status(recharge::v1::RECHARGE_STATUS_PENDING_REVIEW);
   } else {
-    // 4. Charge through the route: breakers, failover on definite failures.
+    // 5. Charge through the route: breakers, failover on definite failures.
     const auto charge_deadline = deadline - kRecordMargin;
     ChargeRequest charge = MakeChargeRequest(req, recharge.recharge_id(), charge_deadline);
     Router::Routed routed = co_await router_.Charge(**route, charge);
@@ -305,7 +341,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
                                   {"decline_code", recharge.payment().decline_code()}});
   }
 
-  // 5. Record the outcome with the decision and its inputs.
+  // 6. Record the outcome with the decision and its inputs.
   const std::string recharge_id = recharge.recharge_id();
   Completion done;
   done.idempotency_key = req.idempotency_key();

@@ -3,7 +3,9 @@
 // charge through the routed adapters with failover, record.
 //
 // Nothing is stored for a request that fails validation, and nothing is
-// charged before the key is durably claimed. A decline, a block or a review
+// charged before the key is durably claimed. A valid request first waits for
+// room among the recharges in progress (admission): one that gets none in
+// time is refused before its key is claimed. A decline, a block or a review
 // is an OK result with a status; errors mean a bad request or a failed system.
 //
 // Thread-safety: Record may run concurrently from any thread; the flow holds
@@ -17,6 +19,7 @@
 #include "fraud/fraud_filter.h"
 #include "gateway/catalogue.h"
 #include "gateway/reconciler.h"
+#include "io/async_semaphore.h"
 #include "io/secret.h"
 #include "ledger/ledger_store.h"
 #include "recharge/v1/recharge.pb.h"
@@ -26,9 +29,11 @@ namespace recharge {
 class RechargeFlow {
  public:
   // All references must outlive the flow. `reconciler` settles a PENDING
-  // recharge when its key is retried.
+  // recharge when its key is retried. `in_progress` bounds the recharges
+  // past validation at once (see configs/gateway.yaml, limits).
   RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
-               FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key);
+               FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key,
+               std::shared_ptr<AsyncSemaphore> in_progress);
 
   // `deadline`: when the caller stops waiting; outgoing calls end before it.
   asio::awaitable<absl::StatusOr<recharge::v1::RecordRechargeResponse>> Record(
@@ -45,6 +50,7 @@ class RechargeFlow {
   FraudFilter& fraud_;
   Reconciler& reconciler_;
   Secret fingerprint_key_;
+  const std::shared_ptr<AsyncSemaphore> in_progress_;
 };
 
 // The fingerprint an idempotency key is bound to: a hash of the request's

@@ -1,7 +1,5 @@
 #include "io/https_client.h"
 
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/error.hpp>
@@ -20,6 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 
+#include "io/async_semaphore.h"
 #include "io/strings.h"
 
 namespace recharge {
@@ -79,19 +78,20 @@ bool StillOpen(Connection& c) {
 }  // namespace
 
 // The connections to one endpoint: at most max_connections open, the idle
-// ones kept for reuse, and the calls waiting for one in arrival order.
+// ones kept for reuse.
 //
-// A call holds a slot from Acquire() until its Lease gives it back, with the
-// connection for reuse or without it (closed). A slot given back while calls
-// wait goes straight to the first of them, so a new call never overtakes a
-// waiting one. Each wait is a Waiter: the suspended coroutine's completion
-// handler, posted to the coroutine's own executor by whoever unlinks it from
-// the queue (a returned slot, its deadline timer, or Close) — under mu_, so
-// exactly once.
+// A call holds a slot of `slots_` from Acquire() until its Lease gives it
+// back, with the connection for reuse or without it (closed first, so the
+// server never sees more than max_connections at once). A call that finds
+// every slot taken waits for one in arrival order, without a thread, until
+// its deadline (AsyncSemaphore). Each open connection is either idle or held
+// by the call in a slot.
 class HttpsClient::Pool : public std::enable_shared_from_this<Pool> {
  public:
   explicit Pool(Options o)
-      : options(std::move(o)), ssl_context(asio::ssl::context::tls_client) {}
+      : options(std::move(o)),
+        ssl_context(asio::ssl::context::tls_client),
+        slots_(std::make_shared<AsyncSemaphore>(options.max_connections)) {}
 
   static asio::awaitable<HttpsResult> Send(std::shared_ptr<Pool> pool,
                                            http::request<http::string_body> request,
@@ -106,35 +106,20 @@ class HttpsClient::Pool : public std::enable_shared_from_this<Pool> {
 
  private:
   class Lease;
-  struct Waiter;
-  enum class Take { kGranted, kFull, kClosed };
 
-  // Takes a slot (an idle connection into `connection`, or, leaving it null,
-  // the right to open one), or says why not. Stale idle connections found on
-  // the way go to `stale`, to be closed outside the lock.
-  Take TakeLocked(std::unique_ptr<Connection>& connection,
-                  std::vector<std::unique_ptr<Connection>>& stale)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A slot, and an idle connection in it if there is one (else the caller
+  // opens one); or why not.
   asio::awaitable<absl::Status> Acquire(Lease& lease,
                                         std::chrono::steady_clock::time_point deadline);
-  // Takes a slot for `waiter` at once, or queues it until `deadline`.
-  void Enqueue(const std::shared_ptr<Waiter>& waiter,
-               std::chrono::steady_clock::time_point deadline);
-  // The waiter's deadline passed: fails it if it still waits.
-  void Expire(Waiter& waiter);
   // Gives a slot back: with its connection for reuse (`reusable`), else
   // closes the connection first.
   void Release(std::unique_ptr<Connection> connection, bool reusable);
-  void Link(Waiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Unlink(Waiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   asio::awaitable<absl::Status> Connect(Connection& connection,
                                         std::chrono::steady_clock::time_point deadline);
 
+  const std::shared_ptr<AsyncSemaphore> slots_;
   std::mutex mu_;
   std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
-  size_t open_ ABSL_GUARDED_BY(mu_) = 0;  // idle + busy + being opened
-  Waiter* first_ ABSL_GUARDED_BY(mu_) = nullptr;
-  Waiter* last_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -160,193 +145,54 @@ class HttpsClient::Pool::Lease {
   Pool& pool_;
 };
 
-struct HttpsClient::Pool::Waiter {
-  enum class Outcome { kWaiting, kGranted, kTimedOut, kClosed };
-  // Resumes the waiting coroutine on its own executor.
-  struct Resume {
-    virtual ~Resume() = default;
-    virtual void Post() = 0;
-  };
-  template <typename Handler>
-  struct ResumeWith final : Resume {
-    explicit ResumeWith(Handler h) : handler(std::move(h)) {}
-    void Post() override {
-      auto ex = asio::get_associated_executor(handler);
-      asio::post(ex, std::move(handler));
-    }
-    Handler handler;
-  };
-
-  explicit Waiter(asio::any_io_executor ex) : timer(std::move(ex)) {}
-
-  // Guarded by the pool's mutex while linked; read by the coroutine once resumed.
-  Outcome outcome = Outcome::kWaiting;
-  std::unique_ptr<Connection> connection;  // when granted; null: open one
-  std::unique_ptr<Resume> resume;
-  Waiter* prev = nullptr;
-  Waiter* next = nullptr;
-  bool linked = false;
-  // The deadline; touched only by the waiting coroutine (armed before it
-  // is linked, cancelled once it is resumed), so never concurrently.
-  asio::steady_timer timer;
-};
-
-void HttpsClient::Pool::Link(Waiter& w) {
-  w.prev = last_;
-  w.next = nullptr;
-  (last_ ? last_->next : first_) = &w;
-  last_ = &w;
-  w.linked = true;
-}
-
-void HttpsClient::Pool::Unlink(Waiter& w) {
-  (w.prev ? w.prev->next : first_) = w.next;
-  (w.next ? w.next->prev : last_) = w.prev;
-  w.prev = w.next = nullptr;
-  w.linked = false;
-}
-
-HttpsClient::Pool::Take HttpsClient::Pool::TakeLocked(
-    std::unique_ptr<Connection>& connection, std::vector<std::unique_ptr<Connection>>& stale) {
-  if (closed_) return Take::kClosed;
-  if (first_ != nullptr) return Take::kFull;  // they came first
-  while (!idle_.empty()) {
-    std::unique_ptr<Connection> c = std::move(idle_.back());
-    idle_.pop_back();
-    if (StillOpen(*c)) {
-      connection = std::move(c);
-      return Take::kGranted;
-    }
-    stale.push_back(std::move(c));
-    --open_;
-  }
-  if (open_ >= options.max_connections) return Take::kFull;
-  ++open_;
-  return Take::kGranted;
-}
-
-void HttpsClient::Pool::Enqueue(const std::shared_ptr<Waiter>& waiter,
-                                std::chrono::steady_clock::time_point deadline) {
-  std::vector<std::unique_ptr<Connection>> stale;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    switch (TakeLocked(waiter->connection, stale)) {
-      case Take::kGranted:
-        waiter->outcome = Waiter::Outcome::kGranted;
-        break;
-      case Take::kClosed:
-        waiter->outcome = Waiter::Outcome::kClosed;
-        break;
-      case Take::kFull:
-        // Armed under the lock, before anyone can resume the coroutine: the
-        // handler never runs inline, and takes the lock itself.
-        waiter->timer.expires_at(deadline);
-        waiter->timer.async_wait(
-            [pool = shared_from_this(), w = waiter](boost::system::error_code ec) {
-              if (!ec) pool->Expire(*w);
-            });
-        Link(*waiter);
-        return;
-    }
-  }
-  waiter->resume->Post();
-}
-
-void HttpsClient::Pool::Expire(Waiter& w) {
-  std::unique_ptr<Waiter::Resume> resume;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!w.linked) return;  // granted (or closed) meanwhile
-    Unlink(w);
-    w.outcome = Waiter::Outcome::kTimedOut;
-    resume = std::move(w.resume);
-  }
-  resume->Post();
-}
-
 void HttpsClient::Pool::Release(std::unique_ptr<Connection> connection, bool reusable) {
-  // A connection not kept is closed before its slot is given away: the
-  // server never sees more than max_connections at once.
   if (!reusable) connection.reset();
-  std::unique_ptr<Waiter::Resume> resume;
-  {
+  if (connection) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) {
-      --open_;
-    } else if (first_ != nullptr) {
-      Waiter& w = *first_;
-      Unlink(w);
-      w.outcome = Waiter::Outcome::kGranted;
-      w.connection = std::move(connection);  // null: the waiter opens one
-      resume = std::move(w.resume);
-    } else if (connection) {
-      idle_.push_back(std::move(connection));
-    } else {
-      --open_;
-    }
+    if (!closed_) idle_.push_back(std::move(connection));
   }
-  if (resume) resume->Post();
-  // A connection left here (the client is closed) is closed on return.
+  connection.reset();  // the client is closed: closed on return
+  slots_->Release();
 }
 
 void HttpsClient::Pool::Close() {
   std::vector<std::unique_ptr<Connection>> idle;
-  std::vector<std::unique_ptr<Waiter::Resume>> waiting;
   {
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = true;
-    open_ -= idle_.size();
     idle.swap(idle_);
-    while (first_ != nullptr) {
-      Waiter& w = *first_;
-      Unlink(w);
-      w.outcome = Waiter::Outcome::kClosed;
-      waiting.push_back(std::move(w.resume));
-    }
   }
-  for (auto& resume : waiting) resume->Post();
+  slots_->Close();
 }
 
 asio::awaitable<absl::Status> HttpsClient::Pool::Acquire(
     Lease& lease, std::chrono::steady_clock::time_point deadline) {
-  Take take;
+  switch (co_await slots_->Acquire(deadline)) {
+    case AsyncSemaphore::Wait::kGranted:
+      break;
+    case AsyncSemaphore::Wait::kTimedOut:
+      co_return absl::DeadlineExceededError(StrCat(
+          "no provider connection free within the deadline (max ", options.max_connections, ")"));
+    case AsyncSemaphore::Wait::kQueueFull:
+    case AsyncSemaphore::Wait::kClosed:
+      co_return absl::UnavailableError(StrCat("HTTPS client for ", options.endpoint.host, ":",
+                                              options.endpoint.port, " is shut down"));
+  }
+  lease.held = true;
+  // An idle connection the server closed meanwhile is dropped (outside the
+  // lock); the call then takes the next, or opens one.
   std::vector<std::unique_ptr<Connection>> stale;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    take = TakeLocked(lease.connection, stale);
-  }
-  stale.clear();
-  if (take == Take::kGranted) lease.held = true;
-  if (take == Take::kFull) {
-    // The slow path: wait for a slot, without a thread. The initiation runs
-    // once this coroutine is suspended; whoever unlinks the waiter posts
-    // its handler back to this coroutine's executor.
-    auto waiter = std::make_shared<Waiter>(co_await asio::this_coro::executor);
-    auto initiation = [this, &waiter, deadline](auto handler) {
-      waiter->resume = std::make_unique<Waiter::ResumeWith<decltype(handler)>>(std::move(handler));
-      Enqueue(waiter, deadline);
-    };
-    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(initiation,
-                                                                          asio::use_awaitable);
-    waiter->timer.cancel();
-    switch (waiter->outcome) {
-      case Waiter::Outcome::kGranted:
-        lease.held = true;
-        lease.connection = std::move(waiter->connection);
-        co_return absl::OkStatus();
-      case Waiter::Outcome::kTimedOut:
-        co_return absl::DeadlineExceededError(
-            StrCat("no provider connection free within the deadline (max ",
-                   options.max_connections, ")"));
-      case Waiter::Outcome::kClosed:
-      case Waiter::Outcome::kWaiting:
-        take = Take::kClosed;
+    while (!idle_.empty()) {
+      std::unique_ptr<Connection> c = std::move(idle_.back());
+      idle_.pop_back();
+      if (StillOpen(*c)) {
+        lease.connection = std::move(c);
         break;
+      }
+      stale.push_back(std::move(c));
     }
-  }
-  if (take == Take::kClosed) {
-    co_return absl::UnavailableError(StrCat("HTTPS client for ", options.endpoint.host, ":",
-                                            options.endpoint.port, " is shut down"));
   }
   co_return absl::OkStatus();
 }

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc  # noqa: E402
 
-from stack import Stack, card_request, new_key, pb  # noqa: E402
+from stack import Stack, card_request, new_key, pb, wait_until  # noqa: E402
 
 RPC_TIMEOUT_S = 20
 RECORD = "/recharge.v1.RechargeGateway/RecordRecharge"
@@ -126,6 +126,88 @@ class HostileInputTest(unittest.TestCase):
         finally:
             self.stack.sandbox_config(latency_ms=0)
         self.assertEqual(r.status, pb.RECHARGE_STATUS_PENDING, r)
+
+
+class AdmissionTest(unittest.TestCase):
+    """Past `limits.max_recharges_in_progress` calls wait; past
+    `max_recharges_waiting`, or past their deadline, they are refused before
+    their key is claimed: nothing stored or charged, and a retry with the
+    same key is a new attempt."""
+
+    stack: Stack
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = Stack("admission")
+        cls.stack.limits = ("\n  call_deadline: 20s\n  max_recharges_in_progress: 1"
+                            "\n  max_recharges_waiting: 1")
+        cls.stack.start()
+        cls.stub = cls.stack.stub()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+
+    def tearDown(self):
+        self.stack.sandbox_config(latency_ms=0)
+
+    def hold_the_only_slot(self, latency_ms: int):
+        """Starts a recharge that stays in progress for `latency_ms` (the
+        provider's answer time); returns its future once its key is claimed."""
+        self.stack.sandbox_config(latency_ms=latency_ms)
+        req = card_request()
+        future = self.stub.RecordRecharge.future(req, timeout=RPC_TIMEOUT_S)
+        wait_until(lambda: self.stack.ledger_rows(
+            "SELECT count(*) FROM idempotency_keys WHERE key = ?", (req.idempotency_key,))[0][0] == 1,
+            10, "the first recharge's key to be claimed")
+        return future
+
+    def assert_unclaimed_then_retry_succeeds(self, req):
+        rows = self.stack.ledger_rows("SELECT count(*) FROM idempotency_keys WHERE key = ?",
+                                      (req.idempotency_key,))
+        self.assertEqual(rows[0][0], 0, "a refused call claimed its key")
+        self.assertEqual(self.stack.journal_for(req.idempotency_key), [], "the provider was called")
+        self.stack.sandbox_config(latency_ms=0)
+        r = self.stub.RecordRecharge(req, timeout=RPC_TIMEOUT_S)
+        self.assertEqual(r.status, pb.RECHARGE_STATUS_APPROVED, r)
+        self.assertFalse(r.replayed, "the refused call had been recorded after all")
+        self.assertEqual(len(self.stack.journal_for(req.idempotency_key)), 1)
+
+    def test_one_waits_and_the_next_is_refused_at_once_with_nothing_stored(self):
+        first = self.hold_the_only_slot(latency_ms=2000)
+        b, c = card_request(), card_request()
+        fb = self.stub.RecordRecharge.future(b, timeout=RPC_TIMEOUT_S)
+        fc = self.stub.RecordRecharge.future(c, timeout=RPC_TIMEOUT_S)
+        outcomes = {}
+        for name, f in (("b", fb), ("c", fc)):
+            try:
+                outcomes[name] = f.result()
+            except grpc.RpcError as e:
+                outcomes[name] = e
+        self.assertEqual(first.result().status, pb.RECHARGE_STATUS_APPROVED)
+        refused = [n for n, o in outcomes.items() if isinstance(o, grpc.RpcError)]
+        self.assertEqual(len(refused), 1, f"exactly one of two waits: {outcomes}")
+        error = outcomes[refused[0]]
+        self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, error.details())
+        self.assertIn("gateway busy", error.details())
+        self.assertIn("nothing was charged", error.details())
+        waited = outcomes["b" if refused[0] == "c" else "c"]
+        self.assertEqual(waited.status, pb.RECHARGE_STATUS_APPROVED, waited)
+        self.assert_unclaimed_then_retry_succeeds(b if refused[0] == "b" else c)
+
+    def test_a_call_whose_deadline_passes_while_waiting_is_never_started(self):
+        first = self.hold_the_only_slot(latency_ms=3000)
+        late = card_request()
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.RecordRecharge(late, timeout=1.0)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertEqual(first.result().status, pb.RECHARGE_STATUS_APPROVED)
+        # One slot, served in arrival order: had the gateway kept the expired
+        # call queued, it would have run it to the end before this one.
+        self.stack.sandbox_config(latency_ms=0)
+        after = self.stub.RecordRecharge(card_request(), timeout=RPC_TIMEOUT_S)
+        self.assertEqual(after.status, pb.RECHARGE_STATUS_APPROVED)
+        self.assert_unclaimed_then_retry_succeeds(late)
 
 
 if __name__ == "__main__":

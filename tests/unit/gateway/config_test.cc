@@ -24,6 +24,8 @@ TEST(GatewayConfig, ShippedExampleLoadsWithDocumentedDefaults) {
   EXPECT_EQ(c->ledger_backend, "sqlite");
   EXPECT_EQ(c->key_retention, std::chrono::hours(24));
   EXPECT_EQ(c->shutdown_grace, std::chrono::seconds(10));
+  EXPECT_EQ(c->max_recharges_in_progress, 512);
+  EXPECT_EQ(c->max_recharges_waiting, 20000);
 }
 
 TEST(GatewayConfig, ListenTakesPortFromEnvironment) {
@@ -100,6 +102,21 @@ TEST(GatewayConfig, PlaintextOnlyOnLoopbackAndOnlyWhenSaid) {
   EXPECT_FALSE(IsLoopbackListen("[::]:50051"));
   EXPECT_FALSE(IsLoopbackListen("10.0.0.1:50051"));
   EXPECT_FALSE(IsLoopbackListen("127.0.0.1.evil.example:50051"));
+}
+
+TEST(GatewayConfig, AdmissionLimitsAreCheckedAtTheirLine) {
+  const std::string base = std::string("listen: 127.0.0.1:1\ntransport: plaintext\n") + kCallers;
+  auto c = GatewayConfig::Load(
+      WriteTemp("gw_admit.yaml", base + "limits:\n  max_recharges_in_progress: 0\n"));
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("gw_admit.yaml:8:30: limits.max_recharges_in_progress"));
+  auto d = GatewayConfig::Load(WriteTemp(
+      "gw_admit2.yaml",
+      base + "limits:\n  max_recharges_in_progress: 8\n  max_recharges_waiting: 0\n"));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->max_recharges_in_progress, 8);
+  EXPECT_EQ(d->max_recharges_waiting, 0);
 }
 
 TEST(GatewayConfig, CallersAreRequiredAndCheckedAtTheirLine) {
