@@ -188,12 +188,12 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   if (root->Has("limits")) {
     ConfigNode limits = root->Child("limits");
     if (absl::Status s = limits.CheckKeys({"max_request_bytes", "call_deadline",
-                                           "max_recharges_in_progress", "max_recharges_waiting"});
+                                           "max_recharges_deciding", "max_recharges_waiting"});
         !s.ok()) {
       return s;
     }
-    CONFIG_ASSIGN(c.max_recharges_in_progress,
-                  limits.GetInt("max_recharges_in_progress", c.max_recharges_in_progress, 1, 1'000'000));
+    CONFIG_ASSIGN(c.max_recharges_deciding,
+                  limits.GetInt("max_recharges_deciding", c.max_recharges_deciding, 1, 1'000'000));
     CONFIG_ASSIGN(c.max_recharges_waiting,
                   limits.GetInt("max_recharges_waiting", c.max_recharges_waiting, 0, 10'000'000));
     CONFIG_ASSIGN(c.max_request_bytes,

@@ -28,7 +28,7 @@ struct GatewayConfig {
   std::vector<CallerConfig> callers;
   int64_t max_request_bytes = 64 * 1024;
   std::chrono::milliseconds call_deadline{30'000};
-  int64_t max_recharges_in_progress = 512;
+  int64_t max_recharges_deciding = 64;
   int64_t max_recharges_waiting = 20'000;
   std::string log_level = "info";
   int io_threads = 0;  // 0 = one per core

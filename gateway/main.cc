@@ -143,7 +143,7 @@ int Main(int argc, char** argv) {
   Reconciler reconciler(**ledger, **router, config->recovery_settle_after);
   RechargeFlow flow(*catalogue, **ledger, **router, *fraud, reconciler, *std::move(fingerprint_key),
                     std::make_shared<AsyncSemaphore>(
-                        static_cast<size_t>(config->max_recharges_in_progress),
+                        static_cast<size_t>(config->max_recharges_deciding),
                         static_cast<size_t>(config->max_recharges_waiting)));
 
   auto work = asio::make_work_guard(io);

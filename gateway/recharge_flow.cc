@@ -24,16 +24,21 @@ constexpr std::chrono::milliseconds kRecordMargin(100);
 // than that left is too little to decide, charge and record.
 constexpr std::chrono::milliseconds kAdmissionMargin(200);
 
-// A slot among the recharges in progress, given back when the call ends.
+// A slot among the recharges deciding, given back by Leave() or when the
+// call ends.
 class AdmissionSlot {
  public:
-  explicit AdmissionSlot(AsyncSemaphore& slots) : slots_(slots) {}
+  explicit AdmissionSlot(AsyncSemaphore& slots) : slots_(&slots) {}
   AdmissionSlot(const AdmissionSlot&) = delete;
   AdmissionSlot& operator=(const AdmissionSlot&) = delete;
-  ~AdmissionSlot() { slots_.Release(); }
+  ~AdmissionSlot() { Leave(); }
+  void Leave() {
+    if (slots_ != nullptr) slots_->Release();
+    slots_ = nullptr;
+  }
 
  private:
-  AsyncSemaphore& slots_;
+  AsyncSemaphore* slots_;
 };
 
 void AppendField(std::string* out, std::string_view name, std::string_view value) {
@@ -164,14 +169,14 @@ ChargeRequest ChargeRequestOf(const Recharge& recharge,
 
 RechargeFlow::RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
                            FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key,
-                           std::shared_ptr<AsyncSemaphore> in_progress)
+                           std::shared_ptr<AsyncSemaphore> deciding)
     : catalogue_(catalogue),
       ledger_(ledger),
       router_(router),
       fraud_(fraud),
       reconciler_(reconciler),
       fingerprint_key_(std::move(fingerprint_key)),
-      in_progress_(std::move(in_progress)) {}
+      deciding_(std::move(deciding)) {}
 
 std::string RechargeFlow::Fingerprint(std::string_view value) const {
   return HexEncode(HmacSha256(fingerprint_key_, value));
@@ -217,15 +222,17 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
       break;
   }
 
-  // 2. Admission: room among the recharges in progress, or a refusal that
-  //    leaves the key unclaimed (a retry with it is a new attempt).
-  switch (co_await in_progress_->Acquire(deadline - kAdmissionMargin)) {
+  // 2. Admission: room among the recharges deciding (claiming their key and
+  //    deciding fraud: the ledger's and Redis's work), or a refusal that
+  //    leaves the key unclaimed (a retry with it is a new attempt). A call
+  //    leaves the stage once decided: waiting on a provider costs neither.
+  switch (co_await deciding_->Acquire(deadline - kAdmissionMargin)) {
     case AsyncSemaphore::Wait::kGranted:
       break;
     case AsyncSemaphore::Wait::kTimedOut:
       co_return absl::DeadlineExceededError(StrCat(
-          "gateway busy: no room among the ", in_progress_->capacity(),
-          " recharges in progress before the deadline; nothing was charged or stored, "
+          "gateway busy: no room among the ", deciding_->capacity(),
+          " recharges deciding before the deadline; nothing was charged or stored, "
           "retry with the same idempotency_key"));
     case AsyncSemaphore::Wait::kQueueFull:
       co_return absl::ResourceExhaustedError(
@@ -234,7 +241,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
     case AsyncSemaphore::Wait::kClosed:
       co_return absl::UnavailableError("gateway shutting down; nothing was charged or stored");
   }
-  AdmissionSlot slot(*in_progress_);
+  AdmissionSlot slot(*deciding_);
 
   // 3. Claim the idempotency key, durably, before anything else happens.
   KeyClaim claim;
@@ -281,6 +288,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
       RecordRechargeResponse stored = std::move(begun->stored);
       if (stored.status() == recharge::v1::RECHARGE_STATUS_PENDING) {
         // The outcome was unknown: ask the provider again before answering.
+        slot.Leave();
         absl::StatusOr<Recharge> pending = co_await ledger_.GetRecharge(begun->recharge_id);
         if (pending.ok() && pending->status() == recharge::v1::RECHARGE_STATUS_PENDING) {
           UnresolvedRecharge u{req.idempotency_key(), *std::move(pending), /*started=*/false};
@@ -305,6 +313,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
 
   // 4. Fraud decision, before anything is charged.
   FraudAssessment assessment = co_await fraud_.Assess(input);
+  slot.Leave();
 
   Recharge recharge = std::move(claim.draft);  // Begin() had its own copy
   RecordRechargeResponse response;

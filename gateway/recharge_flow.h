@@ -4,8 +4,8 @@
 //
 // Nothing is stored for a request that fails validation, and nothing is
 // charged before the key is durably claimed. A valid request first waits for
-// room among the recharges in progress (admission): one that gets none in
-// time is refused before its key is claimed. A decline, a block or a review
+// room among the recharges deciding (claiming and fraud; admission): one
+// that gets none in time is refused before its key is claimed. A decline, a block or a review
 // is an OK result with a status; errors mean a bad request or a failed system.
 //
 // Thread-safety: Record may run concurrently from any thread; the flow holds
@@ -29,11 +29,12 @@ namespace recharge {
 class RechargeFlow {
  public:
   // All references must outlive the flow. `reconciler` settles a PENDING
-  // recharge when its key is retried. `in_progress` bounds the recharges
-  // past validation at once (see configs/gateway.yaml, limits).
+  // recharge when its key is retried. `deciding` bounds the recharges
+  // claiming their key and deciding fraud at once (configs/gateway.yaml,
+  // limits).
   RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
                FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key,
-               std::shared_ptr<AsyncSemaphore> in_progress);
+               std::shared_ptr<AsyncSemaphore> deciding);
 
   // `deadline`: when the caller stops waiting; outgoing calls end before it.
   asio::awaitable<absl::StatusOr<recharge::v1::RecordRechargeResponse>> Record(
@@ -50,7 +51,7 @@ class RechargeFlow {
   FraudFilter& fraud_;
   Reconciler& reconciler_;
   Secret fingerprint_key_;
-  const std::shared_ptr<AsyncSemaphore> in_progress_;
+  const std::shared_ptr<AsyncSemaphore> deciding_;
 };
 
 // The fingerprint an idempotency key is bound to: a hash of the request's

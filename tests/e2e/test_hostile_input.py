@@ -2,7 +2,8 @@
 """Issue 7 acceptance 4: hostile input against the running gateway. Each bad
 request gets a clear error (INVALID_ARGUMENT naming the field, or
 RESOURCE_EXHAUSTED for the size), stores and charges nothing, and is
-followed by a normal recharge that still succeeds.
+followed by a normal recharge that still succeeds. AdmissionTest: a flood of
+valid recharges waits for room, or is refused before anything is stored.
 
     /usr/bin/python3 -m unittest -v tests/e2e/test_hostile_input.py
 """
@@ -128,19 +129,36 @@ class HostileInputTest(unittest.TestCase):
         self.assertEqual(r.status, pb.RECHARGE_STATUS_PENDING, r)
 
 
+# One counter, so each decision is one Redis round trip; never decides
+# anything but allow.
+ADMISSION_RULES = """\
+version: "admission-1"
+fail_mode: open
+counters:
+  user_recharges_1h: { count: true, per: user_id, window: 1h }
+rules:
+  - id: never
+    when: user_recharges_1h > 1000000
+    action: review
+"""
+
+
 class AdmissionTest(unittest.TestCase):
-    """Past `limits.max_recharges_in_progress` calls wait; past
-    `max_recharges_waiting`, or past their deadline, they are refused before
-    their key is claimed: nothing stored or charged, and a retry with the
-    same key is a new attempt."""
+    """At most `limits.max_recharges_deciding` calls claim their key and
+    decide fraud at once; past it calls wait; past `max_recharges_waiting`,
+    or past their deadline, they are refused before their key is claimed:
+    nothing stored or charged, and a retry with the same key is a new
+    attempt. A paused Redis holds the one slot: its decision waits."""
 
     stack: Stack
 
     @classmethod
     def setUpClass(cls):
         cls.stack = Stack("admission")
-        cls.stack.limits = ("\n  call_deadline: 20s\n  max_recharges_in_progress: 1"
+        cls.stack.limits = ("\n  call_deadline: 20s\n  max_recharges_deciding: 1"
                             "\n  max_recharges_waiting: 1")
+        cls.stack.fraud_rules_text = ADMISSION_RULES
+        cls.stack.redis_timeout = "10s"  # the decision waits out the pause
         cls.stack.start()
         cls.stub = cls.stack.stub()
 
@@ -148,13 +166,11 @@ class AdmissionTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.stack.stop()
 
-    def tearDown(self):
-        self.stack.sandbox_config(latency_ms=0)
-
-    def hold_the_only_slot(self, latency_ms: int):
-        """Starts a recharge that stays in progress for `latency_ms` (the
-        provider's answer time); returns its future once its key is claimed."""
-        self.stack.sandbox_config(latency_ms=latency_ms)
+    def hold_the_only_slot(self, pause_ms: int):
+        """Pauses Redis for `pause_ms`, then starts a recharge, which claims
+        its key and waits for its fraud decision until the pause ends;
+        returns its future once the key is claimed."""
+        self.assertEqual(self.stack.redis_command("CLIENT", "PAUSE", str(pause_ms), "ALL"), "OK")
         req = card_request()
         future = self.stub.RecordRecharge.future(req, timeout=RPC_TIMEOUT_S)
         wait_until(lambda: self.stack.ledger_rows(
@@ -167,14 +183,13 @@ class AdmissionTest(unittest.TestCase):
                                       (req.idempotency_key,))
         self.assertEqual(rows[0][0], 0, "a refused call claimed its key")
         self.assertEqual(self.stack.journal_for(req.idempotency_key), [], "the provider was called")
-        self.stack.sandbox_config(latency_ms=0)
         r = self.stub.RecordRecharge(req, timeout=RPC_TIMEOUT_S)
         self.assertEqual(r.status, pb.RECHARGE_STATUS_APPROVED, r)
         self.assertFalse(r.replayed, "the refused call had been recorded after all")
         self.assertEqual(len(self.stack.journal_for(req.idempotency_key)), 1)
 
     def test_one_waits_and_the_next_is_refused_at_once_with_nothing_stored(self):
-        first = self.hold_the_only_slot(latency_ms=2000)
+        first = self.hold_the_only_slot(pause_ms=2500)
         b, c = card_request(), card_request()
         fb = self.stub.RecordRecharge.future(b, timeout=RPC_TIMEOUT_S)
         fc = self.stub.RecordRecharge.future(c, timeout=RPC_TIMEOUT_S)
@@ -185,6 +200,7 @@ class AdmissionTest(unittest.TestCase):
             except grpc.RpcError as e:
                 outcomes[name] = e
         self.assertEqual(first.result().status, pb.RECHARGE_STATUS_APPROVED)
+        self.assertFalse(first.result().fraud.degraded)
         refused = [n for n, o in outcomes.items() if isinstance(o, grpc.RpcError)]
         self.assertEqual(len(refused), 1, f"exactly one of two waits: {outcomes}")
         error = outcomes[refused[0]]
@@ -196,19 +212,36 @@ class AdmissionTest(unittest.TestCase):
         self.assert_unclaimed_then_retry_succeeds(b if refused[0] == "b" else c)
 
     def test_a_call_whose_deadline_passes_while_waiting_is_never_started(self):
-        first = self.hold_the_only_slot(latency_ms=3000)
+        first = self.hold_the_only_slot(pause_ms=3000)
         late = card_request()
         with self.assertRaises(grpc.RpcError) as cm:
             self.stub.RecordRecharge(late, timeout=1.0)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
         self.assertEqual(first.result().status, pb.RECHARGE_STATUS_APPROVED)
         # One slot, served in arrival order: had the gateway kept the expired
-        # call queued, it would have run it to the end before this one.
-        self.stack.sandbox_config(latency_ms=0)
+        # call queued, it would have run it to its decision before this one.
         after = self.stub.RecordRecharge(card_request(), timeout=RPC_TIMEOUT_S)
         self.assertEqual(after.status, pb.RECHARGE_STATUS_APPROVED)
         self.assert_unclaimed_then_retry_succeeds(late)
 
+    def test_a_call_waiting_on_its_provider_leaves_room_for_the_next(self):
+        # The provider answers in 2 s: the first call has decided and left
+        # the stage, so a second one is decided and charged meanwhile.
+        self.stack.sandbox_config(latency_ms=2000)
+        try:
+            def card_requests():
+                return self.stack.sandbox_stats()["requests"].get("card", 0)
+            before = card_requests()
+            slow = self.stub.RecordRecharge.future(card_request(), timeout=RPC_TIMEOUT_S)
+            wait_until(lambda: card_requests() > before, 10,
+                       "the first charge to reach the provider")
+            self.stack.sandbox_config(latency_ms=0)
+            quick = self.stub.RecordRecharge(card_request(), timeout=RPC_TIMEOUT_S)
+            self.assertEqual(quick.status, pb.RECHARGE_STATUS_APPROVED)
+            self.assertFalse(slow.done(), "the slow charge ended first: nothing was shown")
+        finally:
+            self.stack.sandbox_config(latency_ms=0)
+        self.assertEqual(slow.result().status, pb.RECHARGE_STATUS_APPROVED)
 
 if __name__ == "__main__":
     unittest.main()

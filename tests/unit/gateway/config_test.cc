@@ -24,7 +24,7 @@ TEST(GatewayConfig, ShippedExampleLoadsWithDocumentedDefaults) {
   EXPECT_EQ(c->ledger_backend, "sqlite");
   EXPECT_EQ(c->key_retention, std::chrono::hours(24));
   EXPECT_EQ(c->shutdown_grace, std::chrono::seconds(10));
-  EXPECT_EQ(c->max_recharges_in_progress, 512);
+  EXPECT_EQ(c->max_recharges_deciding, 64);
   EXPECT_EQ(c->max_recharges_waiting, 20000);
 }
 
@@ -107,15 +107,15 @@ TEST(GatewayConfig, PlaintextOnlyOnLoopbackAndOnlyWhenSaid) {
 TEST(GatewayConfig, AdmissionLimitsAreCheckedAtTheirLine) {
   const std::string base = std::string("listen: 127.0.0.1:1\ntransport: plaintext\n") + kCallers;
   auto c = GatewayConfig::Load(
-      WriteTemp("gw_admit.yaml", base + "limits:\n  max_recharges_in_progress: 0\n"));
+      WriteTemp("gw_admit.yaml", base + "limits:\n  max_recharges_deciding: 0\n"));
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()),
-              HasSubstr("gw_admit.yaml:8:30: limits.max_recharges_in_progress"));
+              HasSubstr("gw_admit.yaml:8:27: limits.max_recharges_deciding"));
   auto d = GatewayConfig::Load(WriteTemp(
       "gw_admit2.yaml",
-      base + "limits:\n  max_recharges_in_progress: 8\n  max_recharges_waiting: 0\n"));
+      base + "limits:\n  max_recharges_deciding: 8\n  max_recharges_waiting: 0\n"));
   ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_EQ(d->max_recharges_in_progress, 8);
+  EXPECT_EQ(d->max_recharges_deciding, 8);
   EXPECT_EQ(d->max_recharges_waiting, 0);
 }
 
