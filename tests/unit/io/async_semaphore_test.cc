@@ -97,6 +97,12 @@ TEST(AsyncSemaphore, MoreThanMaxWaitingAreRefusedAtOnce) {
   EXPECT_EQ(got[3], Wait::kQueueFull);
   EXPECT_EQ(sem->waiting(), 2u);
   EXPECT_EQ(sem->in_use(), 1u);
+  // No coroutine may be left waiting when the io_context goes: Asio frees a
+  // suspended coroutine only through its executor, so it would leak.
+  sem->Close();
+  Poll(io);
+  EXPECT_EQ(got[1], Wait::kClosed);
+  EXPECT_EQ(got[2], Wait::kClosed);
 }
 
 TEST(AsyncSemaphore, CloseFailsTheWaitersAndLaterCalls) {
