@@ -179,7 +179,8 @@ print()
 
 # The books: every approved recharge loadgen saw (new, not replayed) is one
 # succeeded charge in the sandbox journal and one approved row in the ledger.
-journal = [json.loads(l) for l in open(journal_path) if l.strip()]
+# Charge lines only: capture / void / refund lines carry "op" (sandbox/README.md).
+journal = [j for j in (json.loads(l) for l in open(journal_path) if l.strip()) if "op" not in j]
 succeeded = sum(1 for j in journal if j.get("status") == "succeeded")
 approved = 0
 for p, r in rows.items():

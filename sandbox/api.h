@@ -28,8 +28,9 @@ class SandboxApi {
   virtual std::string_view name() const = 0;
   // Adds the API's routes; requests routed to them count for `api_index`.
   virtual void AddRoutes(Router& router, int api_index) = 0;
-  // Rebuilds one charge (and its idempotency entry) from a journal record
-  // of this API. An error stops start-up.
+  // Rebuilds one charge, or applies one capture / void / refund ("op"), with
+  // its idempotency entry, from a journal record of this API; records come
+  // in journal order. An error stops start-up.
   virtual absl::Status Restore(const Json& record) = 0;
 };
 

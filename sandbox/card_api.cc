@@ -25,6 +25,7 @@ constexpr size_t kMaxMetadataKeys = 50;
 constexpr size_t kMaxMetadataKeyLen = 40;
 constexpr size_t kMaxMetadataValueLen = 500;
 constexpr size_t kMaxFormFields = 200;
+constexpr size_t kMaxReasonLen = 500;
 constexpr int64_t kMaxAmount = 99'999'999'999;
 
 // One charge taken (or rebuilt from the journal); also what is stored under
@@ -41,13 +42,47 @@ struct Charge final : StoredResult {
   // SHA-256 over every request parameter (in memory only); empty for a
   // charge rebuilt from the journal, compared on amount/currency/last4.
   std::string fingerprint;
+  // The lifecycle. `capture` is the create call's parameter (false: an
+  // authorisation hold). A state change makes a new Charge (copy on write):
+  // the one stored under the create call's key stays as it was answered.
+  bool capture = true;
+  bool captured = false;  // succeeded and captured (at once or later)
+  bool voided = false;
+  bool refunded = false;  // in full (the only kind of refund)
 };
 
 struct ChargeParams {
   int64_t amount = 0;
   std::string currency;  // upper case
   Secret number;
+  bool capture = true;
   std::string fingerprint;
+};
+
+// A capture, void or refund of a charge: what the request asks for.
+struct OperationParams {
+  std::string op;  // "capture" | "void" | "refund"
+  std::string charge_id;
+  std::optional<std::string> reason;  // refunds only
+};
+
+// A capture, void or refund taken (or rebuilt from the journal); what is
+// stored under its idempotency key. `body` is the 200 answer as sent, so a
+// replay is byte-identical; for a refund it is the refund object.
+struct ChargeOperation final : StoredResult {
+  OperationParams params;
+  std::string body;
+};
+
+// One refund, as journaled.
+struct RefundRecord {
+  std::string id;
+  std::string charge_id;
+  int64_t amount = 0;
+  std::string currency;
+  std::optional<std::string> reason;
+  std::optional<std::string> idempotency_key;
+  double ts = 0;
 };
 
 Response Invalid(std::string_view param, std::string_view message) {
@@ -108,9 +143,24 @@ class CardApi final : public SandboxApi {
     router.Add("POST", "/v1/charges", [this](Request& r) { return CreateCharge(r); }, api_index);
     router.Add("GET", "/v1/charges", [this](Request& r) { return ListCharges(r); }, api_index);
     router.Add("GET", "/v1/charges/*", [this](Request& r) { return RetrieveCharge(r); }, api_index);
+    router.Add("POST", "/v1/charges/*/capture",
+               [this](Request& r) { return CaptureOrVoid(r, "capture"); }, api_index);
+    router.Add("POST", "/v1/charges/*/void",
+               [this](Request& r) { return CaptureOrVoid(r, "void"); }, api_index);
+    router.Add("POST", "/v1/refunds", [this](Request& r) { return CreateRefund(r); }, api_index);
+    router.Add("GET", "/v1/refunds", [this](Request& r) { return ListRefunds(r); }, api_index);
   }
 
+  // Journal lines come in the order they were taken: a charge line, then
+  // the capture / void / refund lines ("op") of that charge.
   absl::Status Restore(const Json& rec) override {
+    if (!rec.contains("op")) return RestoreCharge(rec);
+    if (!rec["op"].is_string()) return absl::DataLossError("card journal record: bad op");
+    return RestoreOperation(rec);
+  }
+
+ private:
+  absl::Status RestoreCharge(const Json& rec) {
     auto charge = std::make_shared<Charge>();
     try {
       charge->id = rec.at("id").get<std::string>();
@@ -125,12 +175,14 @@ class CardApi final : public SandboxApi {
         charge->idempotency_key = rec["idempotency_key"].get<std::string>();
       }
       charge->ts = rec.at("ts").get<double>();
+      if (rec.contains("captured")) charge->capture = rec["captured"].get<bool>();
     } catch (const Json::exception& e) {
       return absl::DataLossError(StrCat("card journal record: ", e.what()));
     }
     if (charge->status != "succeeded" && charge->status != "failed") {
       return absl::DataLossError(StrCat("card journal record ", charge->id, ": bad status"));
     }
+    charge->captured = charge->status == "succeeded" && charge->capture;
     charges_.Put(charge);
     if (charge->idempotency_key && !charge->idempotency_key->empty()) {
       store_.Put(*charge->idempotency_key, charge);
@@ -138,7 +190,65 @@ class CardApi final : public SandboxApi {
     return absl::OkStatus();
   }
 
- private:
+  // Replays a capture / void / refund line onto its charge, which must allow
+  // it (the line was journaled under the charge's lock, after its checks).
+  absl::Status RestoreOperation(const Json& rec) {
+    OperationParams params;
+    RefundRecord refund;
+    std::optional<std::string> key;
+    try {
+      params.op = rec.at("op").get<std::string>();
+      if (rec.contains("idempotency_key") && rec["idempotency_key"].is_string()) {
+        key = rec["idempotency_key"].get<std::string>();
+      }
+      if (params.op == "refund") {
+        refund.id = rec.at("id").get<std::string>();
+        params.charge_id = rec.at("charge").get<std::string>();
+        refund.amount = rec.at("amount").get<int64_t>();
+        refund.currency = rec.at("currency").get<std::string>();
+        if (rec.contains("reason") && rec["reason"].is_string()) {
+          params.reason = rec["reason"].get<std::string>();
+        }
+        refund.ts = rec.at("ts").get<double>();
+      } else {
+        params.charge_id = rec.at("id").get<std::string>();
+      }
+    } catch (const Json::exception& e) {
+      return absl::DataLossError(StrCat("card journal record: ", e.what()));
+    }
+    if (params.op != "capture" && params.op != "void" && params.op != "refund") {
+      return absl::DataLossError(StrCat("card journal record ", params.charge_id, ": bad op"));
+    }
+    std::shared_ptr<const Charge> charge = charges_.Get(params.charge_id);
+    if (charge == nullptr) {
+      return absl::DataLossError(
+          StrCat("card journal record: ", params.op, " of unknown charge ", params.charge_id));
+    }
+    if (!Refusal(params.op, *charge).empty()) {
+      return absl::DataLossError(StrCat("card journal record: ", params.op, " of charge ",
+                                        params.charge_id, ": ", Refusal(params.op, *charge)));
+    }
+    if (params.op == "refund" &&
+        (refund.amount != charge->amount || refund.currency != charge->currency)) {
+      return absl::DataLossError(StrCat("card journal record ", refund.id, ": not a full refund"));
+    }
+    auto next = std::make_shared<Charge>(*charge);
+    Apply(params.op, *next);
+    auto done = std::make_shared<ChargeOperation>();
+    if (params.op == "refund") {
+      refund.charge_id = params.charge_id;
+      refund.reason = params.reason;
+      refund.idempotency_key = key;
+      done->body = RefundJson(refund);
+    } else {
+      done->body = ChargeJson(*next);
+    }
+    done->params = std::move(params);
+    charges_.Put(next);
+    if (key && !key->empty()) store_.Put(*key, done);
+    return absl::OkStatus();
+  }
+
   // POST /v1/charges: validate, then charge under the key's lock (or replay).
   asio::awaitable<Response> CreateCharge(Request& req) {
     if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
@@ -150,39 +260,72 @@ class CardApi final : public SandboxApi {
     }
     // Named lambdas (not written inside co_await: io/asio.h, GCC 12).
     auto take = [&](IdempotencyStore::Hold* hold) { return TakeCharge(params, key, hold); };
-    auto replay = [&](const StoredResult& prior) {
-      return Replay(static_cast<const Charge&>(prior), params);
-    };
+    auto replay = [&](const StoredResult& prior) { return Replay(prior, params); };
     co_return co_await TakeOrReplay(config_, store_, req, key, key.value_or(""), take, replay);
   }
 
-  // GET /v1/charges?idempotency_key=K: the crash-recovery Lookup.
+  // GET /v1/charges?idempotency_key=K: the crash-recovery Lookup. The charge
+  // created under K, as it is now (captured, voided, refunded).
   asio::awaitable<Response> ListCharges(Request& req) {
-    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    std::shared_ptr<const StoredResult> prior;
+    std::string key;
+    if (std::optional<Response> err = co_await LookupKey(req, &key, &prior)) {
+      co_return *std::move(err);
+    }
+    std::string data;
+    if (const auto* created = dynamic_cast<const Charge*>(prior.get())) {
+      std::shared_ptr<const Charge> now = charges_.Get(created->id);
+      data = ChargeJson(now != nullptr ? *now : *created);
+    }
+    co_return ListResponse("/v1/charges", data, std::move(key));
+  }
+
+  // GET /v1/refunds?idempotency_key=K: the refund made under K, if any.
+  asio::awaitable<Response> ListRefunds(Request& req) {
+    std::shared_ptr<const StoredResult> prior;
+    std::string key;
+    if (std::optional<Response> err = co_await LookupKey(req, &key, &prior)) {
+      co_return *std::move(err);
+    }
+    std::string data;
+    if (const auto* done = dynamic_cast<const ChargeOperation*>(prior.get());
+        done != nullptr && done->params.op == "refund") {
+      data = done->body;
+    }
+    co_return ListResponse("/v1/refunds", data, std::move(key));
+  }
+
+  // The shared part of the lookups: auth, latency, the one idempotency_key
+  // query parameter, then what is stored under it, waiting for a request in
+  // flight under the key so that "not found" is definite.
+  asio::awaitable<std::optional<Response>> LookupKey(Request& req, std::string* key,
+                                                     std::shared_ptr<const StoredResult>* prior) {
+    if (std::optional<Response> err = Authenticate(req)) co_return err;
     if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
     std::vector<std::string> values = QueryValues(req.query, "idempotency_key");
     if (values.size() != 1 || values[0].empty()) {
       co_return Invalid("idempotency_key", "Exactly one idempotency_key query parameter is required.");
     }
-    std::string key = values[0];
-    std::shared_ptr<const StoredResult> prior;
-    {
-      // Wait for an in-flight request under this key so "not found" is definite.
-      IdempotencyStore::Hold hold = co_await store_.Acquire(key);
-      prior = hold.prior();
-    }
+    *key = values[0];
+    IdempotencyStore::Hold hold = co_await store_.Acquire(*key);
+    *prior = hold.prior();
+    co_return std::nullopt;
+  }
+
+  // {"object":"list","data":[<item>] or [],"has_more":false,"url":<url>}
+  static Response ListResponse(std::string_view url, std::string_view item, std::string key) {
     Response resp;
     JsonWriter w(&resp.body);
     w.BeginObject();
     w.Key("object").String("list");
     w.Key("data").BeginArray();
-    if (prior != nullptr) w.Raw(ChargeJson(static_cast<const Charge&>(*prior)));
+    if (!item.empty()) w.Raw(item);
     w.EndArray();
     w.Key("has_more").Bool(false);
-    w.Key("url").String("/v1/charges");
+    w.Key("url").String(url);
     w.EndObject();
-    resp.log_key = key;
-    co_return resp;
+    resp.log_key = std::move(key);
+    return resp;
   }
 
   // GET /v1/charges/<id>
@@ -190,15 +333,233 @@ class CardApi final : public SandboxApi {
     if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
     if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
     std::shared_ptr<const Charge> charge = charges_.Get(req.path_params.at(0));
-    if (charge == nullptr) {
-      Json extra = Json::object();
-      extra["param"] = "id";
-      co_return ErrorResponse(404, "invalid_request_error", "resource_missing", "No such charge.",
-                              std::move(extra));
-    }
+    if (charge == nullptr) co_return NoSuchCharge("id");
     Response resp;
     resp.body = ChargeJson(*charge);
     co_return resp;
+  }
+
+  // POST /v1/charges/{id}/capture and /void (`op`): no parameters.
+  asio::awaitable<Response> CaptureOrVoid(Request& req, std::string_view op) {
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    std::optional<std::string> key;
+    if (std::optional<Response> err = IdempotencyKey(req, &key)) co_return *std::move(err);
+    std::optional<FormPairs> pairs;
+    if (std::optional<Response> err = ParseOperationForm(req, {}, &pairs)) {
+      co_return *std::move(err);
+    }
+    OperationParams params;
+    params.op = std::string(op);
+    params.charge_id = std::string(req.path_params.at(0));
+    if (charges_.Get(params.charge_id) == nullptr) co_return NoSuchCharge("id");
+    co_return co_await TakeOrReplayOperation(req, std::move(params), std::move(key));
+  }
+
+  // POST /v1/refunds: charge (required), reason, amount (the charge's).
+  asio::awaitable<Response> CreateRefund(Request& req) {
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    std::optional<std::string> key;
+    if (std::optional<Response> err = IdempotencyKey(req, &key)) co_return *std::move(err);
+    std::optional<FormPairs> pairs;
+    if (std::optional<Response> err =
+            ParseOperationForm(req, {"charge", "reason", "amount"}, &pairs)) {
+      co_return *std::move(err);
+    }
+    auto get = [&pairs](std::string_view name) -> std::optional<std::string_view> {
+      for (const auto& [k, v] : *pairs) {
+        if (k == name) return v;
+      }
+      return std::nullopt;
+    };
+    OperationParams params;
+    params.op = "refund";
+    params.charge_id = std::string(get("charge").value_or(""));
+    if (params.charge_id.empty()) co_return Invalid("charge", "charge is required.");
+    if (std::optional<std::string_view> reason = get("reason")) {
+      if (Utf8Length(*reason) > kMaxReasonLen) {
+        co_return Invalid("reason", "reason can be at most 500 characters.");
+      }
+      params.reason = std::string(*reason);
+    }
+    std::shared_ptr<const Charge> charge = charges_.Get(params.charge_id);
+    if (charge == nullptr) co_return NoSuchCharge("charge");
+    if (std::optional<std::string_view> amount = get("amount")) {
+      if (ParseAmount(*amount) != charge->amount) {
+        co_return Invalid("amount", StrCat("Only full refunds are supported: amount must be ",
+                                           charge->amount, "."));
+      }
+    }
+    co_return co_await TakeOrReplayOperation(req, std::move(params), std::move(key));
+  }
+
+  asio::awaitable<Response> TakeOrReplayOperation(Request& req, OperationParams params,
+                                                  std::optional<std::string> key) {
+    auto take = [&](IdempotencyStore::Hold* hold) { return TakeOperation(params, key, hold); };
+    auto replay = [&](const StoredResult& prior) { return ReplayOperation(prior, params); };
+    co_return co_await TakeOrReplay(config_, store_, req, key, key.value_or(""), take, replay);
+  }
+
+  // The body of a capture, void or refund: empty, or form-encoded UTF-8 with
+  // only `allowed` parameters, each at most once.
+  static std::optional<Response> ParseOperationForm(const Request& req,
+                                                    std::initializer_list<std::string_view> allowed,
+                                                    std::optional<FormPairs>* out) {
+    if (req.body.empty()) {
+      *out = FormPairs{};
+      return std::nullopt;
+    }
+    if (MediaType(req.header("Content-Type")) != "application/x-www-form-urlencoded") {
+      return ErrorResponse(400, "invalid_request_error", "parameter_invalid",
+                           "Content-Type must be application/x-www-form-urlencoded.");
+    }
+    if (ValidUtf8(req.body) &&
+        static_cast<size_t>(std::count(req.body.begin(), req.body.end(), '&')) < kMaxFormFields) {
+      *out = ParseForm(req.body, /*strict_utf8=*/true);
+    }
+    if (!*out) {
+      return ErrorResponse(400, "invalid_request_error", "parameter_invalid",
+                           "Request body is not valid form-encoded UTF-8.");
+    }
+    std::vector<std::string_view> seen;
+    for (const auto& [k, v] : **out) {
+      if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
+        Json extra = Json::object();
+        extra["param"] = std::string(Utf8Prefix(k, 100));
+        return ErrorResponse(400, "invalid_request_error", "parameter_unknown",
+                             "Received unknown parameter.", std::move(extra));
+      }
+      if (std::find(seen.begin(), seen.end(), k) != seen.end()) {
+        return Invalid(k, "Parameter specified more than once.");
+      }
+      seen.push_back(k);
+    }
+    return std::nullopt;
+  }
+
+  static Response NoSuchCharge(std::string_view param) {
+    Json extra = Json::object();
+    extra["param"] = param;
+    return ErrorResponse(404, "invalid_request_error", "resource_missing", "No such charge.",
+                         std::move(extra));
+  }
+
+  // Why `op` cannot be done to the charge as it is now (an error code), or
+  // empty if it can. Capture and void need a hold; a refund a captured charge.
+  static std::string_view Refusal(std::string_view op, const Charge& c) {
+    if (c.status != "succeeded") return "charge_not_authorized";
+    if (c.refunded) return op == "refund" ? "charge_already_refunded" : "charge_already_captured";
+    if (c.voided) return op == "void" ? "charge_already_voided" : "charge_voided";
+    if (op == "refund") return c.captured ? "" : "charge_not_captured";
+    return c.captured ? "charge_already_captured" : "";
+  }
+
+  static std::string_view RefusalMessage(std::string_view code) {
+    if (code == "charge_not_authorized") return "The charge failed: there is nothing to act on.";
+    if (code == "charge_already_refunded") return "The charge has already been refunded.";
+    if (code == "charge_already_voided") return "The charge's authorisation was already voided.";
+    if (code == "charge_voided") return "The charge's authorisation was voided.";
+    if (code == "charge_not_captured") return "The charge is an uncaptured hold: void it instead.";
+    return "The charge has already been captured.";
+  }
+
+  static void Apply(std::string_view op, Charge& c) {
+    if (op == "capture") {
+      c.captured = true;
+    } else if (op == "void") {
+      c.voided = true;
+    } else {
+      c.refunded = true;
+    }
+  }
+
+  // Under the charge's lock: checks the charge as it is now, journals the
+  // operation, then applies it. A refusal or error changes, journals and
+  // stores nothing, so a retry under the key is judged anew.
+  asio::awaitable<Response> TakeOperation(const OperationParams& params,
+                                          const std::optional<std::string>& key,
+                                          IdempotencyStore::Hold* hold) {
+    if (config_.InjectError()) co_return InternalError();
+    IdempotencyStore::Hold charge_lock = co_await charge_locks_.Acquire(params.charge_id);
+    std::shared_ptr<const Charge> charge = charges_.Get(params.charge_id);
+    if (std::string_view refusal = Refusal(params.op, *charge); !refusal.empty()) {
+      Json extra = Json::object();
+      extra["charge"] = charge->id;
+      co_return ErrorResponse(400, "invalid_request_error", refusal, RefusalMessage(refusal),
+                              std::move(extra));
+    }
+    auto next = std::make_shared<Charge>(*charge);
+    Apply(params.op, *next);
+    auto done = std::make_shared<ChargeOperation>();
+    done->params = params;
+
+    const double ts = NowSeconds();
+    std::string line;
+    JsonWriter rec(&line);
+    rec.BeginObject();
+    rec.Key("ts").Double(ts);
+    rec.Key("api").String(kApiName);
+    rec.Key("op").String(params.op);
+    if (params.op == "refund") {
+      RefundRecord refund;
+      refund.id = StrCat("re_", RandomHex(12));
+      refund.charge_id = charge->id;
+      refund.amount = charge->amount;
+      refund.currency = charge->currency;
+      refund.reason = params.reason;
+      refund.idempotency_key = key;
+      refund.ts = ts;
+      done->body = RefundJson(refund);
+      rec.Key("id").String(refund.id);
+      rec.Key("charge").String(charge->id);
+    } else {
+      done->body = ChargeJson(*next);
+      rec.Key("id").String(charge->id);
+    }
+    rec.Key("idempotency_key");
+    if (key) {
+      rec.String(*key);
+    } else {
+      rec.Null();
+    }
+    rec.Key("amount").Int(charge->amount);
+    rec.Key("currency").String(charge->currency);
+    if (params.op == "refund") {
+      rec.Key("status").String("succeeded");
+      rec.Key("reason");
+      if (params.reason) {
+        rec.String(*params.reason);
+      } else {
+        rec.Null();
+      }
+    }
+    rec.EndObject();
+    if (!co_await journal_.AppendLine(std::move(line))) co_return InternalError();
+
+    charges_.Put(next);
+    if (hold != nullptr) hold->Put(done);
+    Response resp;
+    resp.body = done->body;
+    co_return resp;
+  }
+
+  // Same operation on the same charge (and reason): the stored answer.
+  static Response ReplayOperation(const StoredResult& prior, const OperationParams& params) {
+    const auto* done = dynamic_cast<const ChargeOperation*>(&prior);
+    if (done == nullptr || done->params.op != params.op ||
+        done->params.charge_id != params.charge_id || done->params.reason != params.reason) {
+      return KeyReused();
+    }
+    Response resp;
+    resp.body = done->body;
+    resp.headers.emplace_back("Idempotent-Replayed", "true");
+    resp.replayed = true;
+    return resp;
+  }
+
+  static Response KeyReused() {
+    return ErrorResponse(400, "idempotency_error", "idempotency_key_reused",
+                         "Keys for idempotent requests can only be used with the same "
+                         "parameters they were first used with.");
   }
 
   std::optional<Response> Authenticate(const Request& req) const {
@@ -237,9 +598,9 @@ class CardApi final : public SandboxApi {
       return ErrorResponse(400, "invalid_request_error", "parameter_invalid",
                            "Request body is not valid form-encoded UTF-8.");
     }
-    static const std::array<std::string_view, 7> kAllowed = {
+    static const std::array<std::string_view, 8> kAllowed = {
         "amount", "currency", "card[number]", "card[exp_month]", "card[exp_year]", "card[cvc]",
-        "description"};
+        "description", "capture"};
     std::array<std::optional<std::string_view>, kAllowed.size()> raw;  // by kAllowed index
     auto allowed_index = [](std::string_view k) -> int {
       for (size_t i = 0; i < kAllowed.size(); ++i) {
@@ -318,11 +679,16 @@ class CardApi final : public SandboxApi {
     if (Utf8Length(get("description")) > kMaxDescriptionLen) {
       return Invalid("description", "description can be at most 1000 characters.");
     }
+    std::string_view capture = get("capture");
+    if (!capture.empty() && capture != "true" && capture != "false") {
+      return Invalid("capture", "capture must be true or false.");
+    }
 
     out->amount = *amount;
     out->currency = std::string(currency);
     for (char& c : out->currency) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     out->number = Secret(std::string(number));
+    out->capture = capture != "false";
     if (want_fingerprint) {
       // Over every raw parameter (the whole request is compared on reuse);
       // kept in memory only, never journaled.
@@ -336,20 +702,22 @@ class CardApi final : public SandboxApi {
     return std::nullopt;
   }
 
-  Response Replay(const Charge& prior, const ChargeParams& params) const {
+  // A create call under a key already used: the stored answer if the key was
+  // used for the same charge request (not for a capture, void or refund).
+  Response Replay(const StoredResult& stored, const ChargeParams& params) const {
+    const auto* created = dynamic_cast<const Charge*>(&stored);
+    if (created == nullptr) return KeyReused();
+    const Charge& prior = *created;
     bool same;
     if (!prior.fingerprint.empty()) {
       same = ConstantTimeEquals(prior.fingerprint, params.fingerprint);
     } else {  // rebuilt from the journal: compare what the journal knows
       std::string_view number = params.number.Reveal();
       same = prior.amount == params.amount && prior.currency == params.currency &&
-             prior.last4 == number.substr(number.size() - 4);
+             prior.last4 == number.substr(number.size() - 4) &&
+             (prior.status == "failed" || prior.capture == params.capture);
     }
-    if (!same) {
-      return ErrorResponse(400, "idempotency_error", "idempotency_key_reused",
-                           "Keys for idempotent requests can only be used with the same "
-                           "parameters they were first used with.");
-    }
+    if (!same) return KeyReused();
     Response resp = Render(prior);
     resp.headers.emplace_back("Idempotent-Replayed", "true");
     resp.replayed = true;
@@ -382,6 +750,8 @@ class CardApi final : public SandboxApi {
     charge->idempotency_key = key;
     charge->ts = NowSeconds();
     charge->fingerprint = params.fingerprint;
+    charge->capture = params.capture;
+    charge->captured = decline.empty() && params.capture;
 
     std::string line;
     JsonWriter rec(&line);
@@ -400,6 +770,7 @@ class CardApi final : public SandboxApi {
     rec.Key("status").String(charge->status);
     rec.Key("decline_code").String(charge->decline_code);
     rec.Key("last4").String(charge->last4);
+    if (charge->status == "succeeded" && !charge->capture) rec.Key("captured").Bool(false);
     rec.EndObject();
     // Not journaled means not taken: tell the client truthfully.
     if (!co_await journal_.AppendLine(std::move(line))) co_return InternalError();
@@ -420,6 +791,10 @@ class CardApi final : public SandboxApi {
     w.Key("currency").String(c.currency);
     w.Key("status").String(c.status);
     w.Key("paid").Bool(c.status == "succeeded");
+    w.Key("captured").Bool(c.captured);
+    w.Key("voided").Bool(c.voided);
+    w.Key("refunded").Bool(c.refunded);
+    w.Key("amount_refunded").Int(c.refunded ? c.amount : 0);
     w.Key("card_last4").String(c.last4);
     w.Key("idempotency_key");
     if (c.idempotency_key) {
@@ -429,6 +804,34 @@ class CardApi final : public SandboxApi {
     }
     w.Key("created").Int(static_cast<int64_t>(c.ts));
     if (c.status == "failed") w.Key("failure_code").String(c.decline_code);
+    w.EndObject();
+    return out;
+  }
+
+  // The refund object (the refund call's answer and the refunds list item).
+  static std::string RefundJson(const RefundRecord& r) {
+    std::string out;
+    JsonWriter w(&out);
+    w.BeginObject();
+    w.Key("id").String(r.id);
+    w.Key("object").String("refund");
+    w.Key("charge").String(r.charge_id);
+    w.Key("amount").Int(r.amount);
+    w.Key("currency").String(r.currency);
+    w.Key("status").String("succeeded");
+    w.Key("reason");
+    if (r.reason) {
+      w.String(*r.reason);
+    } else {
+      w.Null();
+    }
+    w.Key("idempotency_key");
+    if (r.idempotency_key) {
+      w.String(*r.idempotency_key);
+    } else {
+      w.Null();
+    }
+    w.Key("created").Int(static_cast<int64_t>(r.ts));
     w.EndObject();
     return out;
   }
@@ -456,7 +859,10 @@ class CardApi final : public SandboxApi {
   const Secret secret_;
   Journal& journal_;
   const ApiConfig& config_;
-  IdempotencyStore store_;
+  IdempotencyStore store_;  // charges, captures, voids and refunds share the keys
+  // Used only for its per-key lock: one capture / void / refund of a charge
+  // at a time (keyed by charge id; nothing is stored).
+  IdempotencyStore charge_locks_;
   ShardedChargeIndex charges_;
 };
 

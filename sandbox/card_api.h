@@ -3,6 +3,18 @@
 //   POST /v1/charges                     create a charge (form-encoded body)
 //   GET  /v1/charges?idempotency_key=K   list with zero or one charge (Lookup)
 //   GET  /v1/charges/<id>                retrieve one charge
+//   POST /v1/charges/<id>/capture        capture an authorisation hold
+//   POST /v1/charges/<id>/void           release a hold (the sandbox's stand-in
+//                                        for cancelling a Stripe PaymentIntent)
+//   POST /v1/refunds                     refund a captured charge in full
+//   GET  /v1/refunds?idempotency_key=K   list with zero or one refund
+//
+// capture=false on create makes a hold (status succeeded, captured false).
+// Capture, void and refund of one charge are serialised (a per-charge lock
+// held across the checks and the journal write): of racing calls exactly one
+// wins, the others are refused (400 charge_already_captured, ...). They take
+// Idempotency-Key like charges (one key space for all four calls); a refusal
+// is not stored under the key. Full contract: sandbox/README.md.
 //
 // Auth: "Authorization: Bearer <secret>". Optional Idempotency-Key (1-255
 // printable ASCII, no spaces): a repeat with the same parameters replays the
@@ -20,8 +32,12 @@
 // (insufficient_funds), any other Luhn-valid number starting 4000000000
 // declines (card_declined), any other Luhn-valid number approves.
 //
-// Journal line: {"ts","api":"card","id","idempotency_key","amount",
-// "currency","status","decline_code","last4"}; never the card number or CVC.
+// Journal lines: {"ts","api":"card","id","idempotency_key","amount",
+// "currency","status","decline_code","last4"} (a hold adds "captured":false);
+// {"ts","api":"card","op":"capture"|"void","id":<charge>,"idempotency_key",
+// "amount","currency"}; {"ts","api":"card","op":"refund","id":<refund>,
+// "charge","idempotency_key","amount","currency","status":"succeeded",
+// "reason"}. Never the card number or CVC.
 #pragma once
 
 #include <memory>

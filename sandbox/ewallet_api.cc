@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <mutex>
+#include <unordered_map>
+
+#include "absl/base/thread_annotations.h"
 
 #include "io/crypto.h"
 #include "io/strings.h"
@@ -15,6 +19,7 @@ constexpr std::string_view kApiName = "ewallet";
 constexpr int64_t kMaxSkewS = 300;
 constexpr size_t kMaxKeyLen = 255;
 constexpr int64_t kMaxAmount = 99'999'999'999;
+constexpr size_t kMaxReasonLen = 255;
 constexpr std::string_view kBusySuffix = "0005";
 
 struct Provider {
@@ -85,12 +90,54 @@ struct Payment final : StoredResult {
   std::string idempotency_key;
   double ts = 0;
   std::string fingerprint;  // empty when rebuilt: compare on the summary
+  // Set once refunded (in full). A refund makes a new Payment (copy on
+  // write): the one stored under the payment's key stays as it was answered.
+  std::string refund_id;
 };
 
 struct PaymentParams {
   std::string provider, merchant_ref, account_id, currency;
   int64_t amount = 0;
   std::string fingerprint;
+};
+
+// One refund of a payment, in full (taken or rebuilt from the journal); also
+// what is stored under its idempotency key.
+struct PaymentRefund final : StoredResult {
+  std::string id;
+  std::string provider;
+  std::string payment_id;
+  int64_t amount = 0;
+  std::string currency;
+  std::optional<std::string> reason;
+  std::string idempotency_key;
+  double ts = 0;
+};
+
+struct RefundParams {
+  std::string provider, payment_id;
+  std::optional<int64_t> amount;
+  std::optional<std::string> reason;
+};
+
+// Payments by provider and id, as they are now (refunded or not).
+class PaymentIndex {
+ public:
+  void Put(std::shared_ptr<const Payment> pay) {
+    std::string id = StrCat(pay->provider, "\n", pay->id);
+    std::lock_guard lock(mu_);
+    payments_[std::move(id)] = std::move(pay);
+  }
+  std::shared_ptr<const Payment> Get(std::string_view provider, std::string_view id) {
+    std::string key = StrCat(provider, "\n", id);
+    std::lock_guard lock(mu_);
+    auto it = payments_.find(key);
+    return it == payments_.end() ? nullptr : it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<const Payment>> payments_ ABSL_GUARDED_BY(mu_);
 };
 
 class EwalletApi final : public SandboxApi {
@@ -105,9 +152,22 @@ class EwalletApi final : public SandboxApi {
                api_index);
     router.Add("GET", "/ewallet/v1/*/payments", [this](Request& r) { return LookupPayments(r); },
                api_index);
+    router.Add("POST", "/ewallet/v1/*/payments/*/refunds",
+               [this](Request& r) { return RefundPayment(r); }, api_index);
+    router.Add("GET", "/ewallet/v1/*/refunds", [this](Request& r) { return LookupRefunds(r); },
+               api_index);
   }
 
+  // Journal lines come in the order they were taken: a payment line, then
+  // the refund line ("op":"refund") of that payment, if any.
   absl::Status Restore(const Json& rec) override {
+    if (!rec.contains("op")) return RestorePayment(rec);
+    if (rec["op"] != "refund") return absl::DataLossError("ewallet journal record: bad op");
+    return RestoreRefund(rec);
+  }
+
+ private:
+  absl::Status RestorePayment(const Json& rec) {
     auto pay = std::make_shared<Payment>();
     try {
       pay->account_id_last4 = rec.at("account_id_last4").get<std::string>();
@@ -134,10 +194,40 @@ class EwalletApi final : public SandboxApi {
     }
     pay->account_id = StrCat("****", pay->account_id_last4);
     if (!pay->idempotency_key.empty()) store_.Put(StoreKey(pay->provider, pay->idempotency_key), pay);
+    payments_.Put(pay);
     return absl::OkStatus();
   }
 
- private:
+  // A refund line: its payment must be journaled before it and refundable.
+  absl::Status RestoreRefund(const Json& rec) {
+    auto refund = std::make_shared<PaymentRefund>();
+    try {
+      refund->id = rec.at("id").get<std::string>();
+      refund->provider = rec.at("provider").get<std::string>();
+      refund->payment_id = rec.at("payment_id").get<std::string>();
+      refund->amount = rec.at("amount").get<int64_t>();
+      refund->currency = rec.at("currency").get<std::string>();
+      if (rec.contains("reason") && rec["reason"].is_string()) {
+        refund->reason = rec["reason"].get<std::string>();
+      }
+      refund->idempotency_key = rec.at("idempotency_key").get<std::string>();
+      refund->ts = rec.at("ts").get<double>();
+    } catch (const Json::exception& e) {
+      return absl::DataLossError(StrCat("ewallet journal record: ", e.what()));
+    }
+    std::shared_ptr<const Payment> pay = payments_.Get(refund->provider, refund->payment_id);
+    if (pay == nullptr || !Refusal(*pay).empty() || pay->amount != refund->amount ||
+        pay->currency != refund->currency) {
+      return absl::DataLossError(StrCat("ewallet journal record ", refund->id,
+                                        ": not a full refund of a refundable payment"));
+    }
+    auto refunded = std::make_shared<Payment>(*pay);
+    refunded->refund_id = refund->id;
+    payments_.Put(refunded);
+    store_.Put(StoreKey(refund->provider, refund->idempotency_key), refund);
+    return absl::OkStatus();
+  }
+
   // Providers are different companies: keys are scoped per provider.
   static std::string StoreKey(std::string_view provider, std::string_view key) {
     return StrCat(provider, "\n", key);
@@ -165,9 +255,7 @@ class EwalletApi final : public SandboxApi {
     auto take = [&](IdempotencyStore::Hold* hold) {
       return TakePayment(params, std::string(key), *hold);
     };
-    auto replay = [&](const StoredResult& prior) {
-      return Replay(static_cast<const Payment&>(prior), params);
-    };
+    auto replay = [&](const StoredResult& prior) { return Replay(prior, params); };
     co_return co_await TakeOrReplay(config_, store_, req, StoreKey(provider, key),
                                     std::string(key), take, replay);
   }
@@ -188,12 +276,180 @@ class EwalletApi final : public SandboxApi {
       prior = hold.prior();
     }
     Json payments = Json::array();
-    if (prior != nullptr) payments.push_back(PaymentObject(static_cast<const Payment&>(*prior)));
+    if (const auto* pay = dynamic_cast<const Payment*>(prior.get())) {
+      payments.push_back(PaymentObject(*pay));
+    }
     Json body = Json::object();
     body["payments"] = std::move(payments);
     Response resp = Response::FromJson(200, body);
     resp.log_key = values[0];
     co_return resp;
+  }
+
+  // POST /ewallet/v1/{provider}/payments/{payment_id}/refunds: a full refund.
+  asio::awaitable<Response> RefundPayment(Request& req) {
+    if (std::optional<Response> err = Verify(req)) co_return *std::move(err);
+    RefundParams params;
+    params.provider = std::string(req.path_params.at(0));
+    params.payment_id = std::string(req.path_params.at(1));
+    if (!ProviderCurrencies(params.provider)) co_return Code(404, "UNKNOWN_PROVIDER");
+    std::string_view key = req.header("X-Idempotency-Key").value_or("");
+    if (key.empty() || key.size() > kMaxKeyLen || !IsVisibleAscii(key)) {
+      co_return Invalid("X-Idempotency-Key",
+                        "X-Idempotency-Key is required: 1-255 printable ASCII characters without "
+                        "spaces.");
+    }
+    if (std::optional<Response> err = ParseRefundBody(req, &params)) co_return *std::move(err);
+    std::shared_ptr<const Payment> pay = payments_.Get(params.provider, params.payment_id);
+    if (pay == nullptr) co_return Code(404, "PAYMENT_NOT_FOUND");
+    if (params.amount && *params.amount != pay->amount) {
+      co_return Invalid("amount", "Only full refunds are supported: amount must be the payment's.");
+    }
+    auto take = [&](IdempotencyStore::Hold* hold) {
+      return TakeRefund(params, std::string(key), *hold);
+    };
+    auto replay = [&](const StoredResult& prior) { return ReplayRefund(prior, params); };
+    co_return co_await TakeOrReplay(config_, store_, req, StoreKey(params.provider, key),
+                                    std::string(key), take, replay);
+  }
+
+  // GET /ewallet/v1/{provider}/refunds?idempotency_key=K
+  asio::awaitable<Response> LookupRefunds(Request& req) {
+    if (std::optional<Response> err = Verify(req)) co_return *std::move(err);
+    std::string provider(req.path_params.at(0));
+    if (!ProviderCurrencies(provider)) co_return Code(404, "UNKNOWN_PROVIDER");
+    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+    std::vector<std::string> values = QueryValues(req.query, "idempotency_key");
+    if (values.size() != 1 || values[0].empty()) {
+      co_return Invalid("idempotency_key", "Exactly one idempotency_key query parameter is required.");
+    }
+    std::shared_ptr<const StoredResult> prior;
+    {
+      IdempotencyStore::Hold hold = co_await store_.Acquire(StoreKey(provider, values[0]));
+      prior = hold.prior();
+    }
+    Json refunds = Json::array();
+    if (const auto* refund = dynamic_cast<const PaymentRefund*>(prior.get())) {
+      refunds.push_back(RefundObject(*refund));
+    }
+    Json body = Json::object();
+    body["refunds"] = std::move(refunds);
+    Response resp = Response::FromJson(200, body);
+    resp.log_key = values[0];
+    co_return resp;
+  }
+
+  // An empty body, or a JSON object with `reason` (at most 255 characters)
+  // and `amount` (the payment's), both optional.
+  static std::optional<Response> ParseRefundBody(const Request& req, RefundParams* out) {
+    if (TrimSpace(req.body).empty()) return std::nullopt;
+    if (MediaType(req.header("Content-Type")) != "application/json") {
+      return Invalid("Content-Type", "Content-Type must be application/json.");
+    }
+    Json body = ValidUtf8(req.body) ? Json::parse(req.body, nullptr, false)
+                                    : Json(Json::value_t::discarded);
+    if (body.is_discarded() || !body.is_object()) {
+      return Invalid("body", "The body must be a JSON object.");
+    }
+    for (auto& [k, v] : body.items()) {
+      if (k != "reason" && k != "amount") return Invalid(Utf8Prefix(k, 100), "Unknown field.");
+    }
+    if (body.contains("reason")) {
+      if (!body["reason"].is_string() ||
+          Utf8Length(body["reason"].get<std::string>()) > kMaxReasonLen) {
+        return Invalid("reason", "reason must be a string of at most 255 characters.");
+      }
+      out->reason = body["reason"].get<std::string>();
+    }
+    if (body.contains("amount")) {
+      if (!body["amount"].is_number_integer()) {
+        return Invalid("amount", "amount must be an integer in minor units.");
+      }
+      out->amount = body["amount"].is_number_unsigned() &&
+                            body["amount"].get<uint64_t>() > uint64_t(kMaxAmount)
+                        ? -1
+                        : body["amount"].get<int64_t>();
+    }
+    return std::nullopt;
+  }
+
+  // Why the payment cannot be refunded now (a code), or empty.
+  static std::string_view Refusal(const Payment& pay) {
+    if (pay.status != "succeeded") return "PAYMENT_NOT_REFUNDABLE";
+    if (!pay.refund_id.empty()) return "ALREADY_REFUNDED";
+    return {};
+  }
+
+  // Same payment and reason under the same key: the stored answer.
+  static Response ReplayRefund(const StoredResult& stored, const RefundParams& params) {
+    const auto* prior = dynamic_cast<const PaymentRefund*>(&stored);
+    if (prior == nullptr || prior->payment_id != params.payment_id ||
+        prior->reason != params.reason) {
+      return Code(409, "IDEMPOTENCY_CONFLICT");
+    }
+    Response resp = Response::FromJson(200, RefundObject(*prior));
+    resp.headers.emplace_back("X-Idempotent-Replayed", "true");
+    resp.replayed = true;
+    return resp;
+  }
+
+  // Under the payment's lock: checks the payment as it is now, journals the
+  // refund, then applies it. A refusal or error changes, journals and stores
+  // nothing.
+  asio::awaitable<Response> TakeRefund(const RefundParams& params, std::string key,
+                                       IdempotencyStore::Hold& hold) {
+    if (config_.InjectError()) co_return NotCharged(500, "SYSTEM_ERROR");
+    IdempotencyStore::Hold payment_lock =
+        co_await payment_locks_.Acquire(StoreKey(params.provider, params.payment_id));
+    std::shared_ptr<const Payment> pay = payments_.Get(params.provider, params.payment_id);
+    if (std::string_view refusal = Refusal(*pay); !refusal.empty()) {
+      co_return Code(409, refusal);
+    }
+    auto refund = std::make_shared<PaymentRefund>();
+    refund->id = StrCat("RF-", RandomHex(12));
+    for (char& c : refund->id) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    refund->provider = pay->provider;
+    refund->payment_id = pay->id;
+    refund->amount = pay->amount;
+    refund->currency = pay->currency;
+    refund->reason = params.reason;
+    refund->idempotency_key = std::move(key);
+    refund->ts = NowSeconds();
+
+    Json rec = Json::object();
+    rec["ts"] = refund->ts;
+    rec["api"] = kApiName;
+    rec["op"] = "refund";
+    rec["provider"] = refund->provider;
+    rec["id"] = refund->id;
+    rec["payment_id"] = refund->payment_id;
+    rec["idempotency_key"] = refund->idempotency_key;
+    rec["amount"] = refund->amount;
+    rec["currency"] = refund->currency;
+    rec["status"] = "succeeded";
+    rec["reason"] = refund->reason ? Json(*refund->reason) : Json(nullptr);
+    if (!co_await journal_.Append(rec)) co_return NotCharged(500, "SYSTEM_ERROR");
+    auto refunded = std::make_shared<Payment>(*pay);
+    refunded->refund_id = refund->id;
+    payments_.Put(refunded);
+    hold.Put(refund);
+    co_return Response::FromJson(200, RefundObject(*refund));
+  }
+
+  // The refund (the refund call's answer and the lookup's item): a pure
+  // function of the journaled record.
+  static Json RefundObject(const PaymentRefund& refund) {
+    Json obj = Json::object();
+    obj["refund_id"] = refund.id;
+    obj["payment_id"] = refund.payment_id;
+    obj["provider"] = refund.provider;
+    obj["status"] = "REFUNDED";
+    obj["amount"] = refund.amount;
+    obj["currency"] = refund.currency;
+    obj["reason"] = refund.reason ? Json(*refund.reason) : Json(nullptr);
+    obj["idempotency_key"] = refund.idempotency_key;
+    obj["created"] = static_cast<int64_t>(refund.ts);
+    return obj;
   }
 
   std::optional<Response> Verify(const Request& req) const {
@@ -274,7 +530,11 @@ class EwalletApi final : public SandboxApi {
     return std::nullopt;
   }
 
-  static Response Replay(const Payment& prior, const PaymentParams& params) {
+  // A key used for a refund is not reusable for a payment.
+  static Response Replay(const StoredResult& stored, const PaymentParams& params) {
+    const auto* payment = dynamic_cast<const Payment*>(&stored);
+    if (payment == nullptr) return Code(409, "IDEMPOTENCY_CONFLICT");
+    const Payment& prior = *payment;
     bool same;
     if (!prior.fingerprint.empty()) {
       same = ConstantTimeEquals(prior.fingerprint, params.fingerprint);
@@ -326,6 +586,7 @@ class EwalletApi final : public SandboxApi {
     rec["account_id_last4"] = pay->account_id_last4;
     rec["merchant_ref"] = pay->merchant_ref;
     if (!co_await journal_.Append(rec)) co_return NotCharged(500, "SYSTEM_ERROR");
+    payments_.Put(pay);
     hold.Put(pay);
     co_return Render(*pay);
   }
@@ -353,7 +614,11 @@ class EwalletApi final : public SandboxApi {
   const std::optional<Secret> secret_;
   Journal& journal_;
   const ApiConfig& config_;
-  IdempotencyStore store_;
+  IdempotencyStore store_;  // payments and refunds share the (per-provider) keys
+  // Used only for its per-key lock: one refund of a payment at a time (keyed
+  // by provider and payment id; nothing is stored).
+  IdempotencyStore payment_locks_;
+  PaymentIndex payments_;
 };
 
 }  // namespace

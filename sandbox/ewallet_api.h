@@ -30,9 +30,22 @@
 //   -> 200 {"payments":[]} or {"payments":[<payment>]}; waits for an
 //   in-flight payment under the key.
 //
+// POST /ewallet/v1/{provider}/payments/{payment_id}/refunds   (signed)
+//   X-Idempotency-Key required (one key space with payments, per provider);
+//   body empty or {"reason","amount"} (both optional; amount must be the
+//   payment's: full refunds only). -> 200 {"refund_id":"RF-<24 hex>",
+//   "payment_id","provider","status":"REFUNDED","amount","currency",
+//   "reason","idempotency_key","created"}; 409 ALREADY_REFUNDED /
+//   PAYMENT_NOT_REFUNDABLE (a failed payment); 404 PAYMENT_NOT_FOUND.
+//   Refunds of one payment are serialised: one of racing refunds wins.
+// GET /ewallet/v1/{provider}/refunds?idempotency_key=K   (signed)
+//   -> 200 {"refunds":[]} or {"refunds":[<refund>]}; waits for one in flight.
+//
 // Journal line: {"ts","api":"ewallet","provider","id","idempotency_key",
 // "amount","currency","status","decline_code","account_id_last4",
-// "merchant_ref"}. The full account_id is never journaled: after a restart
+// "merchant_ref"}; a refund: {"ts","api":"ewallet","op":"refund","provider",
+// "id","payment_id","idempotency_key","amount","currency",
+// "status":"succeeded","reason"}. The full account_id is never journaled: after a restart
 // replays and lookups show it as "****" + last 4, and a key reused with
 // another account_id is detected on its last 4 only. Latency applies to
 // payments and lookups; timeout_mode "drop" to payments. The secret and

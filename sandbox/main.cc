@@ -242,7 +242,9 @@ int Main(int argc, char** argv) {
   if (!records.ok()) {
     return Fail(StrCat("cannot load journal ", flags.journal, ": ", records.status().message()));
   }
+  size_t charges_restored = 0;  // lines without "op"; the others are operations on them
   for (const Json& rec : *records) {
+    if (!rec.contains("op")) ++charges_restored;
     const std::string api_name =
         rec.contains("api") && rec["api"].is_string() ? rec["api"].get<std::string>() : "";
     SandboxApi* api = nullptr;
@@ -276,7 +278,9 @@ int Main(int argc, char** argv) {
   LogInfo("listening",
           {{"msg", server.Sanitize(StrCat("listening on https://", flags.host, ":", server.port(),
                                           " (apis ", enabled, "; journal ", flags.journal, ", ",
-                                          records->size(), " charges restored)"))},
+                                          charges_restored, " charges restored, ",
+                                          records->size() - charges_restored,
+                                          " operations restored)"))},
            {"threads", std::to_string(flags.threads)},
            {"config", JsonBytes(config.Snapshot())}});
   // A log line per request: written in batches, not one write(2) each.

@@ -6,7 +6,11 @@
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <unordered_map>
+
+#include "absl/base/thread_annotations.h"
 
 #include "io/crypto.h"
 #include "io/strings.h"
@@ -17,6 +21,7 @@ namespace {
 
 constexpr std::string_view kApiName = "paypal";
 constexpr size_t kMaxRequestIdLen = 108;
+constexpr size_t kMaxNoteLen = 255;
 constexpr int64_t kMaxAmount = 99'999'999'999;
 constexpr std::string_view kTokenPrefix = "A21AA";
 constexpr std::string_view kScope =
@@ -132,7 +137,9 @@ Response OauthError(int status, std::string_view error, std::string_view descrip
   return Response::FromJson(status, body);
 }
 
-// One capture taken (or rebuilt from the journal).
+// One capture taken (or rebuilt from the journal). A refund makes a new
+// Capture (copy on write): the one stored under the capture call's key
+// stays as it was answered.
 struct Capture final : StoredResult {
   std::string id;
   std::string order_id;
@@ -142,12 +149,60 @@ struct Capture final : StoredResult {
   std::string decline_code;  // the issue of a failed capture
   std::optional<std::string> idempotency_key;
   double ts = 0;
+  std::string refund_id;  // set once refunded (always in full)
 };
 
 struct CaptureParams {
   std::string order_id;
   int64_t amount = 0;
   std::string currency;
+};
+
+// One refund of a capture, in full (taken or rebuilt from the journal); also
+// what is stored under its PayPal-Request-Id.
+struct Refund final : StoredResult {
+  std::string id;
+  std::string capture_id;
+  int64_t amount = 0;
+  std::string currency;
+  std::optional<std::string> note_to_payer;
+  std::optional<std::string> idempotency_key;
+  double ts = 0;
+};
+
+struct RefundParams {
+  std::string capture_id;
+  std::optional<int64_t> amount;  // if given, in `currency`
+  std::string currency;
+  std::optional<std::string> note_to_payer;
+};
+
+// Captures by id as they are now, and refunds by id.
+class PaymentIndex {
+ public:
+  void Put(std::shared_ptr<const Capture> cap) {
+    std::lock_guard lock(mu_);
+    captures_[cap->id] = std::move(cap);
+  }
+  void Put(std::shared_ptr<const Refund> refund) {
+    std::lock_guard lock(mu_);
+    refunds_[refund->id] = std::move(refund);
+  }
+  std::shared_ptr<const Capture> GetCapture(std::string_view id) {
+    std::lock_guard lock(mu_);
+    auto it = captures_.find(std::string(id));
+    return it == captures_.end() ? nullptr : it->second;
+  }
+  std::shared_ptr<const Refund> GetRefund(std::string_view id) {
+    std::lock_guard lock(mu_);
+    auto it = refunds_.find(std::string(id));
+    return it == refunds_.end() ? nullptr : it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<const Capture>> captures_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, std::shared_ptr<const Refund>> refunds_ ABSL_GUARDED_BY(mu_);
 };
 
 class PaypalApi final : public SandboxApi {
@@ -170,9 +225,26 @@ class PaypalApi final : public SandboxApi {
                api_index);
     router.Add("GET", "/v2/payments/captures", [this](Request& r) { return SearchCaptures(r); },
                api_index);
+    router.Add("GET", "/v2/payments/captures/*", [this](Request& r) { return GetCapture(r); },
+               api_index);
+    router.Add("POST", "/v2/payments/captures/*/refund",
+               [this](Request& r) { return RefundCapture(r); }, api_index);
+    router.Add("GET", "/v2/payments/refunds", [this](Request& r) { return SearchRefunds(r); },
+               api_index);
+    router.Add("GET", "/v2/payments/refunds/*", [this](Request& r) { return GetRefund(r); },
+               api_index);
   }
 
+  // Journal lines come in the order they were taken: a capture line, then
+  // the refund line ("op":"refund") of that capture, if any.
   absl::Status Restore(const Json& rec) override {
+    if (!rec.contains("op")) return RestoreCapture(rec);
+    if (rec["op"] != "refund") return absl::DataLossError("paypal journal record: bad op");
+    return RestoreRefund(rec);
+  }
+
+ private:
+  absl::Status RestoreCapture(const Json& rec) {
     auto cap = std::make_shared<Capture>();
     try {
       cap->id = rec.at("id").get<std::string>();
@@ -199,10 +271,44 @@ class PaypalApi final : public SandboxApi {
     if (cap->idempotency_key && !cap->idempotency_key->empty()) {
       store_.Put(*cap->idempotency_key, cap);
     }
+    index_.Put(cap);
     return absl::OkStatus();
   }
 
- private:
+  // A refund line: its capture must be journaled before it and refundable.
+  absl::Status RestoreRefund(const Json& rec) {
+    auto refund = std::make_shared<Refund>();
+    try {
+      refund->id = rec.at("id").get<std::string>();
+      refund->capture_id = rec.at("capture_id").get<std::string>();
+      refund->amount = rec.at("amount").get<int64_t>();
+      refund->currency = rec.at("currency").get<std::string>();
+      if (rec.contains("note_to_payer") && rec["note_to_payer"].is_string()) {
+        refund->note_to_payer = rec["note_to_payer"].get<std::string>();
+      }
+      if (rec.contains("idempotency_key") && rec["idempotency_key"].is_string()) {
+        refund->idempotency_key = rec["idempotency_key"].get<std::string>();
+      }
+      refund->ts = rec.at("ts").get<double>();
+    } catch (const Json::exception& e) {
+      return absl::DataLossError(StrCat("paypal journal record: ", e.what()));
+    }
+    std::shared_ptr<const Capture> cap = index_.GetCapture(refund->capture_id);
+    if (cap == nullptr || !RefundRefusal(*cap).empty() || cap->amount != refund->amount ||
+        cap->currency != refund->currency) {
+      return absl::DataLossError(StrCat("paypal journal record ", refund->id,
+                                        ": not a full refund of a refundable capture"));
+    }
+    auto refunded = std::make_shared<Capture>(*cap);
+    refunded->refund_id = refund->id;
+    index_.Put(refunded);
+    index_.Put(refund);
+    if (refund->idempotency_key && !refund->idempotency_key->empty()) {
+      store_.Put(*refund->idempotency_key, refund);
+    }
+    return absl::OkStatus();
+  }
+
   // POST /v1/oauth2/token
   asio::awaitable<Response> Token(Request& req) {
     if (std::optional<Response> err = RequireEnabled()) co_return *std::move(err);
@@ -246,19 +352,10 @@ class PaypalApi final : public SandboxApi {
                         "The order id must be 1-64 characters of A-Z a-z 0-9 _ -.");
     }
     std::optional<std::string> key;
-    if (std::optional<std::string_view> value = req.header("PayPal-Request-Id")) {
-      if (value->empty() || value->size() > kMaxRequestIdLen || !IsVisibleAscii(*value)) {
-        co_return Invalid("PayPal-Request-Id", "header", "INVALID_PARAMETER_VALUE",
-                          "PayPal-Request-Id must be 1-108 printable ASCII characters without "
-                          "spaces.");
-      }
-      key = std::string(*value);
-    }
+    if (std::optional<Response> err = RequestId(req, &key)) co_return *std::move(err);
     if (std::optional<Response> err = ParseBody(req, &params)) co_return *std::move(err);
     auto take = [&](IdempotencyStore::Hold* hold) { return TakeCapture(params, key, hold); };
-    auto replay = [&](const StoredResult& prior) {
-      return Replay(static_cast<const Capture&>(prior), params);
-    };
+    auto replay = [&](const StoredResult& prior) { return Replay(prior, params); };
     co_return co_await TakeOrReplay(config_, store_, req, key, key.value_or(""), take, replay);
   }
 
@@ -279,12 +376,243 @@ class PaypalApi final : public SandboxApi {
       prior = hold.prior();
     }
     Json captures = Json::array();
-    if (prior != nullptr) captures.push_back(LookupObject(static_cast<const Capture&>(*prior)));
+    if (const auto* cap = dynamic_cast<const Capture*>(prior.get())) {
+      std::shared_ptr<const Capture> now = index_.GetCapture(cap->id);  // refunded since?
+      captures.push_back(LookupObject(now != nullptr ? *now : *cap));
+    }
     Json body = Json::object();
     body["captures"] = std::move(captures);
     Response resp = Response::FromJson(200, body);
     resp.log_key = key;
     co_return resp;
+  }
+
+  // GET /v2/payments/captures/{capture_id}: the capture as it is now.
+  asio::awaitable<Response> GetCapture(Request& req) {
+    if (std::optional<Response> err = RequireEnabled()) co_return *std::move(err);
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+    std::shared_ptr<const Capture> cap = index_.GetCapture(req.path_params.at(0));
+    if (cap == nullptr) co_return NotFound("capture_id");
+    co_return Response::FromJson(200, LookupObject(*cap));
+  }
+
+  // POST /v2/payments/captures/{capture_id}/refund: a full refund.
+  asio::awaitable<Response> RefundCapture(Request& req) {
+    if (std::optional<Response> err = RequireEnabled()) co_return *std::move(err);
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    std::optional<std::string> key;
+    if (std::optional<Response> err = RequestId(req, &key)) co_return *std::move(err);
+    RefundParams params;
+    params.capture_id = std::string(req.path_params.at(0));
+    if (std::optional<Response> err = ParseRefundBody(req, &params)) co_return *std::move(err);
+    std::shared_ptr<const Capture> cap = index_.GetCapture(params.capture_id);
+    if (cap == nullptr) co_return NotFound("capture_id");
+    if (params.amount) {  // full refunds only
+      if (params.currency != cap->currency) {
+        co_return Unprocessable("/amount/currency_code", "REFUND_CAPTURE_CURRENCY_MISMATCH",
+                                "Refund must be in the same currency as the capture.");
+      }
+      if (*params.amount < cap->amount) {
+        co_return Unprocessable("/amount/value", "PARTIAL_REFUND_NOT_ALLOWED",
+                                "The sandbox refunds captures in full only: omit amount or give "
+                                "the captured amount.");
+      }
+      if (*params.amount > cap->amount) {
+        co_return Unprocessable("/amount/value", "REFUND_AMOUNT_EXCEEDED",
+                                "The refund amount must be less than or equal to the capture "
+                                "amount that has not yet been refunded.");
+      }
+    }
+    auto take = [&](IdempotencyStore::Hold* hold) { return TakeRefund(params, key, hold); };
+    auto replay = [&](const StoredResult& prior) { return ReplayRefund(prior, params); };
+    co_return co_await TakeOrReplay(config_, store_, req, key, key.value_or(""), take, replay);
+  }
+
+  // GET /v2/payments/refunds/{refund_id}
+  asio::awaitable<Response> GetRefund(Request& req) {
+    if (std::optional<Response> err = RequireEnabled()) co_return *std::move(err);
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+    std::shared_ptr<const Refund> refund = index_.GetRefund(req.path_params.at(0));
+    if (refund == nullptr) co_return NotFound("refund_id");
+    co_return Response::FromJson(200, RefundObject(*refund));
+  }
+
+  // GET /v2/payments/refunds?paypal_request_id=K: {"refunds":[]} or one;
+  // waits for a refund in flight under the key.
+  asio::awaitable<Response> SearchRefunds(Request& req) {
+    if (std::optional<Response> err = RequireEnabled()) co_return *std::move(err);
+    if (std::optional<Response> err = Authenticate(req)) co_return *std::move(err);
+    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+    std::vector<std::string> values = QueryValues(req.query, "paypal_request_id");
+    if (values.size() != 1 || values[0].empty()) {
+      co_return Invalid("paypal_request_id", "query", "MISSING_REQUIRED_PARAMETER",
+                        "Exactly one paypal_request_id query parameter is required.");
+    }
+    const std::string key = values[0];
+    std::shared_ptr<const StoredResult> prior;
+    {
+      IdempotencyStore::Hold hold = co_await store_.Acquire(key);
+      prior = hold.prior();
+    }
+    Json refunds = Json::array();
+    if (const auto* refund = dynamic_cast<const Refund*>(prior.get())) {
+      refunds.push_back(RefundObject(*refund));
+    }
+    Json body = Json::object();
+    body["refunds"] = std::move(refunds);
+    Response resp = Response::FromJson(200, body);
+    resp.log_key = key;
+    co_return resp;
+  }
+
+  static std::optional<Response> RequestId(const Request& req, std::optional<std::string>* key) {
+    std::optional<std::string_view> value = req.header("PayPal-Request-Id");
+    if (!value) return std::nullopt;
+    if (value->empty() || value->size() > kMaxRequestIdLen || !IsVisibleAscii(*value)) {
+      return Invalid("PayPal-Request-Id", "header", "INVALID_PARAMETER_VALUE",
+                     "PayPal-Request-Id must be 1-108 printable ASCII characters without spaces.");
+    }
+    *key = std::string(*value);
+    return std::nullopt;
+  }
+
+  static Response NotFound(std::string_view field) {
+    return Invalid(field, "path", "INVALID_RESOURCE_ID",
+                   "Specified resource ID does not exist. Please check the resource ID and try "
+                   "again.",
+                   404, "RESOURCE_NOT_FOUND", "The specified resource does not exist.");
+  }
+
+  static Response Unprocessable(std::string_view field, std::string_view issue,
+                                std::string_view description) {
+    return Invalid(field, "body", issue, description, 422, "UNPROCESSABLE_ENTITY",
+                   kUnprocessableMessage);
+  }
+
+  // Why the capture cannot be refunded now (an issue), or empty.
+  static std::string_view RefundRefusal(const Capture& cap) {
+    if (cap.status != "succeeded") return "REFUND_NOT_ALLOWED";
+    if (!cap.refund_id.empty()) return "CAPTURE_FULLY_REFUNDED";
+    return {};
+  }
+
+  // An empty body, or a JSON object with `amount` (the captured amount) and
+  // `note_to_payer` (at most 255 characters), both optional.
+  static std::optional<Response> ParseRefundBody(const Request& req, RefundParams* out) {
+    if (TrimSpace(req.body).empty()) return std::nullopt;
+    std::optional<Json> body;
+    if (std::optional<Response> err = ParseJsonObject(req, &body)) return err;
+    for (auto& [k, v] : body->items()) {
+      if (k != "amount" && k != "note_to_payer") {
+        return Invalid(StrCat("/", Utf8Prefix(k, 100)), "body", "UNKNOWN_FIELD",
+                       "Only amount and note_to_payer are accepted by the sandbox.");
+      }
+    }
+    if (body->contains("note_to_payer")) {
+      const Json& note = (*body)["note_to_payer"];
+      if (!note.is_string() || Utf8Length(note.get<std::string>()) > kMaxNoteLen) {
+        return Invalid("/note_to_payer", "body", "INVALID_PARAMETER_VALUE",
+                       "note_to_payer must be a string of at most 255 characters.");
+      }
+      out->note_to_payer = note.get<std::string>();
+    }
+    if (body->contains("amount")) {
+      int64_t minor = 0;
+      if (std::optional<Response> err = ParseAmount(*body, &minor, &out->currency)) return err;
+      out->amount = minor;
+    }
+    return std::nullopt;
+  }
+
+  // Same capture and note under the same PayPal-Request-Id: the stored answer.
+  static Response ReplayRefund(const StoredResult& stored, const RefundParams& params) {
+    const auto* prior = dynamic_cast<const Refund*>(&stored);
+    if (prior == nullptr || prior->capture_id != params.capture_id ||
+        prior->note_to_payer != params.note_to_payer) {
+      return RequestIdReused();
+    }
+    Response resp = Response::FromJson(201, RefundObject(*prior));
+    resp.headers.emplace_back("PayPal-Request-Id-Replayed", "true");
+    resp.replayed = true;
+    return resp;
+  }
+
+  static Response RequestIdReused() {
+    return Invalid("PayPal-Request-Id", "header", "PAYPAL_REQUEST_ID_PREVIOUSLY_USED",
+                   "The PayPal-Request-Id has already been used for another request.", 422,
+                   "UNPROCESSABLE_ENTITY", kUnprocessableMessage);
+  }
+
+  // Under the capture's lock: checks the capture as it is now, journals the
+  // refund, then applies it. A refusal or error changes, journals and stores
+  // nothing.
+  asio::awaitable<Response> TakeRefund(const RefundParams& params,
+                                       const std::optional<std::string>& key,
+                                       IdempotencyStore::Hold* hold) {
+    if (config_.InjectError()) co_return ServerError();
+    IdempotencyStore::Hold capture_lock = co_await capture_locks_.Acquire(params.capture_id);
+    std::shared_ptr<const Capture> cap = index_.GetCapture(params.capture_id);
+    if (std::string_view issue = RefundRefusal(*cap); !issue.empty()) {
+      co_return Unprocessable("capture_id", issue,
+                              issue == "CAPTURE_FULLY_REFUNDED"
+                                  ? "Capture has already been fully refunded."
+                                  : "The capture was declined: there is nothing to refund.");
+    }
+    auto refund = std::make_shared<Refund>();
+    refund->id = StrCat("REF", Upper(RandomHex(9).substr(0, 17)));
+    refund->capture_id = cap->id;
+    refund->amount = cap->amount;
+    refund->currency = cap->currency;
+    refund->note_to_payer = params.note_to_payer;
+    refund->idempotency_key = key;
+    refund->ts = NowSeconds();
+
+    Json rec = Json::object();
+    rec["ts"] = refund->ts;
+    rec["api"] = kApiName;
+    rec["op"] = "refund";
+    rec["id"] = refund->id;
+    rec["capture_id"] = refund->capture_id;
+    rec["idempotency_key"] = key ? Json(*key) : Json(nullptr);
+    rec["amount"] = refund->amount;
+    rec["currency"] = refund->currency;
+    rec["status"] = "succeeded";
+    rec["note_to_payer"] = refund->note_to_payer ? Json(*refund->note_to_payer) : Json(nullptr);
+    if (!co_await journal_.Append(rec)) co_return ServerError();  // not journaled: not refunded
+    auto refunded = std::make_shared<Capture>(*cap);
+    refunded->refund_id = refund->id;
+    index_.Put(refunded);
+    index_.Put(refund);
+    if (hold != nullptr) hold->Put(refund);
+    co_return Response::FromJson(201, RefundObject(*refund));
+  }
+
+  // The refund resource (the refund call's answer, GET and search items): a
+  // pure function of the journaled record.
+  static Json RefundObject(const Refund& refund) {
+    Json amount = Json::object();
+    amount["currency_code"] = refund.currency;
+    amount["value"] = FormatAmount(refund.amount, refund.currency);
+    Json self = Json::object();
+    self["href"] = StrCat("/v2/payments/refunds/", refund.id);
+    self["rel"] = "self";
+    self["method"] = "GET";
+    Json up = Json::object();
+    up["href"] = StrCat("/v2/payments/captures/", refund.capture_id);
+    up["rel"] = "up";
+    up["method"] = "GET";
+    Json obj = Json::object();
+    obj["id"] = refund.id;
+    obj["status"] = "COMPLETED";
+    obj["amount"] = std::move(amount);
+    if (refund.note_to_payer) obj["note_to_payer"] = *refund.note_to_payer;
+    obj["paypal_request_id"] =
+        refund.idempotency_key ? Json(*refund.idempotency_key) : Json(nullptr);
+    obj["create_time"] = IsoTime(refund.ts);
+    obj["links"] = Json::array({std::move(self), std::move(up)});
+    return obj;
   }
 
   std::optional<Response> RequireEnabled() const {
@@ -360,7 +688,8 @@ class PaypalApi final : public SandboxApi {
     return resp;
   }
 
-  static std::optional<Response> ParseBody(const Request& req, CaptureParams* out) {
+  // A JSON object body with Content-Type application/json.
+  static std::optional<Response> ParseJsonObject(const Request& req, std::optional<Json>* out) {
     if (MediaType(req.header("Content-Type")) != "application/json") {
       return Invalid("Content-Type", "header", "UNSUPPORTED_MEDIA_TYPE",
                      "Content-Type must be application/json.", 415, "UNSUPPORTED_MEDIA_TYPE",
@@ -373,12 +702,25 @@ class PaypalApi final : public SandboxApi {
     if (!body.is_object()) {
       return Invalid("/", "body", "MALFORMED_REQUEST_JSON", "The request body must be a JSON object.");
     }
-    for (auto& [k, v] : body.items()) {
+    *out = std::move(body);
+    return std::nullopt;
+  }
+
+  static std::optional<Response> ParseBody(const Request& req, CaptureParams* out) {
+    std::optional<Json> body;
+    if (std::optional<Response> err = ParseJsonObject(req, &body)) return err;
+    for (auto& [k, v] : body->items()) {
       if (k != "amount") {
         return Invalid(StrCat("/", Utf8Prefix(k, 100)), "body", "UNKNOWN_FIELD",
                        "Only the amount member is accepted by the sandbox.");
       }
     }
+    return ParseAmount(*body, &out->amount, &out->currency);
+  }
+
+  // The "amount" member {"currency_code","value"} of `body`, in minor units.
+  static std::optional<Response> ParseAmount(const Json& body, int64_t* minor_out,
+                                             std::string* currency_out) {
     const Json* amount = body.contains("amount") ? &body["amount"] : nullptr;
     if (amount == nullptr || !amount->is_object()) {
       return Invalid("/amount", "body", "MISSING_REQUIRED_PARAMETER",
@@ -408,18 +750,20 @@ class PaypalApi final : public SandboxApi {
                      StrCat("value must be a positive decimal string with at most ",
                             MinorDigits(currency), " decimal places for ", currency, "."));
     }
-    out->amount = *minor;
-    out->currency = std::move(currency);
+    *minor_out = *minor;
+    *currency_out = std::move(currency);
     return std::nullopt;
   }
 
-  // Everything compared on reuse is journaled: no fingerprint needed.
-  static Response Replay(const Capture& prior, const CaptureParams& params) {
+  // Everything compared on reuse is journaled: no fingerprint needed. A key
+  // used for a refund is not reusable for a capture.
+  static Response Replay(const StoredResult& stored, const CaptureParams& params) {
+    const auto* capture = dynamic_cast<const Capture*>(&stored);
+    if (capture == nullptr) return RequestIdReused();
+    const Capture& prior = *capture;
     if (prior.order_id != params.order_id || prior.amount != params.amount ||
         prior.currency != params.currency) {
-      return Invalid("PayPal-Request-Id", "header", "PAYPAL_REQUEST_ID_PREVIOUSLY_USED",
-                     "The PayPal-Request-Id has already been used for another request.", 422,
-                     "UNPROCESSABLE_ENTITY", kUnprocessableMessage);
+      return RequestIdReused();
     }
     Response resp = Render(prior);
     resp.headers.emplace_back("PayPal-Request-Id-Replayed", "true");
@@ -478,6 +822,7 @@ class PaypalApi final : public SandboxApi {
     rec["status"] = cap->status;
     rec["decline_code"] = cap->decline_code;
     if (!co_await journal_.Append(rec)) co_return ServerError();  // not journaled: not captured
+    index_.Put(cap);
     if (hold != nullptr) hold->Put(cap);
     co_return Render(*cap);
   }
@@ -492,7 +837,9 @@ class PaypalApi final : public SandboxApi {
   static Json LookupObject(const Capture& cap) {
     Json obj = Json::object();
     obj["id"] = cap.id;
-    obj["status"] = cap.status == "succeeded" ? "COMPLETED" : "DECLINED";
+    obj["status"] = cap.status != "succeeded" ? "DECLINED"
+                    : cap.refund_id.empty()   ? "COMPLETED"
+                                              : "REFUNDED";
     obj["order_id"] = cap.order_id;
     obj["paypal_request_id"] = cap.idempotency_key ? Json(*cap.idempotency_key) : Json(nullptr);
     obj["amount"] = AmountObject(cap);
@@ -541,7 +888,11 @@ class PaypalApi final : public SandboxApi {
   Journal& journal_;
   const ApiConfig& config_;
   Stats& stats_;
-  IdempotencyStore store_;
+  IdempotencyStore store_;  // captures and refunds share the PayPal-Request-Id space
+  // Used only for its per-key lock: one refund of a capture at a time (keyed
+  // by capture id; nothing is stored).
+  IdempotencyStore capture_locks_;
+  PaymentIndex index_;
 };
 
 }  // namespace

@@ -37,9 +37,24 @@
 //   "DECLINED","order_id","paypal_request_id","amount","issue","create_time"}]};
 //   waits for an in-flight capture under the key.
 //
-// Latency applies to captures and lookups; timeout_mode "drop" to captures.
+// POST /v2/payments/captures/{capture_id}/refund   (bearer token)
+//   Optional PayPal-Request-Id (as for captures; one key space for both),
+//   optional JSON body {"amount":{...},"note_to_payer":"..."}; full refunds
+//   only. -> 201 {"id":"REF<17 hex>","status":"COMPLETED","amount",...,
+//   "links"}; refused with 422 CAPTURE_FULLY_REFUNDED, REFUND_NOT_ALLOWED (a
+//   declined capture), PARTIAL_REFUND_NOT_ALLOWED / REFUND_AMOUNT_EXCEEDED /
+//   REFUND_CAPTURE_CURRENCY_MISMATCH; unknown capture 404 RESOURCE_NOT_FOUND.
+//   Refunds of one capture are serialised: exactly one of racing refunds wins.
+// GET /v2/payments/captures/{capture_id}, GET /v2/payments/refunds/{id},
+// GET /v2/payments/refunds?paypal_request_id=K   (bearer token)
+//   A refunded capture shows "status":"REFUNDED" here and in the search.
+//
+// Latency applies to captures, refunds and lookups; timeout_mode "drop" to
+// captures and refunds.
 // Journal line: {"ts","api":"paypal","id","idempotency_key","order_id",
-// "amount":<minor units>,"currency","status","decline_code"}. Tokens and the
+// "amount":<minor units>,"currency","status","decline_code"}; a refund:
+// {"ts","api":"paypal","op":"refund","id","capture_id","idempotency_key",
+// "amount","currency","status":"succeeded","note_to_payer"}. Tokens and the
 // client secret are never logged or journaled.
 #pragma once
 

@@ -381,11 +381,13 @@ class Sandbox:
             raise AssertionError(f"{self.name} stats reset: HTTP {status} {body}")
         return body
 
-    def journal(self) -> list[dict]:
+    def journal(self, ops: bool = False) -> list[dict]:
+        """Charge lines; with `ops` also the capture / void / refund lines
+        (those with "op", see sandbox/README.md)."""
         if not self.journal_path.exists():
             return []
-        return [json.loads(line) for line in self.journal_path.read_text().splitlines()
-                if line.strip()]
+        return [r for r in (json.loads(line) for line in self.journal_path.read_text().splitlines()
+                            if line.strip()) if ops or "op" not in r]
 
     def journal_for(self, key: str) -> list[dict]:
         return [r for r in self.journal() if r.get("idempotency_key") == key]
@@ -936,14 +938,17 @@ class Stack:
     def sandbox_log(self) -> str:
         return self.psp.log() if self.psp else ""
 
-    def journal(self) -> list[dict]:
-        """The sandbox's JSON-lines journal: one record per charge taken."""
+    def journal(self, ops: bool = False) -> list[dict]:
+        """The sandbox's JSON-lines journal: one record per charge taken; with
+        `ops` also the capture / void / refund lines (those with "op")."""
         if not self.journal_path.exists():
             return []
         out = []
         for line in self.journal_path.read_text().splitlines():
             if line.strip():
-                out.append(json.loads(line))
+                rec = json.loads(line)
+                if ops or "op" not in rec:
+                    out.append(rec)
         return out
 
     def journal_for(self, key: str) -> list[dict]:

@@ -166,6 +166,42 @@ class Sandbox(base.Sandbox):
         return self.ew_request("GET", provider, query=urllib.parse.urlencode(
             {"idempotency_key": key}), **kw)
 
+    # -- refunds -----------------------------------------------------------------
+    def pp_refund(self, capture_id, body=None, key=None, token=None, conn=None):
+        headers = {"Authorization": f"Bearer {token or self.access_token()}"}
+        raw = ""
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            raw = body if isinstance(body, str) else json.dumps(body)
+        if key is not None:
+            headers["PayPal-Request-Id"] = key
+        return self.request("POST", f"/v2/payments/captures/{capture_id}/refund", raw, headers,
+                            conn)
+
+    def pp_get(self, path):
+        return self.request("GET", path, headers={"Authorization": f"Bearer {self.access_token()}"})
+
+    def ew_signed(self, method, path, body=None, key=None, conn=None):
+        raw = b"" if body is None else json.dumps(body).encode()
+        ts = str(int(time.time()))
+        sig = hmac.new(EW_SECRET.encode(), f"{ts}\n{method}\n{path}\n".encode() + raw,
+                       hashlib.sha256).hexdigest()
+        SEEN_SIGNATURES.append(sig)
+        headers = {"X-Timestamp": ts, "X-Signature": sig}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if key is not None:
+            headers["X-Idempotency-Key"] = key
+        return self.request(method, path, raw if method == "POST" else None, headers, conn)
+
+    def ew_refund(self, provider, payment_id, body=None, key=None, conn=None):
+        return self.ew_signed("POST", f"/ewallet/v1/{provider}/payments/{payment_id}/refunds",
+                              body, key, conn)
+
+    def ew_refund_lookup(self, provider, key):
+        return self.ew_signed("GET", f"/ewallet/v1/{provider}/refunds?" +
+                              urllib.parse.urlencode({"idempotency_key": key}))
+
 
 TMP: Path
 CERTS: Path
@@ -850,6 +886,336 @@ class ZzSecretsNotLeakedTest(SandboxTest):
                 self.assertEqual(set(rec), PAYPAL_JOURNAL_KEYS)
             elif rec["api"] == "ewallet":
                 self.assertEqual(set(rec), EWALLET_JOURNAL_KEYS)
+
+
+# ----------------------------------------------------------------------------
+# Refunds (PayPal captures, e-wallet payments)
+# ----------------------------------------------------------------------------
+
+PAYPAL_REFUND_JOURNAL_KEYS = {"ts", "api", "op", "id", "capture_id", "idempotency_key", "amount",
+                              "currency", "status", "note_to_payer"}
+EWALLET_REFUND_JOURNAL_KEYS = {"ts", "api", "op", "provider", "id", "payment_id",
+                               "idempotency_key", "amount", "currency", "status", "reason"}
+REFUND_ID_RE = re.compile(r"^REF[0-9A-F]{17}$")
+EW_REFUND_ID_RE = re.compile(r"^RF-[0-9A-F]{24}$")
+
+
+def race(sb, calls):
+    """Runs the calls (functions of a connection) at once; their results."""
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def worker(i):
+        c = sb.conn()
+        try:
+            c.connect()
+            barrier.wait(timeout=10)
+            results[i] = calls[i](c)
+        except Exception as e:  # surfaced by the callers' assertions
+            results[i] = e
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+class RefundTest(unittest.TestCase):
+    """On a sandbox of its own: its journal holds refund lines ("op"), which
+    the module's whole-journal checks do not expect."""
+
+    sb: Sandbox
+
+    @classmethod
+    def setUpClass(cls):
+        workdir = TMP / "refunds"
+        workdir.mkdir()
+        cls.sb = Sandbox(workdir, CERTS, workdir / "journal.jsonl", CARD_FILE,
+                         extra_args=sandbox_args()).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.sb.stop()
+        if rc != 0:
+            raise AssertionError(f"sandbox exited {rc}:\n{cls.sb.log()}")
+
+    def setUp(self):
+        self.sb.reset_config()
+
+    def captured(self, value="9.99", currency="USD"):
+        status, _, body, _ = self.sb.capture(new_order(), value, currency, key=new_key())
+        self.assertEqual(status, 201, body)
+        return body["purchase_units"][0]["payments"]["captures"][0]["id"]
+
+    def paid(self, provider="gcash", amount=5000, currency="PHP", account=None):
+        status, _, body, _ = self.sb.ew_pay(provider, account, amount, currency, new_key())
+        self.assertEqual(status, 200, body)
+        return body["payment_id"]
+
+    def refund_lines(self, key):
+        return [r for r in self.sb.journal_for(key) if r.get("op") == "refund"]
+
+    # -- PayPal ------------------------------------------------------------------
+    def test_paypal_refund(self):
+        cap_key, order = new_key(), new_order()
+        status, _, cap_body, cap_raw = self.sb.capture(order, "12.50", key=cap_key)
+        cap_id = cap_body["purchase_units"][0]["payments"]["captures"][0]["id"]
+        key = new_key()
+        status, hdrs, body, raw = self.sb.pp_refund(cap_id, {"note_to_payer": "sorry"}, key)
+        self.assertEqual(status, 201, body)
+        self.assertNotIn("paypal-request-id-replayed", hdrs)
+        self.assertRegex(body["id"], REFUND_ID_RE)
+        self.assertEqual((body["status"], body["amount"], body["note_to_payer"]),
+                         ("COMPLETED", {"currency_code": "USD", "value": "12.50"}, "sorry"))
+        self.assertEqual({(l["rel"], l["href"]) for l in body["links"]},
+                         {("self", f"/v2/payments/refunds/{body['id']}"),
+                          ("up", f"/v2/payments/captures/{cap_id}")})
+        lines = self.refund_lines(key)
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+        self.assertEqual(set(lines[0]), PAYPAL_REFUND_JOURNAL_KEYS)
+        self.assertEqual((lines[0]["api"], lines[0]["id"], lines[0]["capture_id"],
+                          lines[0]["amount"], lines[0]["currency"], lines[0]["status"],
+                          lines[0]["note_to_payer"]),
+                         ("paypal", body["id"], cap_id, 1250, "USD", "succeeded", "sorry"))
+        # Replay (byte-identical), GET and search by PayPal-Request-Id.
+        s2, h2, _, raw2 = self.sb.pp_refund(cap_id, {"note_to_payer": "sorry"}, key)
+        self.assertEqual((s2, raw2, h2.get("paypal-request-id-replayed")), (201, raw, "true"))
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+        self.assertEqual(self.sb.pp_get(f"/v2/payments/refunds/{body['id']}")[:3:2], (200, body))
+        self.assertEqual(self.sb.pp_get("/v2/payments/refunds?paypal_request_id=" + key)[2],
+                         {"refunds": [body]})
+        self.assertEqual(self.sb.pp_get("/v2/payments/refunds?paypal_request_id=x" + key)[2],
+                         {"refunds": []})
+        # The capture now shows REFUNDED; the capture call's replay is unchanged.
+        self.assertEqual(self.sb.pp_lookup(cap_key)[2]["captures"][0]["status"], "REFUNDED")
+        self.assertEqual(self.sb.pp_get(f"/v2/payments/captures/{cap_id}")[2]["status"],
+                         "REFUNDED")
+        self.assertEqual(self.sb.capture(order, "12.50", key=cap_key)[3], cap_raw)
+        # Without a body, or with the full amount; without a PayPal-Request-Id.
+        s, _, b, _ = self.sb.pp_refund(self.captured("3.00"))
+        self.assertEqual((s, b["amount"]["value"], "note_to_payer" in b), (201, "3.00", False))
+        s, _, b, _ = self.sb.pp_refund(self.captured("150", "JPY"),
+                                       {"amount": {"currency_code": "JPY", "value": "150"}})
+        self.assertEqual((s, b["amount"]), (201, {"currency_code": "JPY", "value": "150"}))
+
+    def test_paypal_refund_refusals_journal_nothing(self):
+        refunded = self.captured()
+        self.assertEqual(self.sb.pp_refund(refunded)[0], 201)
+        dkey = new_key()
+        self.assertEqual(self.sb.capture(new_order("DECLINED"), key=dkey)[0], 422)
+        declined = self.sb.journal_for(dkey)[0]["id"]
+        ok = self.captured("5.00")
+        cases = [
+            ("refunded", refunded, None, 422, "CAPTURE_FULLY_REFUNDED", "capture_id"),
+            ("declined", declined, None, 422, "REFUND_NOT_ALLOWED", "capture_id"),
+            ("unknown", "CAP00000000000000000", None, 404, "INVALID_RESOURCE_ID", "capture_id"),
+            ("partial", ok, {"amount": {"currency_code": "USD", "value": "4.99"}}, 422,
+             "PARTIAL_REFUND_NOT_ALLOWED", "/amount/value"),
+            ("more", ok, {"amount": {"currency_code": "USD", "value": "5.01"}}, 422,
+             "REFUND_AMOUNT_EXCEEDED", "/amount/value"),
+            ("currency", ok, {"amount": {"currency_code": "EUR", "value": "5.00"}}, 422,
+             "REFUND_CAPTURE_CURRENCY_MISMATCH", "/amount/currency_code"),
+            ("bad value", ok, {"amount": {"currency_code": "USD", "value": "5.001"}}, 400,
+             "INVALID_PARAMETER_VALUE", "/amount/value"),
+            ("long note", ok, {"note_to_payer": "x" * 256}, 400, "INVALID_PARAMETER_VALUE",
+             "/note_to_payer"),
+            ("unknown field", ok, {"invoice_id": "x"}, 400, "UNKNOWN_FIELD", "/invoice_id"),
+            ("not json", ok, "{", 400, "MALFORMED_REQUEST_JSON", "/"),
+        ]
+        for name, cap_id, body, status, issue, field in cases:
+            with self.subTest(name):
+                key = new_key()
+                st, _, resp, _ = self.sb.pp_refund(cap_id, body, key)
+                self.assertEqual((st, resp["details"][0]["issue"], resp["details"][0]["field"]),
+                                 (status, issue, field), resp)
+                if status == 404:
+                    self.assertEqual(resp["name"], "RESOURCE_NOT_FOUND")
+                self.assertEqual(self.sb.journal_for(key), [])
+        self.assertEqual(self.sb.pp_get(f"/v2/payments/captures/{ok}")[2]["status"], "COMPLETED")
+        self.assertEqual(self.sb.pp_refund(ok, token="A21AAbogus")[0], 401)
+        self.assertEqual(self.sb.pp_get("/v2/payments/refunds/REF0")[0], 404)
+
+    def test_paypal_request_id_reused_for_another_request(self):
+        a, b = self.captured(), self.captured()
+        key = new_key()
+        self.assertEqual(self.sb.pp_refund(a, {"note_to_payer": "n"}, key)[0], 201)
+        for name, result in (("other capture", self.sb.pp_refund(b, {"note_to_payer": "n"}, key)),
+                             ("other note", self.sb.pp_refund(a, {"note_to_payer": "m"}, key)),
+                             ("a capture", self.sb.capture(new_order(), key=key))):
+            with self.subTest(name):
+                st, _, body, _ = result
+                self.assertEqual((st, body["details"][0]["issue"]),
+                                 (422, "PAYPAL_REQUEST_ID_PREVIOUSLY_USED"))
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+        self.assertEqual(self.sb.pp_get(f"/v2/payments/captures/{b}")[2]["status"], "COMPLETED")
+
+    def test_paypal_concurrent_refunds_have_one_winner(self):
+        cap_id = self.captured()
+        self.sb.access_token()
+        self.sb.config(paypal={"latency_ms": 50})
+        results = race(self.sb, [lambda c: self.sb.pp_refund(cap_id, key=new_key(), conn=c)
+                                 for _ in range(6)])
+        for r in results:
+            self.assertIsInstance(r, tuple, r)
+        self.assertEqual(sorted(r[0] for r in results), [201] + [422] * 5)
+        self.assertEqual({r[2]["details"][0]["issue"] for r in results if r[0] == 422},
+                         {"CAPTURE_FULLY_REFUNDED"})
+        self.assertEqual(len([r for r in self.sb.journal_lines()
+                              if r.get("op") == "refund" and r.get("capture_id") == cap_id]), 1)
+
+    # -- e-wallet ----------------------------------------------------------------
+    def test_ewallet_refund(self):
+        pay_key, account = new_key(), new_account()
+        status, _, payment, pay_raw = self.sb.ew_pay("gcash", account, 4500, "PHP", pay_key)
+        self.assertEqual(status, 200)
+        pid = payment["payment_id"]
+        key = new_key()
+        status, hdrs, body, raw = self.sb.ew_refund("gcash", pid, {"reason": "duplicate"}, key)
+        self.assertEqual(status, 200, body)
+        self.assertNotIn("x-idempotent-replayed", hdrs)
+        self.assertRegex(body["refund_id"], EW_REFUND_ID_RE)
+        self.assertEqual({k: v for k, v in body.items() if k not in ("refund_id", "created")},
+                         {"payment_id": pid, "provider": "gcash", "status": "REFUNDED",
+                          "amount": 4500, "currency": "PHP", "reason": "duplicate",
+                          "idempotency_key": key})
+        lines = self.refund_lines(key)
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+        self.assertEqual(set(lines[0]), EWALLET_REFUND_JOURNAL_KEYS)
+        self.assertEqual((lines[0]["api"], lines[0]["provider"], lines[0]["id"],
+                          lines[0]["payment_id"], lines[0]["amount"], lines[0]["status"]),
+                         ("ewallet", "gcash", body["refund_id"], pid, 4500, "succeeded"))
+        s2, h2, _, raw2 = self.sb.ew_refund("gcash", pid, {"reason": "duplicate"}, key)
+        self.assertEqual((s2, raw2, h2.get("x-idempotent-replayed")), (200, raw, "true"))
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+        self.assertEqual(self.sb.ew_refund_lookup("gcash", key)[:3:2], (200, {"refunds": [body]}))
+        self.assertEqual(self.sb.ew_refund_lookup("gcash", new_key())[2], {"refunds": []})
+        self.assertEqual(self.sb.ew_refund_lookup("dana", key)[2], {"refunds": []})
+        # The payment's replay is unchanged; no body works too.
+        self.assertEqual(self.sb.ew_pay("gcash", account, 4500, "PHP", pay_key)[3], pay_raw)
+        s, _, b, _ = self.sb.ew_refund("toypay", self.paid("toypay", 10, "EUR"), key=new_key())
+        self.assertEqual((s, b["reason"], b["amount"]), (200, None, 10))
+        s, _, b, _ = self.sb.ew_refund("gcash", self.paid(amount=77), {"amount": 77}, new_key())
+        self.assertEqual((s, b["amount"]), (200, 77))
+
+    def test_ewallet_refund_refusals_journal_nothing(self):
+        refunded = self.paid()
+        self.assertEqual(self.sb.ew_refund("gcash", refunded, key=new_key())[0], 200)
+        failed = self.paid(account=new_account("0002"))
+        ok = self.paid(amount=800)
+        cases = [
+            ("refunded", "gcash", refunded, None, 409, {"code": "ALREADY_REFUNDED"}),
+            ("failed", "gcash", failed, None, 409, {"code": "PAYMENT_NOT_REFUNDABLE"}),
+            ("unknown", "gcash", "EW-000000000000000000000000", None, 404,
+             {"code": "PAYMENT_NOT_FOUND"}),
+            ("other provider", "dana", ok, None, 404, {"code": "PAYMENT_NOT_FOUND"}),
+            ("unknown provider", "nopay", ok, None, 404, {"code": "UNKNOWN_PROVIDER"}),
+            ("partial", "gcash", ok, {"amount": 799}, 400, "amount"),
+            ("long reason", "gcash", ok, {"reason": "x" * 256}, 400, "reason"),
+            ("unknown field", "gcash", ok, {"note": "x"}, 400, "note"),
+        ]
+        for name, provider, pid, body, status, expect in cases:
+            with self.subTest(name):
+                key = new_key()
+                st, _, resp, _ = self.sb.ew_refund(provider, pid, body, key)
+                if isinstance(expect, dict):
+                    self.assertEqual((st, resp), (status, expect))
+                else:
+                    self.assertEqual((st, resp["code"], resp["field"]),
+                                     (status, "INVALID_REQUEST", expect))
+                self.assertEqual(self.sb.journal_for(key), [])
+        st, _, resp, _ = self.sb.ew_refund("gcash", ok)  # no key
+        self.assertEqual((st, resp["field"]), (400, "X-Idempotency-Key"))
+        st, _, resp, _ = self.sb.request(
+            "POST", f"/ewallet/v1/gcash/payments/{ok}/refunds", "",
+            {"X-Timestamp": str(int(time.time())), "X-Signature": "0" * 64,
+             "X-Idempotency-Key": new_key()})
+        self.assertEqual((st, resp), (401, {"code": "INVALID_SIGNATURE"}))
+        self.assertEqual(self.sb.ew_refund("gcash", ok, key=new_key())[0], 200)  # still refundable
+
+    def test_ewallet_key_reused_for_another_request(self):
+        a, b = self.paid(), self.paid()
+        key = new_key()
+        self.assertEqual(self.sb.ew_refund("gcash", a, {"reason": "r"}, key)[0], 200)
+        for name, result in (("other payment", self.sb.ew_refund("gcash", b, {"reason": "r"}, key)),
+                             ("other reason", self.sb.ew_refund("gcash", a, {"reason": "s"}, key)),
+                             ("a payment", self.sb.ew_pay("gcash", key=key))):
+            with self.subTest(name):
+                self.assertEqual(result[:3:2], (409, {"code": "IDEMPOTENCY_CONFLICT"}))
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+        self.assertEqual(self.sb.ew_refund("gcash", b, key=new_key())[0], 200)
+
+    def test_ewallet_concurrent_refunds_have_one_winner(self):
+        pid = self.paid()
+        self.sb.config(ewallet={"latency_ms": 50})
+        results = race(self.sb, [lambda c: self.sb.ew_refund("gcash", pid, key=new_key(), conn=c)
+                                 for _ in range(6)])
+        for r in results:
+            self.assertIsInstance(r, tuple, r)
+        self.assertEqual(sorted(r[0] for r in results), [200] + [409] * 5)
+        self.assertEqual(len([r for r in self.sb.journal_lines()
+                              if r.get("op") == "refund" and r.get("payment_id") == pid]), 1)
+
+    def test_refund_errors_injected_change_nothing(self):
+        cap_id, pid = self.captured(), self.paid()
+        pkey, ekey = new_key(), new_key()
+        self.sb.config(error_rate=1.0)
+        self.assertEqual(self.sb.pp_refund(cap_id, key=pkey)[0], 500)
+        self.assertEqual(self.sb.ew_refund("gcash", pid, key=ekey)[0], 500)
+        self.sb.config(error_rate=0)
+        self.assertEqual((self.sb.journal_for(pkey), self.sb.journal_for(ekey)), ([], []))
+        self.assertEqual(self.sb.pp_refund(cap_id, key=pkey)[0], 201)
+        self.assertEqual(self.sb.ew_refund("gcash", pid, key=ekey)[0], 200)
+
+    def test_zz_no_secret_in_refund_journal_or_log(self):
+        log, journal = self.sb.log(), self.sb.journal.read_text()
+        for text in (log, journal):
+            for secret in (CLIENT_SECRET, EW_SECRET, base.SECRET, *SEEN_TOKENS, *SEEN_SIGNATURES):
+                self.assertNotIn(secret, text)
+
+
+class RefundRestartTest(unittest.TestCase):
+    def test_refunds_survive_a_restart(self):
+        workdir = TMP / "refunds-restart"
+        workdir.mkdir()
+        sb = Sandbox(workdir, CERTS, workdir / "journal.jsonl", CARD_FILE,
+                     extra_args=sandbox_args())
+        sb.start()
+        try:
+            ckey, order = new_key(), new_order()
+            cap = sb.capture(order, "8.00", key=ckey)
+            cap_id = cap[2]["purchase_units"][0]["payments"]["captures"][0]["id"]
+            pkey = new_key()
+            pp = sb.pp_refund(cap_id, {"note_to_payer": "n"}, pkey)
+            pay = sb.ew_pay("grabpay", new_account(), 900, "SGD", new_key())
+            ekey = new_key()
+            ew = sb.ew_refund("grabpay", pay[2]["payment_id"], {"reason": "r"}, ekey)
+            self.assertEqual([r[0] for r in (cap, pp, pay, ew)], [201, 201, 200, 200])
+        finally:
+            self.assertEqual(sb.stop(), 0, sb.log())
+        self.assertEqual(len(sb.journal_lines()), 4)
+
+        sb.start()
+        try:
+            s, h, _, raw = sb.pp_refund(cap_id, {"note_to_payer": "n"}, pkey)
+            self.assertEqual((s, raw, h.get("paypal-request-id-replayed")), (201, pp[3], "true"))
+            s, h, _, raw = sb.ew_refund("grabpay", pay[2]["payment_id"], {"reason": "r"}, ekey)
+            self.assertEqual((s, raw, h.get("x-idempotent-replayed")), (200, ew[3], "true"))
+            self.assertEqual(sb.pp_lookup(ckey)[2]["captures"][0]["status"], "REFUNDED")
+            self.assertEqual(sb.pp_get(f"/v2/payments/refunds/{pp[2]['id']}")[2], pp[2])
+            self.assertEqual(sb.ew_refund_lookup("grabpay", ekey)[2], {"refunds": [ew[2]]})
+            self.assertEqual(sb.pp_refund(cap_id, key=new_key())[2]["details"][0]["issue"],
+                             "CAPTURE_FULLY_REFUNDED")
+            self.assertEqual(sb.ew_refund("grabpay", pay[2]["payment_id"], key=new_key())[2],
+                             {"code": "ALREADY_REFUNDED"})
+            self.assertEqual(sb.pp_refund(cap_id, {"note_to_payer": "x"}, pkey)[0], 422)
+            self.assertEqual(len(sb.journal_lines()), 4)
+        finally:
+            self.assertEqual(sb.stop(), 0, sb.log())
+        self.assertIn("2 charges restored, 2 operations restored", sb.log())
 
 
 # ----------------------------------------------------------------------------

@@ -572,5 +572,433 @@ class RestartTest(unittest.TestCase):
         self.assertIn("2 charges restored", sb.log())
 
 
+# ----------------------------------------------------------------------------
+# Card lifecycle: authorisation holds, capture, void, refunds
+# ----------------------------------------------------------------------------
+
+CHARGE_JOURNAL_KEYS = {"ts", "api", "id", "idempotency_key", "amount", "currency", "status",
+                       "decline_code", "last4"}
+CAPTURE_VOID_JOURNAL_KEYS = {"ts", "api", "op", "id", "idempotency_key", "amount", "currency"}
+REFUND_JOURNAL_KEYS = {"ts", "api", "op", "id", "charge", "idempotency_key", "amount", "currency",
+                       "status", "reason"}
+REFUND_ID_RE = re.compile(r"^re_[0-9a-f]{24}$")
+
+
+class Lifecycle:
+    """Card lifecycle calls against one sandbox."""
+
+    def __init__(self, sb: Sandbox):
+        self.sb = sb
+
+    def auth(self, key=None, form=True):
+        h = {"Authorization": f"Bearer {SECRET}"}
+        if form:
+            h["Content-Type"] = "application/x-www-form-urlencoded"
+        if key is not None:
+            h["Idempotency-Key"] = key
+        return h
+
+    def hold(self, amount=1000, key=None, number=APPROVE):
+        status, _, body, raw = self.sb.charge(number, amount=amount, key=key or new_key(),
+                                              extra={"capture": "false"})
+        return status, body, raw
+
+    def approved_hold(self, amount=1000):
+        status, body, _ = self.hold(amount)
+        assert status == 200, body
+        return body["id"]
+
+    def captured_charge(self, amount=1000):
+        status, _, body, _ = self.sb.charge(amount=amount, key=new_key())
+        assert status == 200, body
+        return body["id"]
+
+    def op(self, charge_id, op, key=None, body=""):
+        return self.sb.request("POST", f"/v1/charges/{charge_id}/{op}", body,
+                               self.auth(key, form=bool(body)))
+
+    def refund(self, charge_id, key=None, **fields):
+        form = {"charge": charge_id, **fields} if charge_id is not None else dict(fields)
+        return self.sb.request("POST", "/v1/refunds", urllib.parse.urlencode(form),
+                               self.auth(key))
+
+    def retrieve(self, charge_id):
+        st, _, body, _ = self.sb.request("GET", f"/v1/charges/{charge_id}",
+                                         headers=self.auth(form=False))
+        assert st == 200, body
+        return body
+
+    def refund_lookup(self, key):
+        return self.sb.request("GET", "/v1/refunds?" + urllib.parse.urlencode(
+            {"idempotency_key": key}), headers=self.auth(form=False))
+
+    def ops(self, op=None, charge_id=None):
+        return [r for r in self.sb.journal_lines() if "op" in r and (op is None or r["op"] == op)
+                and (charge_id is None or r.get("charge", r["id"]) == charge_id)]
+
+
+class CardLifecycleTest(unittest.TestCase):
+    """On a sandbox of its own: its journal holds the new lines ("op", and
+    "captured" on holds), which CardChargesTest's whole-journal check does not
+    expect."""
+
+    sb: Sandbox
+    lc: Lifecycle
+
+    @classmethod
+    def setUpClass(cls):
+        workdir = TMP / "lifecycle"
+        workdir.mkdir()
+        cls.sb = Sandbox(workdir, CERTS, workdir / "journal.jsonl", SECRET_FILE).start()
+        cls.lc = Lifecycle(cls.sb)
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.sb.stop()
+        if rc != 0:
+            raise AssertionError(f"sandbox exited {rc}:\n{cls.sb.log()}")
+
+    def assert_refused(self, result, status, code, key=None):
+        st, _, body, _ = result
+        self.assertEqual((st, body["error"]["code"]), (status, code), body)
+        if key is not None:
+            self.assertEqual(self.sb.journal_for(key), [])
+
+    def test_hold_then_capture(self):
+        key = new_key()
+        status, held, raw_held = self.lc.hold(amount=2100, key=key)
+        self.assertEqual(status, 200, held)
+        self.assertEqual((held["status"], held["paid"], held["captured"], held["voided"],
+                          held["refunded"], held["amount_refunded"]),
+                         ("succeeded", True, False, False, False, 0))
+        line = self.sb.journal_for(key)
+        self.assertEqual(len(line), 1)
+        self.assertEqual(set(line[0]), CHARGE_JOURNAL_KEYS | {"captured"})
+        self.assertIs(line[0]["captured"], False)
+        self.assertEqual(self.lc.retrieve(held["id"]), held)
+
+        ckey = new_key()
+        st, hdrs, captured, raw = self.lc.op(held["id"], "capture", ckey)
+        self.assertEqual(st, 200, captured)
+        self.assertNotIn("idempotent-replayed", hdrs)
+        self.assertEqual(captured, {**held, "captured": True})
+        self.assertEqual(self.lc.retrieve(held["id"]), captured)
+        rec = self.sb.journal_for(ckey)
+        self.assertEqual(len(rec), 1, rec)
+        self.assertEqual(set(rec[0]), CAPTURE_VOID_JOURNAL_KEYS)
+        self.assertEqual((rec[0]["api"], rec[0]["op"], rec[0]["id"], rec[0]["amount"],
+                          rec[0]["currency"]), ("card", "capture", held["id"], 2100, "USD"))
+        self.assertIsInstance(rec[0]["ts"], float)
+        # Replay: byte-identical, one journal line.
+        st2, hdrs2, _, raw2 = self.lc.op(held["id"], "capture", ckey)
+        self.assertEqual((st2, raw2, hdrs2.get("idempotent-replayed")), (200, raw, "true"))
+        self.assertEqual(len(self.sb.journal_for(ckey)), 1)
+        # The hold's own replay still answers what the create call answered;
+        # the lookup shows the charge as it is now.
+        st3, _, raw3 = self.lc.hold(amount=2100, key=key)
+        self.assertEqual((st3, raw3), (200, raw_held))
+        self.assertEqual(self.sb.lookup(key)[2]["data"], [captured])
+        # A capture without a key works too (here refused: captured already).
+        self.assert_refused(self.lc.op(held["id"], "capture"), 400, "charge_already_captured")
+        self.assertEqual(len(self.lc.ops("capture", held["id"])), 1)
+
+    def test_existing_charges_are_captured_and_declines_are_not(self):
+        status, _, body, _ = self.sb.charge(key=new_key())
+        self.assertEqual((status, body["captured"], body["voided"], body["refunded"],
+                          body["amount_refunded"]), (200, True, False, False, 0))
+        status, _, body, _ = self.sb.charge(key=new_key(), extra={"capture": "true"})
+        self.assertEqual((status, body["captured"]), (200, True))
+        key = new_key()
+        status, body, _ = self.lc.hold(key=key, number=DECLINE)
+        self.assertEqual((status, body["error"]["decline_code"]), (402, "card_declined"))
+        failed = self.lc.retrieve(body["error"]["charge"])
+        self.assertEqual((failed["status"], failed["captured"]), ("failed", False))
+        self.assertNotIn("captured", self.sb.journal_for(key)[0])  # not a hold
+
+    def test_capture_param_is_validated_and_fingerprinted(self):
+        for value in ("maybe", "False", "1", ""):
+            with self.subTest(value=value):
+                key = new_key()
+                st, _, body, _ = self.sb.charge(key=key, extra={"capture": value})
+                if value == "":  # blank: the default
+                    self.assertEqual((st, body["captured"]), (200, True))
+                    continue
+                self.assertEqual((st, body["error"]["param"]), (400, "capture"), body)
+                self.assertEqual(self.sb.journal_for(key), [])
+        key = new_key()
+        self.assertEqual(self.lc.hold(key=key)[0], 200)
+        st, _, body, _ = self.sb.charge(key=key)  # same key, capture omitted
+        self.assertEqual((st, body["error"]["type"]), (400, "idempotency_error"))
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+
+    def test_capture_refusals_journal_nothing(self):
+        voided = self.lc.approved_hold()
+        self.assertEqual(self.lc.op(voided, "void")[0], 200)
+        st, _, declined, _ = self.sb.charge(NSF, key=new_key())
+        self.assertEqual(st, 402)
+        cases = [(self.lc.captured_charge(), 400, "charge_already_captured"),
+                 (voided, 400, "charge_voided"),
+                 (declined["error"]["charge"], 400, "charge_not_authorized"),
+                 ("ch_000000000000000000000000", 404, "resource_missing")]
+        for charge_id, status, code in cases:
+            with self.subTest(code=code):
+                key = new_key()
+                for _ in range(2):  # a refusal is not stored under the key
+                    result = self.lc.op(charge_id, "capture", key)
+                    self.assert_refused(result, status, code, key)
+                    self.assertNotIn("idempotent-replayed", result[1])
+        self.assertEqual(self.lc.ops("capture", voided), [])
+
+    def test_void_and_its_refusals(self):
+        held = self.lc.approved_hold(amount=555)
+        key = new_key()
+        st, _, body, raw = self.lc.op(held, "void", key)
+        self.assertEqual(st, 200, body)
+        self.assertEqual((body["captured"], body["voided"], body["refunded"]), (False, True, False))
+        rec = self.sb.journal_for(key)
+        self.assertEqual(len(rec), 1)
+        self.assertEqual(set(rec[0]), CAPTURE_VOID_JOURNAL_KEYS)
+        self.assertEqual((rec[0]["op"], rec[0]["id"], rec[0]["amount"]), ("void", held, 555))
+        st2, h2, _, raw2 = self.lc.op(held, "void", key)
+        self.assertEqual((st2, raw2, h2.get("idempotent-replayed")), (200, raw, "true"))
+        self.assert_refused(self.lc.op(held, "void", new_key()), 400, "charge_already_voided")
+        self.assert_refused(self.lc.op(self.lc.captured_charge(), "void", new_key()), 400,
+                            "charge_already_captured")
+        self.assert_refused(self.lc.refund(held, new_key()), 400, "charge_voided")
+        self.assert_refused(self.lc.op("ch_nope", "void", new_key()), 404, "resource_missing")
+        self.assertEqual(len(self.lc.ops(charge_id=held)), 1)
+        # Capture and void take no parameters.
+        st, _, body, _ = self.lc.op(self.lc.approved_hold(), "capture", new_key(), "amount=1000")
+        self.assertEqual((st, body["error"]["code"]), (400, "parameter_unknown"))
+
+    def test_refund(self):
+        charge = self.lc.captured_charge(amount=4200)
+        key = new_key()
+        st, hdrs, refund, raw = self.lc.refund(charge, key, reason="requested_by_customer")
+        self.assertEqual(st, 200, refund)
+        self.assertRegex(refund["id"], REFUND_ID_RE)
+        self.assertEqual({k: v for k, v in refund.items() if k not in ("id", "created")},
+                         {"object": "refund", "charge": charge, "amount": 4200, "currency": "USD",
+                          "status": "succeeded", "reason": "requested_by_customer",
+                          "idempotency_key": key})
+        self.assertLessEqual(abs(refund["created"] - time.time()), 60)
+        now = self.lc.retrieve(charge)
+        self.assertEqual((now["refunded"], now["amount_refunded"], now["captured"]),
+                         (True, 4200, True))
+        rec = self.sb.journal_for(key)
+        self.assertEqual(len(rec), 1)
+        self.assertEqual(set(rec[0]), REFUND_JOURNAL_KEYS)
+        self.assertEqual((rec[0]["api"], rec[0]["op"], rec[0]["id"], rec[0]["charge"],
+                          rec[0]["amount"], rec[0]["currency"], rec[0]["status"],
+                          rec[0]["reason"]),
+                         ("card", "refund", refund["id"], charge, 4200, "USD", "succeeded",
+                          "requested_by_customer"))
+        # Replay, and the lookup by key.
+        st2, h2, _, raw2 = self.lc.refund(charge, key, reason="requested_by_customer")
+        self.assertEqual((st2, raw2, h2.get("idempotent-replayed")), (200, raw, "true"))
+        self.assertNotIn("idempotent-replayed", hdrs)
+        st, _, lst, _ = self.lc.refund_lookup(key)
+        self.assertEqual((st, lst["object"], lst["data"]), (200, "list", [refund]))
+        self.assertEqual(self.lc.refund_lookup(new_key())[2]["data"], [])
+        self.assertEqual(self.sb.lookup(key)[2]["data"], [])  # a refund key holds no charge
+        # With amount (the charge's) and without reason.
+        other = self.lc.captured_charge(amount=99)
+        st, _, body, _ = self.lc.refund(other, new_key(), amount="99")
+        self.assertEqual((st, body["amount"], body["reason"]), (200, 99, None))
+        self.assertEqual(len(self.lc.ops("refund", charge)), 1)
+
+    def test_refund_refusals_journal_nothing(self):
+        refunded = self.lc.captured_charge()
+        self.assertEqual(self.lc.refund(refunded)[0], 200)
+        st, _, declined, _ = self.sb.charge(DECLINE, key=new_key())
+        ok = self.lc.captured_charge(amount=1000)
+        cases = [
+            ("already", self.lc.refund(refunded, k := new_key()), k, 400,
+             "charge_already_refunded", None),
+            ("hold", self.lc.refund(self.lc.approved_hold(), k := new_key()), k, 400,
+             "charge_not_captured", None),
+            ("failed", self.lc.refund(declined["error"]["charge"], k := new_key()), k, 400,
+             "charge_not_authorized", None),
+            ("unknown", self.lc.refund("ch_nope", k := new_key()), k, 404, "resource_missing",
+             "charge"),
+            ("partial", self.lc.refund(ok, k := new_key(), amount="999"), k, 400,
+             "parameter_invalid", "amount"),
+            ("more", self.lc.refund(ok, k := new_key(), amount="1001"), k, 400,
+             "parameter_invalid", "amount"),
+            ("no charge", self.lc.refund(None, k := new_key()), k, 400, "parameter_invalid",
+             "charge"),
+            ("long reason", self.lc.refund(ok, k := new_key(), reason="x" * 501), k, 400,
+             "parameter_invalid", "reason"),
+            ("unknown param", self.lc.refund(ok, k := new_key(), metadata="x"), k, 400,
+             "parameter_unknown", "metadata"),
+        ]
+        for name, result, key, status, code, param in cases:
+            with self.subTest(name):
+                self.assert_refused(result, status, code, key)
+                if param:
+                    self.assertEqual(result[2]["error"]["param"], param)
+                self.assertEqual(self.lc.refund_lookup(key)[2]["data"], [])
+        self.assertEqual(self.lc.retrieve(ok)["refunded"], False)
+        self.assertEqual(len(self.lc.ops("refund", refunded)), 1)
+        self.assertEqual(self.sb.request("POST", "/v1/refunds", "charge=" + ok)[0], 401)
+
+    def test_same_key_for_another_request_is_idempotency_error(self):
+        a, b = self.lc.approved_hold(), self.lc.approved_hold()
+        key = new_key()
+        self.assertEqual(self.lc.op(a, "capture", key)[0], 200)
+        for name, result in (("other charge", self.lc.op(b, "capture", key)),
+                             ("void", self.lc.op(a, "void", key)),
+                             ("refund", self.lc.refund(a, key)),
+                             ("charge", self.sb.charge(key=key))):
+            with self.subTest(name):
+                st, _, body, _ = result
+                self.assertEqual((st, body["error"]["type"], body["error"]["code"]),
+                                 (400, "idempotency_error", "idempotency_key_reused"))
+        rkey = new_key()
+        self.assertEqual(self.lc.refund(a, rkey, reason="duplicate")[0], 200)
+        st, _, body, _ = self.lc.refund(a, rkey, reason="fraudulent")
+        self.assertEqual((st, body["error"]["type"]), (400, "idempotency_error"))
+        self.assertEqual(len(self.sb.journal_for(key)), 1)
+        self.assertEqual(len(self.sb.journal_for(rkey)), 1)
+        self.assertEqual(self.lc.retrieve(b)["captured"], False)
+
+    def test_error_injection_changes_nothing_then_retry_succeeds(self):
+        held, key = self.lc.approved_hold(), new_key()
+        self.sb.set_config(error_rate=1.0)
+        try:
+            st, _, body, _ = self.lc.op(held, "capture", key)
+            self.assertEqual((st, body["error"]["code"]), (500, "internal_error"))
+        finally:
+            self.sb.set_config(error_rate=0)
+        self.assertEqual((self.sb.journal_for(key), self.lc.retrieve(held)["captured"]),
+                         ([], False))
+        st, hdrs, body, _ = self.lc.op(held, "capture", key)
+        self.assertEqual((st, body["captured"]), (200, True))
+        self.assertNotIn("idempotent-replayed", hdrs)
+
+    def race(self, calls):
+        """Runs the calls at once (TLS connected first); their results."""
+        barrier = threading.Barrier(len(calls))
+        results: list = [None] * len(calls)
+
+        def worker(i):
+            c = self.sb.conn()
+            try:
+                c.connect()
+                barrier.wait(timeout=10)
+                method, path, body, headers = calls[i]
+                results[i] = self.sb.request(method, path, body, headers, c)
+            except Exception as e:  # surfaced by the assertions
+                results[i] = e
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        for r in results:
+            self.assertIsInstance(r, tuple, r)
+        return results
+
+    def test_concurrent_operations_on_one_charge_have_one_winner(self):
+        self.sb.set_config(latency_ms=50)  # widen the race window
+        try:
+            held = self.lc.approved_hold()
+            n = 8
+            results = self.race([("POST", f"/v1/charges/{held}/capture", "",
+                                  self.lc.auth(new_key(), form=False)) for _ in range(n)])
+            self.assertEqual(sorted(r[0] for r in results), [200] + [400] * (n - 1))
+            self.assertEqual({r[2]["error"]["code"] for r in results if r[0] == 400},
+                             {"charge_already_captured"})
+            self.assertEqual(len(self.lc.ops("capture", held)), 1)
+
+            # Capture, void and refund racing on one hold: one of capture or
+            # void wins; a refund can only follow a capture.
+            held = self.lc.approved_hold()
+            calls = []
+            for _ in range(3):
+                calls.append(("POST", f"/v1/charges/{held}/capture", "",
+                              self.lc.auth(new_key(), form=False)))
+                calls.append(("POST", f"/v1/charges/{held}/void", "",
+                              self.lc.auth(new_key(), form=False)))
+            results = self.race(calls)
+            self.assertEqual(sorted(r[0] for r in results), [200] + [400] * 5)
+            winner = [r[2] for r in results if r[0] == 200][0]
+            self.assertNotEqual(winner["captured"], winner["voided"])
+            self.assertEqual(len(self.lc.ops(charge_id=held)), 1)
+
+            charge = self.lc.captured_charge()
+            results = self.race([("POST", "/v1/refunds", f"charge={charge}", self.lc.auth(new_key()))
+                                 for _ in range(n)])
+            self.assertEqual(sorted(r[0] for r in results), [200] + [400] * (n - 1))
+            self.assertEqual({r[2]["error"]["code"] for r in results if r[0] == 400},
+                             {"charge_already_refunded"})
+            self.assertEqual(len(self.lc.ops("refund", charge)), 1)
+        finally:
+            self.sb.set_config(latency_ms=0)
+
+
+class CardLifecycleRestartTest(unittest.TestCase):
+    def test_state_and_replays_survive_a_restart(self):
+        workdir = TMP / "lifecycle-restart"
+        workdir.mkdir()
+        sb = Sandbox(workdir, CERTS, workdir / "journal.jsonl", SECRET_FILE)
+        lc = Lifecycle(sb)
+        sb.start()
+        try:
+            hkey, ckey, rkey, vkey = new_key(), new_key(), new_key(), new_key()
+            s, held, raw_held = lc.hold(amount=700, key=hkey)
+            self.assertEqual(s, 200)
+            capture = lc.op(held["id"], "capture", ckey)
+            refund = lc.refund(held["id"], rkey, reason="fraudulent")
+            voided_id = lc.approved_hold(amount=300)
+            void = lc.op(voided_id, "void", vkey)
+            self.assertEqual([r[0] for r in (capture, refund, void)], [200, 200, 200])
+            before = {i: lc.retrieve(i) for i in (held["id"], voided_id)}
+        finally:
+            self.assertEqual(sb.stop(), 0, sb.log())
+        lines = sb.journal_lines()
+        self.assertEqual(len(lines), 5)
+
+        sb.start()
+        try:
+            self.assertEqual({i: lc.retrieve(i) for i in before}, before)
+            self.assertEqual(lc.hold(amount=700, key=hkey)[::2], (200, raw_held))
+            for (s, _, _, raw), again in (
+                    (capture, lambda: lc.op(held["id"], "capture", ckey)),
+                    (refund, lambda: lc.refund(held["id"], rkey, reason="fraudulent")),
+                    (void, lambda: lc.op(voided_id, "void", vkey))):
+                s2, h2, _, raw2 = again()
+                self.assertEqual((s2, raw2, h2.get("idempotent-replayed")), (s, raw, "true"))
+            self.assertEqual(lc.refund_lookup(rkey)[2]["data"], [refund[2]])
+            # Different requests under restored keys are refused, and state holds.
+            self.assertEqual(lc.refund(held["id"], rkey, reason="other")[2]["error"]["type"],
+                             "idempotency_error")
+            self.assertEqual(lc.op(voided_id, "capture", ckey)[2]["error"]["type"],
+                             "idempotency_error")
+            self.assertEqual(lc.refund(held["id"], new_key())[2]["error"]["code"],
+                             "charge_already_refunded")
+            self.assertEqual(lc.op(voided_id, "capture", new_key())[2]["error"]["code"],
+                             "charge_voided")
+            self.assertEqual(len(sb.journal_lines()), 5)
+        finally:
+            self.assertEqual(sb.stop(), 0, sb.log())
+        self.assertIn("2 charges restored, 3 operations restored", sb.log())
+
+        # A corrupt or impossible operation line stops start-up (DataLoss).
+        good = sb.journal.read_text()
+        for bad in ("{\"ts\":1.0,\"api\":\"card\",\"op\":\"capture\",\"id\":\"ch_unknown\"}",
+                    json.dumps({**lines[2], "op": "frobnicate"}),
+                    json.dumps(lines[2])):  # refunded twice
+            with self.subTest(bad=bad):
+                sb.journal.write_text(good + bad + "\n")
+                with self.assertRaises(AssertionError) as cm:
+                    sb.start()
+                self.assertIn("cannot load journal", str(cm.exception))
+                sb._log.close()
+        sb.journal.write_text(good)
+
 if __name__ == "__main__":
     unittest.main()
