@@ -90,6 +90,14 @@ struct RechargePage {
   std::optional<RechargeCursor> next_cursor;  // pass back to get the next page
 };
 
+// One change of a recharge from the outbox: `seq` orders the feed (commit
+// order); `event` has its type, the recharge as the change left it, the
+// commit time and the coins delta (no cursor: the API encodes `seq`).
+struct FeedEvent {
+  int64_t seq = 0;
+  recharge::v1::RechargeEvent event;
+};
+
 class LedgerStore {
  public:
   virtual ~LedgerStore() = default;
@@ -103,8 +111,11 @@ class LedgerStore {
   virtual asio::awaitable<absl::StatusOr<RecordRechargeResponse>> Complete(Completion done) = 0;
 
   // Replaces a recharge that is in status `from` (and its key's stored
-  // response) with `next`, atomically. Returns false if the recharge was no
-  // longer in `from` (someone else moved it): the caller lost the race.
+  // response) with `next`, and appends the change's event to the outbox,
+  // atomically. Returns false if the recharge was no longer in `from`
+  // (someone else moved it): the caller lost the race. FAILED_PRECONDITION
+  // if `from` -> next.status() is no arrow of the state machine
+  // (ledger/lifecycle.h). Complete() appends the DECIDED event likewise.
   virtual asio::awaitable<absl::StatusOr<bool>> Transition(Recharge next,
                                                            RecordRechargeResponse response,
                                                            recharge::v1::RechargeStatus from) = 0;
@@ -136,6 +147,17 @@ class LedgerStore {
   // Keys `started` before `started_before`, and every PENDING recharge.
   virtual asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(
       std::chrono::system_clock::time_point started_before) = 0;
+
+  // The outbox: events with seq > `after_seq` (nullopt: from the oldest
+  // retained), oldest first, at most `limit`. OUT_OF_RANGE when some event
+  // after `after_seq` was purged already, or `after_seq` is past the newest.
+  virtual asio::awaitable<absl::StatusOr<std::vector<FeedEvent>>> ListEvents(
+      std::optional<int64_t> after_seq, int limit) = 0;
+  // The newest event's seq (or the last purged one's; 0 if there was none).
+  virtual asio::awaitable<absl::StatusOr<int64_t>> LatestEventSeq() = 0;
+  // Forgets events committed before `before`. Returns how many.
+  virtual asio::awaitable<absl::StatusOr<int64_t>> PurgeEvents(
+      std::chrono::system_clock::time_point before) = 0;
 
   // Forgets completed keys older than `before` (recharges stay). Returns how many.
   virtual asio::awaitable<absl::StatusOr<int64_t>> PurgeKeys(

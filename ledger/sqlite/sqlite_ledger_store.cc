@@ -10,6 +10,7 @@
 #include <google/protobuf/message_lite.h>
 
 #include "io/strings.h"
+#include "ledger/lifecycle.h"
 
 namespace recharge {
 namespace {
@@ -58,6 +59,22 @@ CREATE TABLE IF NOT EXISTS audit_log (
   note         TEXT NOT NULL,
   outcome      TEXT NOT NULL,       -- gRPC status code name
   detail       TEXT NOT NULL
+);
+-- The outbox of the event feed: one row per change of a recharge, written in
+-- the transaction that makes the change. One writer: seq order is commit order.
+CREATE TABLE IF NOT EXISTS recharge_events (
+  seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+  at           INTEGER NOT NULL,    -- unix microseconds of the change
+  type         INTEGER NOT NULL,    -- recharge.v1.RechargeEventType
+  recharge_id  TEXT NOT NULL,
+  record       BLOB NOT NULL        -- recharge.v1.Recharge as the change left it
+);
+CREATE INDEX IF NOT EXISTS recharge_events_at ON recharge_events (at);
+-- Named counters of the ledger itself: events_purged_through (the seq of
+-- the newest event purged; a cursor before it has lost events).
+CREATE TABLE IF NOT EXISTS ledger_meta (
+  name   TEXT PRIMARY KEY,
+  value  INTEGER NOT NULL
 );
 )sql";
 
@@ -245,6 +262,14 @@ absl::Status StatusOf(const absl::StatusOr<T>& r) {
 [[maybe_unused]] absl::Status StatusOf(const absl::Status& s) { return s; }
 
 }  // namespace
+
+absl::Status SqliteLedgerStore::AppendEvent(Db& db, recharge::v1::RechargeEventType type,
+                                            std::string_view recharge_id, std::string_view record,
+                                            int64_t at_us) {
+  LEDGER_PREPARE(insert,
+                 "INSERT INTO recharge_events (at, type, recharge_id, record) VALUES (?1, ?2, ?3, ?4)");
+  return insert.Int(1, at_us).Int(2, type).Text(3, recharge_id).Blob(4, record).Run();
+}
 
 // A queued operation. It lives from Submit() until its caller is resumed
 // (Resume() deletes it); in between it is owned by the queue or batch that
@@ -657,6 +682,8 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> SqliteLedgerStore::Compl
               .Blob(6, rows.record)
               .Run());
     }
+    LEDGER_RETURN_IF_ERROR(
+        AppendEvent(db, recharge::v1::RECHARGE_EVENT_DECIDED, r.recharge_id(), rows.record, now));
     if (rows.decision) {
       LEDGER_PREPARE(log,
                      "INSERT INTO decision_log (recharge_id, at, inputs, assessment)"
@@ -674,9 +701,11 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> SqliteLedgerStore::Compl
 
 asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::Transition(
     Recharge next, RecordRechargeResponse response, recharge::v1::RechargeStatus from) {
+  absl::StatusOr<recharge::v1::RechargeEventType> event = EventOf(from, next.status());
+  if (!event.ok()) co_return event.status();
   auto body = [id = next.recharge_id(), key = next.idempotency_key(), status = next.status(),
                record = next.SerializeAsString(), response = response.SerializeAsString(),
-               from](Db& db) -> absl::StatusOr<bool> {
+               from, type = *event](Db& db) -> absl::StatusOr<bool> {
     {
       LEDGER_PREPARE(update,
                      "UPDATE recharges SET status = ?1, record = ?2"
@@ -684,10 +713,14 @@ asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::Transition(
       LEDGER_RETURN_IF_ERROR(update.Int(1, status).Blob(2, record).Text(3, id).Int(4, from).Run());
     }
     if (db.Changes() == 0) return false;
-    LEDGER_PREPARE(key_update,
-                   "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
-                   " WHERE key = ?3");
-    LEDGER_RETURN_IF_ERROR(key_update.Blob(1, response).Int(2, NowMicros()).Text(3, key).Run());
+    const int64_t now = NowMicros();
+    {
+      LEDGER_PREPARE(key_update,
+                     "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
+                     " WHERE key = ?3");
+      LEDGER_RETURN_IF_ERROR(key_update.Blob(1, response).Int(2, now).Text(3, key).Run());
+    }
+    LEDGER_RETURN_IF_ERROR(AppendEvent(db, type, id, record, now));
     return true;
   };
   co_return co_await Submit<absl::StatusOr<bool>, Route::kWrite>(std::move(body));
@@ -850,6 +883,94 @@ asio::awaitable<absl::StatusOr<AuditPage>> SqliteLedgerStore::ListAudit(
         return page;
       };
   co_return co_await Submit<absl::StatusOr<AuditPage>, Route::kRead>(std::move(body));
+}
+
+absl::StatusOr<int64_t> SqliteLedgerStore::PurgedThrough(Db& db) {
+  LEDGER_PREPARE(select, "SELECT value FROM ledger_meta WHERE name = 'events_purged_through'");
+  absl::StatusOr<bool> row = select.Step();
+  if (!row.ok()) return row.status();
+  return *row ? select.ColInt(0) : 0;
+}
+
+absl::StatusOr<int64_t> SqliteLedgerStore::LatestSeq(Db& db) {
+  absl::StatusOr<int64_t> purged = PurgedThrough(db);
+  if (!purged.ok()) return purged.status();
+  LEDGER_PREPARE(select, "SELECT max(seq) FROM recharge_events");
+  absl::StatusOr<bool> row = select.Step();
+  if (!row.ok()) return row.status();
+  return std::max(*purged, *row ? select.ColInt(0) : 0);
+}
+
+asio::awaitable<absl::StatusOr<std::vector<FeedEvent>>> SqliteLedgerStore::ListEvents(
+    std::optional<int64_t> after, int limit) {
+  using Result = absl::StatusOr<std::vector<FeedEvent>>;
+  auto body = [after, limit](Db& db) -> Result {
+    Db::ReadTransaction snapshot(db);  // the bounds and the rows agree
+    absl::StatusOr<int64_t> purged = PurgedThrough(db);
+    if (!purged.ok()) return purged.status();
+    const int64_t after_seq = after.value_or(*purged);
+    if (after_seq < *purged) {
+      return absl::OutOfRangeError(
+          "after_cursor: events after it have expired (retention); start again from the oldest "
+          "retained event (empty after_cursor) or from now");
+    }
+    LEDGER_PREPARE(select,
+                   "SELECT seq, at, type, record FROM recharge_events WHERE seq > ?1"
+                   " ORDER BY seq LIMIT ?2");
+    select.Int(1, after_seq).Int(2, limit);
+    std::vector<FeedEvent> out;
+    for (;;) {
+      absl::StatusOr<bool> row = select.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      FeedEvent& e = out.emplace_back();
+      e.seq = select.ColInt(0);
+      const int64_t at = select.ColInt(1);
+      e.event.mutable_at()->set_seconds(at / 1'000'000);
+      e.event.mutable_at()->set_nanos(static_cast<int32_t>(at % 1'000'000) * 1000);
+      e.event.set_type(static_cast<recharge::v1::RechargeEventType>(select.ColInt(2)));
+      if (!select.ParseCol(3, e.event.mutable_recharge())) {
+        return absl::DataLossError("ledger: stored event does not parse");
+      }
+      e.event.set_coins_delta(CoinsDelta(e.event.type(), e.event.recharge()));
+    }
+    if (out.empty()) {
+      absl::StatusOr<int64_t> latest = LatestSeq(db);
+      if (!latest.ok()) return latest.status();
+      if (after_seq > *latest) {
+        return absl::OutOfRangeError("after_cursor: newer than any event of this ledger");
+      }
+    }
+    return out;
+  };
+  co_return co_await Submit<Result, Route::kRead>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::LatestEventSeq() {
+  auto body = [](Db& db) -> absl::StatusOr<int64_t> {
+    Db::ReadTransaction snapshot(db);
+    return LatestSeq(db);
+  };
+  co_return co_await Submit<absl::StatusOr<int64_t>, Route::kRead>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeEvents(
+    std::chrono::system_clock::time_point before) {
+  const int64_t cutoff = UnixMicros(before);
+  auto body = [cutoff](Db& db) -> absl::StatusOr<int64_t> {
+    // The newest purged seq is kept, so that a cursor before it is told it
+    // lost events rather than silently skipping them.
+    LEDGER_PREPARE(mark,
+                   "INSERT INTO ledger_meta (name, value)"
+                   " SELECT 'events_purged_through', max(seq) FROM recharge_events WHERE at < ?1"
+                   " HAVING max(seq) IS NOT NULL"
+                   " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)");
+    LEDGER_RETURN_IF_ERROR(mark.Int(1, cutoff).Run());
+    LEDGER_PREPARE(purge, "DELETE FROM recharge_events WHERE at < ?1");
+    LEDGER_RETURN_IF_ERROR(purge.Int(1, cutoff).Run());
+    return db.Changes();
+  };
+  co_return co_await Submit<absl::StatusOr<int64_t>, Route::kWrite>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeKeys(

@@ -77,6 +77,11 @@ class SqliteLedgerStore final : public LedgerStore {
   asio::awaitable<absl::Status> AppendAudit(recharge::v1::AuditEvent event) override;
   asio::awaitable<absl::StatusOr<AuditPage>> ListAudit(int page_size,
                                                        std::optional<int64_t> before_seq) override;
+  asio::awaitable<absl::StatusOr<std::vector<FeedEvent>>> ListEvents(
+      std::optional<int64_t> after_seq, int limit) override;
+  asio::awaitable<absl::StatusOr<int64_t>> LatestEventSeq() override;
+  asio::awaitable<absl::StatusOr<int64_t>> PurgeEvents(
+      std::chrono::system_clock::time_point before) override;
   asio::awaitable<absl::StatusOr<int64_t>> PurgeKeys(
       std::chrono::system_clock::time_point before) override;
 
@@ -91,6 +96,14 @@ class SqliteLedgerStore final : public LedgerStore {
  private:
   class Db;
   class Op;
+  // Appends one change to the outbox, inside the caller's transaction.
+  static absl::Status AppendEvent(Db& db, recharge::v1::RechargeEventType type,
+                                  std::string_view recharge_id, std::string_view record,
+                                  int64_t at_us);
+  // The seq of the newest event purged (0: none yet).
+  static absl::StatusOr<int64_t> PurgedThrough(Db& db);
+  // The newest event's seq, or the last purged one's; 0 if there was none.
+  static absl::StatusOr<int64_t> LatestSeq(Db& db);
   using Route = sqlite_ledger_internal::Route;
   template <typename R, Route kRoute, typename Fn, typename Handler>
   class OpImpl;

@@ -433,5 +433,120 @@ TEST(SqliteLedgerStore, UnopenablePathIsUnavailableAndNamed) {
   EXPECT_THAT(std::string(s.status().message()), ::testing::HasSubstr("/nonexistent-dir/ledger.db"));
 }
 
+// The outbox: every change is one event, in commit order, with the change.
+TEST_F(LedgerTest, EveryChangeAppendsOneEventInCommitOrder) {
+  EXPECT_EQ(*Run(store_->LatestEventSeq()), 0);
+  KeyClaim a = Claim("event-a", "fp", "u-a");
+  KeyClaim b = Claim("event-b", "fp", "u-b");
+  ASSERT_EQ(Run(store_->Begin(a))->kind, Kind::kClaimed);
+  ASSERT_EQ(Run(store_->Begin(b))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(a, RECHARGE_STATUS_PENDING))).ok());
+  ASSERT_TRUE(Run(store_->Complete(Done(b, RECHARGE_STATUS_APPROVED))).ok());
+  // A replayed completion changes nothing, so it adds no event.
+  ASSERT_TRUE(Run(store_->Complete(Done(b, RECHARGE_STATUS_APPROVED))).ok());
+  Recharge settled = Done(a, RECHARGE_STATUS_APPROVED).recharge;
+  ASSERT_TRUE(*Run(store_->Transition(settled, RecordRechargeResponse(), RECHARGE_STATUS_PENDING)));
+  Recharge back = Done(b, recharge::v1::RECHARGE_STATUS_CHARGED_BACK).recharge;
+  ASSERT_TRUE(*Run(store_->Transition(back, RecordRechargeResponse(), RECHARGE_STATUS_APPROVED)));
+
+  auto events = Run(store_->ListEvents(0, 100));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 4u);
+  const std::vector<std::pair<std::string, recharge::v1::RechargeEventType>> want = {
+      {"rch_event-a", recharge::v1::RECHARGE_EVENT_DECIDED},
+      {"rch_event-b", recharge::v1::RECHARGE_EVENT_DECIDED},
+      {"rch_event-a", recharge::v1::RECHARGE_EVENT_SETTLED},
+      {"rch_event-b", recharge::v1::RECHARGE_EVENT_CHARGED_BACK}};
+  const std::vector<int64_t> deltas = {0, 65, 65, -65};
+  for (size_t i = 0; i < want.size(); ++i) {
+    const FeedEvent& e = (*events)[i];
+    EXPECT_EQ(e.event.recharge().recharge_id(), want[i].first) << i;
+    EXPECT_EQ(e.event.type(), want[i].second) << i;
+    EXPECT_EQ(e.event.coins_delta(), deltas[i]) << i;
+    EXPECT_GT(e.event.at().seconds(), 0) << i;
+    if (i > 0) {
+      EXPECT_GT(e.seq, (*events)[i - 1].seq);
+    }
+  }
+  EXPECT_EQ((*events)[3].event.recharge().status(), recharge::v1::RECHARGE_STATUS_CHARGED_BACK);
+  EXPECT_EQ(*Run(store_->LatestEventSeq()), (*events)[3].seq);
+
+  // Resuming after a cursor gives exactly the later events; a page limit holds.
+  auto after = Run(store_->ListEvents((*events)[1].seq, 100));
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->size(), 2u);
+  EXPECT_EQ((*after)[0].seq, (*events)[2].seq);
+  auto page = Run(store_->ListEvents(0, 3));
+  ASSERT_EQ(page->size(), 3u);
+  auto tail = Run(store_->ListEvents((*events)[3].seq, 100));
+  ASSERT_TRUE(tail.ok());
+  EXPECT_TRUE(tail->empty());
+
+  // Kept across a restart.
+  store_.reset();
+  Open();
+  auto reopened = Run(store_->ListEvents(0, 100));
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ(reopened->size(), 4u);
+}
+
+TEST_F(LedgerTest, ARefusedOrLostTransitionWritesNoEvent) {
+  KeyClaim a = Claim("refused-a", "fp");
+  ASSERT_EQ(Run(store_->Begin(a))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(a, recharge::v1::RECHARGE_STATUS_DECLINED))).ok());
+  // DECLINED is final: no arrow leaves it.
+  Recharge approved = Done(a, RECHARGE_STATUS_APPROVED).recharge;
+  auto refused =
+      Run(store_->Transition(approved, RecordRechargeResponse(), recharge::v1::RECHARGE_STATUS_DECLINED));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  // An allowed arrow from a status the recharge is not in: lost the race.
+  auto lost = Run(store_->Transition(approved, RecordRechargeResponse(), RECHARGE_STATUS_PENDING));
+  ASSERT_TRUE(lost.ok());
+  EXPECT_FALSE(*lost);
+  EXPECT_EQ(Run(store_->GetRecharge("rch_refused-a"))->status(), recharge::v1::RECHARGE_STATUS_DECLINED);
+  EXPECT_EQ(Run(store_->ListEvents(0, 100))->size(), 1u);  // its DECIDED only
+}
+
+TEST_F(LedgerTest, PurgedEventsMakeOlderCursorsOutOfRange) {
+  KeyClaim a = Claim("purge-ev-a", "fp");
+  ASSERT_EQ(Run(store_->Begin(a))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(a, RECHARGE_STATUS_APPROVED))).ok());
+  const auto cut = std::chrono::system_clock::now() + std::chrono::milliseconds(1);
+  while (std::chrono::system_clock::now() <= cut) std::this_thread::yield();
+  KeyClaim b = Claim("purge-ev-b", "fp");
+  ASSERT_EQ(Run(store_->Begin(b))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(b, RECHARGE_STATUS_APPROVED))).ok());
+  auto all = Run(store_->ListEvents(0, 100));
+  ASSERT_EQ(all->size(), 2u);
+  const int64_t first = (*all)[0].seq, second = (*all)[1].seq;
+
+  EXPECT_EQ(*Run(store_->PurgeEvents(cut)), 1);
+  // A consumer at 0 missed the purged event: told so, never silently skipped.
+  auto stale = Run(store_->ListEvents(0, 100));
+  ASSERT_FALSE(stale.ok());
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_THAT(std::string(stale.status().message()), ::testing::HasSubstr("after_cursor"));
+  // One starting from the oldest retained event gets what is left.
+  auto oldest = Run(store_->ListEvents(std::nullopt, 100));
+  ASSERT_TRUE(oldest.ok()) << oldest.status();
+  ASSERT_EQ(oldest->size(), 1u);
+  EXPECT_EQ((*oldest)[0].seq, second);
+  // One that had seen it resumes with the rest.
+  auto resumed = Run(store_->ListEvents(first, 100));
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ASSERT_EQ(resumed->size(), 1u);
+  EXPECT_EQ((*resumed)[0].seq, second);
+  // Everything purged: the newest seq is still known, and nothing past it exists.
+  EXPECT_EQ(*Run(store_->PurgeEvents(std::chrono::system_clock::now() + std::chrono::seconds(1))), 1);
+  EXPECT_EQ(*Run(store_->LatestEventSeq()), second);
+  auto at_tail = Run(store_->ListEvents(second, 100));
+  ASSERT_TRUE(at_tail.ok()) << at_tail.status();
+  EXPECT_TRUE(at_tail->empty());
+  auto future = Run(store_->ListEvents(second + 1, 100));
+  ASSERT_FALSE(future.ok());
+  EXPECT_EQ(future.status().code(), absl::StatusCode::kOutOfRange);
+}
+
 }  // namespace
 }  // namespace recharge
