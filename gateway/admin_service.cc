@@ -246,7 +246,9 @@ grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServ
     if (absl::Status s = ValidateNote("reason", request->reason()); !s.ok()) co_return s;
     absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(request->recharge_id());
     if (!r.ok()) co_return r.status();
-    if (r->status() != RECHARGE_STATUS_APPROVED) {
+    // CHARGED_BACK: a repeated report (a retried call, a notice delivered
+    // twice), answered again but counted once.
+    if (r->status() != RECHARGE_STATUS_APPROVED && r->status() != RECHARGE_STATUS_CHARGED_BACK) {
       co_return absl::FailedPreconditionError(StrCat("recharge_id: only an APPROVED recharge can be charged back (status ",
                                                      RechargeStatus_Name(r->status()), ")"));
     }
@@ -254,12 +256,14 @@ grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServ
     if (!inputs.ok()) co_return inputs.status();
     std::optional<FraudInput> input = FraudInput::FromJson(*inputs);
     if (!input) co_return absl::DataLossError("ledger: the decision inputs do not parse");
-    // Mark the recharge first: only the report that marks it counts the
-    // chargeback, so a retried or duplicated report never counts twice.
+    // Move the recharge first (APPROVED -> CHARGED_BACK, with its event):
+    // only the report that moves it counts the chargeback, so a retried or
+    // duplicated report never counts twice.
     bool first_report = false;
-    if (!r->charged_back()) {
+    if (r->status() == RECHARGE_STATUS_APPROVED) {
       Recharge next = *r;
       next.set_charged_back(true);
+      next.set_status(RECHARGE_STATUS_CHARGED_BACK);
       absl::StatusOr<bool> moved =
           co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_APPROVED);
       if (!moved.ok()) co_return moved.status();

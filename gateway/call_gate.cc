@@ -76,6 +76,11 @@ std::chrono::steady_clock::time_point CallGate::DeadlineOf(const grpc::CallbackS
   return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(remaining);
 }
 
+absl::Status CallGate::AdmitStream(grpc::CallbackServerContext& ctx, std::string_view method) const {
+  const Caller* known = nullptr;
+  return Admit(ctx, PolicyOf(method), &known).status();
+}
+
 absl::StatusOr<const Caller*> CallGate::Admit(grpc::CallbackServerContext& ctx, const RpcPolicy& rpc,
                                               const Caller** known) const {
   CallCredentials credentials;

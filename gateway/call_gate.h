@@ -88,6 +88,10 @@ class CallGate {
 
   std::chrono::steady_clock::time_point DeadlineOf(const grpc::CallbackServerContext& ctx) const;
 
+  // Authentication, roles and the rate limit for a streaming RPC, which
+  // runs its own reactor (and gets no deadline: a stream may stay open).
+  absl::Status AdmitStream(grpc::CallbackServerContext& ctx, std::string_view method) const;
+
  private:
   // Authentication, authorisation and the rate limit. On a denial,
   // `*known` is the caller if it was authenticated.

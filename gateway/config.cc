@@ -206,7 +206,8 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
 
   if (root->Has("ledger")) {
     ConfigNode ledger = root->Child("ledger");
-    if (absl::Status s = ledger.CheckKeys({"backend", "path", "group_commit_max", "key_retention"});
+    if (absl::Status s = ledger.CheckKeys(
+            {"backend", "path", "group_commit_max", "key_retention", "event_retention"});
         !s.ok()) {
       return s;
     }
@@ -222,6 +223,10 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
     CONFIG_ASSIGN(c.key_retention, ledger.GetDuration("key_retention", c.key_retention));
     if (c.key_retention < std::chrono::hours(24)) {
       return ledger.Child("key_retention").Error("must be at least 24h");
+    }
+    CONFIG_ASSIGN(c.event_retention, ledger.GetDuration("event_retention", c.event_retention));
+    if (c.event_retention < std::chrono::hours(1)) {
+      return ledger.Child("event_retention").Error("must be at least 1h");
     }
   }
   if (root->Has("redis")) {

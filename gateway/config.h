@@ -39,6 +39,7 @@ struct GatewayConfig {
   std::string ledger_path = "var/ledger.db";
   int group_commit_max = 512;
   std::chrono::milliseconds key_retention{24 * 3'600'000};
+  std::chrono::milliseconds event_retention{7 * 24 * 3'600'000};
   std::string redis_address = "127.0.0.1:6390";
   std::chrono::milliseconds redis_timeout{50};
   std::string fraud_rules_path;  // empty (no fraud section): the allow-all policy

@@ -161,6 +161,9 @@ int Main(int argc, char** argv) {
           absl::StatusOr<int64_t> purged =
               co_await (*ledger)->PurgeKeys(std::chrono::system_clock::now() - config->key_retention);
           if (purged.ok() && *purged > 0) LogInfo("keys_purged", {{"count", std::to_string(*purged)}});
+          absl::StatusOr<int64_t> events =
+              co_await (*ledger)->PurgeEvents(std::chrono::system_clock::now() - config->event_retention);
+          if (events.ok() && *events > 0) LogInfo("events_purged", {{"count", std::to_string(*events)}});
           timer.expires_after(std::chrono::minutes(10));
           co_await timer.async_wait(asio::use_awaitable);
         }
@@ -170,7 +173,8 @@ int Main(int argc, char** argv) {
   CallGate gate(io, **callers, **ledger,
                 {.call_deadline = config->call_deadline,
                  .trust_client_certificates = config->transport == Transport::kMtls});
-  RechargeGatewayService gateway(gate, flow, **ledger, *catalogue);
+  EventFeed feed(io, **ledger, {});
+  RechargeGatewayService gateway(gate, flow, **ledger, *catalogue, feed);
   FraudAdminService fraud_admin(gate, engine.get(), **ledger, **router);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -183,6 +187,11 @@ int Main(int argc, char** argv) {
   // A request larger than this is refused by gRPC itself (RESOURCE_EXHAUSTED)
   // before any of it is parsed.
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_request_bytes));
+  // HTTP/2 pings every 30 s keep an idle WatchRecharges stream (and its
+  // connection) alive through proxies and NAT, and find a dead peer.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.RegisterService(&gateway);
   builder.RegisterService(&fraud_admin);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -224,6 +233,7 @@ int Main(int argc, char** argv) {
   LogInfo("shutting_down", {{"signal", strsignal(sig)}});
   server->GetHealthCheckService()->SetServingStatus(false);
   gateway.StartDraining();
+  feed.Shutdown();  // watchers end now, told to resume from their cursor
   server->Shutdown(std::chrono::system_clock::now() + config->shutdown_grace);
   server->Wait();
   work.reset();

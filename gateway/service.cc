@@ -49,8 +49,14 @@ absl::StatusOr<RechargeCursor> DecodePageToken(const std::string& token,
 }
 
 RechargeGatewayService::RechargeGatewayService(CallGate& gate, RechargeFlow& flow,
-                                               LedgerStore& ledger, const Catalogue& catalogue)
-    : gate_(gate), flow_(flow), ledger_(ledger), catalogue_(catalogue) {}
+                                               LedgerStore& ledger, const Catalogue& catalogue,
+                                               EventFeed& feed)
+    : gate_(gate), flow_(flow), ledger_(ledger), catalogue_(catalogue), feed_(feed) {}
+
+grpc::ServerWriteReactor<RechargeEvent>* RechargeGatewayService::WatchRecharges(
+    grpc::CallbackServerContext* ctx, const WatchRechargesRequest* request) {
+  return feed_.Watch(*request, gate_.AdmitStream(*ctx, "/recharge.v1.RechargeGateway/WatchRecharges"));
+}
 
 grpc::ServerUnaryReactor* RechargeGatewayService::RecordRecharge(
     grpc::CallbackServerContext* ctx, const RecordRechargeRequest* request,

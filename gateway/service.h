@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "gateway/call_gate.h"
 #include "gateway/catalogue.h"
+#include "gateway/event_feed.h"
 #include "gateway/recharge_flow.h"
 #include "ledger/ledger_store.h"
 #include "recharge/v1/recharge.grpc.pb.h"
@@ -23,7 +24,7 @@ namespace recharge {
 class RechargeGatewayService final : public recharge::v1::RechargeGateway::CallbackService {
  public:
   RechargeGatewayService(CallGate& gate, RechargeFlow& flow, LedgerStore& ledger,
-                         const Catalogue& catalogue);
+                         const Catalogue& catalogue, EventFeed& feed);
 
   grpc::ServerUnaryReactor* RecordRecharge(grpc::CallbackServerContext* ctx,
                                            const recharge::v1::RecordRechargeRequest* request,
@@ -37,6 +38,8 @@ class RechargeGatewayService final : public recharge::v1::RechargeGateway::Callb
   grpc::ServerUnaryReactor* ListPackages(grpc::CallbackServerContext* ctx,
                                          const recharge::v1::ListPackagesRequest* request,
                                          recharge::v1::ListPackagesResponse* response) override;
+  grpc::ServerWriteReactor<recharge::v1::RechargeEvent>* WatchRecharges(
+      grpc::CallbackServerContext* ctx, const recharge::v1::WatchRechargesRequest* request) override;
 
   // Shutdown has begun: new recharges are refused with UNAVAILABLE (retry on
   // another instance) while the ones in flight finish.
@@ -48,6 +51,7 @@ class RechargeGatewayService final : public recharge::v1::RechargeGateway::Callb
   RechargeFlow& flow_;
   LedgerStore& ledger_;
   const Catalogue& catalogue_;
+  EventFeed& feed_;
 };
 
 // Page tokens for ListRecharges: opaque to clients, bound to the user_id

@@ -730,6 +730,7 @@ class ResellerScenarioTest(FraudCase):
         self.assertIn("device_id", cb.blocked)
         self.assertFalse(cb.seller_flagged)
         self.assertTrue(self.get(resp.recharge_id).charged_back)
+        self.assertEqual(self.get(resp.recharge_id).status, pb.RECHARGE_STATUS_CHARGED_BACK)
 
         same_card = fraud_request(card=req.card.number, prefix="cbcard")
         r1 = self.record(same_card)
@@ -793,6 +794,7 @@ class ResellerScenarioTest(FraudCase):
                                         timeout=RPC_TIMEOUT_S)
             counts.append(self.seller_risk(self.seller).counters["seller_chargebacks_30d"] - before)
         self.assertTrue(self.get(target.recharge_id).charged_back)
+        self.assertEqual(self.get(target.recharge_id).status, pb.RECHARGE_STATUS_CHARGED_BACK)
         self.assertEqual(counts, [1, 1, 1],
                          "seller_chargebacks_30d after 1, 2 and 3 reports of ONE chargeback")
 
