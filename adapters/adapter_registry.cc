@@ -16,6 +16,29 @@ std::string_view ChargeResultName(ChargeResult r) {
   return "?";
 }
 
+namespace {
+ChargeOutcome NotSupported(std::string_view adapter, std::string_view what) {
+  ChargeOutcome out;
+  out.result = ChargeResult::kFailed;
+  out.message = std::string(what) + " is not supported by adapter " + std::string(adapter);
+  return out;
+}
+}  // namespace
+
+asio::awaitable<ChargeOutcome> PaymentAdapter::Capture(const PaymentOperation&) {
+  co_return NotSupported(name(), "capture");
+}
+asio::awaitable<ChargeOutcome> PaymentAdapter::Void(const PaymentOperation&) {
+  co_return NotSupported(name(), "void");
+}
+asio::awaitable<ChargeOutcome> PaymentAdapter::Refund(const PaymentOperation&) {
+  co_return NotSupported(name(), "refund");
+}
+asio::awaitable<ChargeOutcome> PaymentAdapter::LookupRefund(std::string_view,
+                                                            std::chrono::steady_clock::time_point) {
+  co_return NotSupported(name(), "refund lookup");
+}
+
 absl::Status CheckAdapterKeys(const ConfigNode& config, std::initializer_list<std::string_view> own) {
   std::vector<std::string_view> keys = {"type", "circuit_breaker", "regions", "currencies"};
   keys.insert(keys.end(), own.begin(), own.end());

@@ -40,7 +40,21 @@ struct ChargeRequest {
   std::string paypal_payer_id;
   std::string wallet_provider;
   std::string wallet_account;
+  // false: authorise only (a hold, captured later by Capture or released by
+  // Void). Only adapters that say SupportsHolds() take it.
+  bool capture = true;
   // The call must be answered by then (never later than the caller's deadline).
+  std::chrono::steady_clock::time_point deadline;
+};
+
+// A later operation on a payment an adapter took: capture or void a hold,
+// refund a payment in full.
+struct PaymentOperation {
+  std::string idempotency_key;     // the provider's idempotency header: one effect per key
+  std::string provider_reference;  // the payment's reference from its ChargeOutcome
+  std::string currency;
+  int64_t minor_units = 0;         // the payment's whole amount
+  std::string reason;              // Refund: kept by the provider, never a secret
   std::chrono::steady_clock::time_point deadline;
 };
 
@@ -59,6 +73,9 @@ struct ChargeOutcome {
   std::string provider_reference;  // the provider's charge id
   std::string decline_code;        // kDeclined: the provider's reason, e.g. "insufficient_funds"
   std::string message;             // human-readable, never a secret
+  // kApproved: false for an authorisation hold not captured (yet); a
+  // captured payment, or any other result, is true.
+  bool captured = true;
 };
 
 class PaymentAdapter {
@@ -72,6 +89,20 @@ class PaymentAdapter {
   // with its reference, kNotFound, or kFailed/kUnknown if it could not be asked.
   virtual asio::awaitable<ChargeOutcome> Lookup(std::string_view idempotency_key,
                                                 std::chrono::steady_clock::time_point deadline) = 0;
+
+  // Authorisation holds (ChargeRequest::capture = false), Capture and Void.
+  virtual bool SupportsHolds() const { return false; }
+  // The operations below answer like Charge: kApproved when done
+  // (provider_reference: the refund's id for Refund), kDeclined when the
+  // provider refused it (decline_code its reason, e.g.
+  // "charge_already_captured"), kFailed / kUnknown as for Charge. Adapters
+  // without them answer kFailed.
+  virtual asio::awaitable<ChargeOutcome> Capture(const PaymentOperation& op);
+  virtual asio::awaitable<ChargeOutcome> Void(const PaymentOperation& op);
+  virtual asio::awaitable<ChargeOutcome> Refund(const PaymentOperation& op);
+  // What the provider holds under a refund's idempotency key, like Lookup.
+  virtual asio::awaitable<ChargeOutcome> LookupRefund(
+      std::string_view idempotency_key, std::chrono::steady_clock::time_point deadline);
 };
 
 }  // namespace recharge

@@ -29,6 +29,35 @@ asio::awaitable<ChargeOutcome> CardAdapter::Charge(const ChargeRequest& request)
   co_return card::ParseChargeResponse(r.response.result_int(), r.response.body());
 }
 
+asio::awaitable<ChargeOutcome> CardAdapter::Capture(const PaymentOperation& op) {
+  HttpsResult r = co_await http_->Send(card::BuildHoldRequest("capture", op, api_key_), op.deadline,
+                                       /*idempotent=*/true);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
+  co_return card::ParseHoldResponse("capture", r.response.result_int(), r.response.body());
+}
+
+asio::awaitable<ChargeOutcome> CardAdapter::Void(const PaymentOperation& op) {
+  HttpsResult r = co_await http_->Send(card::BuildHoldRequest("void", op, api_key_), op.deadline,
+                                       /*idempotent=*/true);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
+  co_return card::ParseHoldResponse("void", r.response.result_int(), r.response.body());
+}
+
+asio::awaitable<ChargeOutcome> CardAdapter::Refund(const PaymentOperation& op) {
+  HttpsResult r = co_await http_->Send(card::BuildRefundRequest(op, api_key_), op.deadline,
+                                       /*idempotent=*/true);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
+  co_return card::ParseRefundResponse(r.response.result_int(), r.response.body());
+}
+
+asio::awaitable<ChargeOutcome> CardAdapter::LookupRefund(
+    std::string_view idempotency_key, std::chrono::steady_clock::time_point deadline) {
+  HttpsResult r = co_await http_->Send(card::BuildRefundLookupRequest(idempotency_key, api_key_),
+                                       deadline, /*idempotent=*/true);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/true);
+  co_return card::ParseRefundLookupResponse(r.response.result_int(), r.response.body());
+}
+
 asio::awaitable<ChargeOutcome> CardAdapter::Lookup(std::string_view idempotency_key,
                                                    std::chrono::steady_clock::time_point deadline) {
   HttpsResult r = co_await http_->Send(card::BuildLookupRequest(idempotency_key, api_key_),

@@ -1,6 +1,8 @@
 // CardAdapter: card payments through a Stripe-style charges API over HTTPS
 // (form-encoded POST /v1/charges, bearer secret key), with the idempotency
 // key sent as `Idempotency-Key` so that a retry can never charge twice.
+// Also authorisation holds (capture=false) with capture and void, and full
+// refunds (POST /v1/refunds), each idempotent by its own key.
 //
 // Thread-safety: Charge and Lookup may run concurrently from any thread.
 #pragma once
@@ -26,6 +28,12 @@ class CardAdapter final : public PaymentAdapter {
   asio::awaitable<ChargeOutcome> Charge(const ChargeRequest& request) override;
   asio::awaitable<ChargeOutcome> Lookup(std::string_view idempotency_key,
                                         std::chrono::steady_clock::time_point deadline) override;
+  bool SupportsHolds() const override { return true; }
+  asio::awaitable<ChargeOutcome> Capture(const PaymentOperation& op) override;
+  asio::awaitable<ChargeOutcome> Void(const PaymentOperation& op) override;
+  asio::awaitable<ChargeOutcome> Refund(const PaymentOperation& op) override;
+  asio::awaitable<ChargeOutcome> LookupRefund(std::string_view idempotency_key,
+                                              std::chrono::steady_clock::time_point deadline) override;
 
  private:
   std::string name_;

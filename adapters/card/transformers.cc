@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
+
 #include "adapters/json_fields.h"
 
 #include "io/strings.h"
@@ -18,6 +20,11 @@ ChargeOutcome FromChargeObject(const json& charge) {
   const std::string status = JsonString(charge, "status");
   if (status == "succeeded") {
     out.result = ChargeResult::kApproved;
+    // A hold not captured (yet): no "captured" field means an older,
+    // captured charge.
+    if (charge.contains("captured") && charge["captured"].is_boolean()) {
+      out.captured = charge["captured"].get<bool>();
+    }
   } else if (status == "failed") {
     out.result = ChargeResult::kDeclined;
     out.decline_code = JsonString(charge, "failure_code");
@@ -61,6 +68,7 @@ http::request<http::string_body> BuildChargeRequest(const ChargeRequest& request
                     "&card%5Bexp_month%5D=", c.exp_month, "&card%5Bexp_year%5D=", c.exp_year,
                     "&card%5Bcvc%5D=", FormEncode(c.cvc.Reveal()));
   }
+  if (!request.capture) body += "&capture=false";
   if (!request.description.empty()) {
     StrAppend(&body, "&description=", FormEncode(request.description));
   }
@@ -76,6 +84,126 @@ http::request<http::string_body> BuildLookupRequest(std::string_view idempotency
       11};
   req.set(http::field::authorization, StrCat("Bearer ", api_key.Reveal()));
   return req;
+}
+
+namespace {
+http::request<http::string_body> Post(std::string target, const PaymentOperation& op,
+                                      const Secret& api_key, std::string body) {
+  http::request<http::string_body> req{http::verb::post, std::move(target), 11};
+  req.set(http::field::authorization, StrCat("Bearer ", api_key.Reveal()));
+  req.set(http::field::content_type, "application/x-www-form-urlencoded");
+  req.set("Idempotency-Key", op.idempotency_key);
+  req.body() = std::move(body);
+  return req;
+}
+
+// The shared part of the operations' answers: 5xx and unreadable answers,
+// and 4xx with the provider's error code. nullopt: a 200 with a JSON object
+// in `*j`, for the caller to read.
+std::optional<ChargeOutcome> OperationFailure(int http_status, const json& j) {
+  ChargeOutcome out;
+  const json* error = nullptr;
+  if (!j.is_discarded() && j.is_object() && j.contains("error") && j["error"].is_object()) {
+    error = &j["error"];
+  }
+  if (http_status == 200) {
+    if (j.is_discarded() || !j.is_object()) {
+      out.result = ChargeResult::kUnknown;  // it said OK: it may have happened
+      out.message = "unreadable success response";
+      return out;
+    }
+    return std::nullopt;
+  }
+  if (http_status >= 500) {
+    out.result = error != nullptr && SaysNotCharged(*error) ? ChargeResult::kFailed
+                                                            : ChargeResult::kUnknown;
+    out.message = StrCat("provider error ", http_status);
+    return out;
+  }
+  const std::string code = error != nullptr ? JsonString(*error, "code") : "";
+  // A refusal that names its reason (already captured, voided, not
+  // captured...) is the provider's answer on the payment: kDeclined.
+  out.result = http_status == 400 && !code.empty() ? ChargeResult::kDeclined : ChargeResult::kFailed;
+  out.decline_code = code;
+  out.message = StrCat("provider refused (HTTP ", http_status, code.empty() ? "" : ": ", code, ")");
+  return out;
+}
+}  // namespace
+
+http::request<http::string_body> BuildHoldRequest(std::string_view action,
+                                                  const PaymentOperation& op,
+                                                  const Secret& api_key) {
+  return Post(StrCat("/v1/charges/", FormEncode(op.provider_reference), "/", action), op, api_key,
+              "");
+}
+
+http::request<http::string_body> BuildRefundRequest(const PaymentOperation& op,
+                                                    const Secret& api_key) {
+  std::string body = StrCat("charge=", FormEncode(op.provider_reference));
+  if (!op.reason.empty()) StrAppend(&body, "&reason=", FormEncode(op.reason));
+  return Post("/v1/refunds", op, api_key, std::move(body));
+}
+
+http::request<http::string_body> BuildRefundLookupRequest(std::string_view idempotency_key,
+                                                          const Secret& api_key) {
+  http::request<http::string_body> req{
+      http::verb::get, StrCat("/v1/refunds?idempotency_key=", FormEncode(idempotency_key)), 11};
+  req.set(http::field::authorization, StrCat("Bearer ", api_key.Reveal()));
+  return req;
+}
+
+ChargeOutcome ParseHoldResponse(std::string_view action, int http_status, std::string_view body) {
+  json j = ParseJson(body);
+  if (std::optional<ChargeOutcome> failed = OperationFailure(http_status, j)) return *failed;
+  ChargeOutcome out;
+  out.provider_reference = JsonString(j, "id");
+  const bool done = action == "capture"
+                        ? j.contains("captured") && j["captured"].is_boolean() && j["captured"].get<bool>()
+                        : j.contains("voided") && j["voided"].is_boolean() && j["voided"].get<bool>();
+  out.result = done ? ChargeResult::kApproved : ChargeResult::kUnknown;
+  out.captured = action == "capture" && done;
+  if (!done) out.message = StrCat("the charge does not show the ", action);
+  return out;
+}
+
+namespace {
+ChargeOutcome FromRefundObject(const json& refund) {
+  ChargeOutcome out;
+  out.provider_reference = JsonString(refund, "id");
+  const std::string status = JsonString(refund, "status");
+  if (status == "succeeded") {
+    out.result = ChargeResult::kApproved;
+  } else if (status == "failed") {
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = "refund_failed";
+  } else {
+    out.result = ChargeResult::kUnknown;
+    out.message = StrCat("refund in unexpected state \"", status, "\"");
+  }
+  return out;
+}
+}  // namespace
+
+ChargeOutcome ParseRefundResponse(int http_status, std::string_view body) {
+  json j = ParseJson(body);
+  if (std::optional<ChargeOutcome> failed = OperationFailure(http_status, j)) return *failed;
+  return FromRefundObject(j);
+}
+
+ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = ParseJson(body);
+  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("data") ||
+      !j["data"].is_array()) {
+    out.result = http_status >= 500 ? ChargeResult::kUnknown : ChargeResult::kFailed;
+    out.message = StrCat("refund lookup failed (HTTP ", http_status, ")");
+    return out;
+  }
+  if (j["data"].empty()) {
+    out.result = ChargeResult::kNotFound;
+    return out;
+  }
+  return FromRefundObject(j["data"][0]);
 }
 
 ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {

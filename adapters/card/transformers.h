@@ -19,6 +19,24 @@ http::request<http::string_body> BuildChargeRequest(const ChargeRequest& request
 http::request<http::string_body> BuildLookupRequest(std::string_view idempotency_key,
                                                     const Secret& api_key);
 
+// POST /v1/charges/{id}/capture or /void (`action`), with Idempotency-Key.
+http::request<http::string_body> BuildHoldRequest(std::string_view action,
+                                                  const PaymentOperation& op,
+                                                  const Secret& api_key);
+// POST /v1/refunds: charge, reason; full refunds only (no amount).
+http::request<http::string_body> BuildRefundRequest(const PaymentOperation& op,
+                                                    const Secret& api_key);
+// GET /v1/refunds?idempotency_key=...
+http::request<http::string_body> BuildRefundLookupRequest(std::string_view idempotency_key,
+                                                          const Secret& api_key);
+// The answer to a capture or void: kApproved when the charge is now
+// captured (capture) or voided (void); a 400 the provider explains (already
+// captured, voided...) is kDeclined with its code.
+ChargeOutcome ParseHoldResponse(std::string_view action, int http_status, std::string_view body);
+// The answer to a refund (a refund object) or a refund lookup (a list).
+ChargeOutcome ParseRefundResponse(int http_status, std::string_view body);
+ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body);
+
 // Maps the provider's answer to a charge onto the shared outcome.
 ChargeOutcome ParseChargeResponse(int http_status, std::string_view body);
 // Maps the answer to a lookup; an empty list is kNotFound.

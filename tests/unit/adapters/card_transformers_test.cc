@@ -82,5 +82,83 @@ TEST(CardTransformers, FormEncodingEscapesReservedCharacters) {
   EXPECT_EQ(FormEncode("AZaz09-_.~"), "AZaz09-_.~");
 }
 
+TEST(CardTransformers, AHoldIsAChargeWithCaptureFalse) {
+  ChargeRequest r = Request();
+  EXPECT_THAT(BuildChargeRequest(r, Secret("sk")).body(), ::testing::Not(HasSubstr("capture")));
+  r.capture = false;
+  EXPECT_THAT(BuildChargeRequest(r, Secret("sk")).body(), HasSubstr("&capture=false"));
+  auto hold = ParseChargeResponse(200, R"({"id":"ch_h","status":"succeeded","captured":false})");
+  EXPECT_EQ(hold.result, ChargeResult::kApproved);
+  EXPECT_FALSE(hold.captured);
+  auto lookup = ParseLookupResponse(200, R"({"object":"list","data":[{"id":"ch_h","status":"succeeded","captured":false}]})");
+  EXPECT_FALSE(lookup.captured);
+  // A charge without the field is an ordinary, captured one.
+  EXPECT_TRUE(ParseChargeResponse(200, R"({"id":"ch_1","status":"succeeded"})").captured);
+}
+
+PaymentOperation Operation() {
+  PaymentOperation op;
+  op.idempotency_key = "capture-rch_1";
+  op.provider_reference = "ch_h";
+  op.currency = "USD";
+  op.minor_units = 99;
+  return op;
+}
+
+TEST(CardTransformers, CaptureAndVoidAreIdempotentPostsOnTheCharge) {
+  for (std::string_view action : {"capture", "void"}) {
+    auto req = BuildHoldRequest(action, Operation(), Secret("sk_x"));
+    EXPECT_EQ(req.method(), http::verb::post);
+    EXPECT_EQ(req.target(), std::string("/v1/charges/ch_h/") + std::string(action));
+    EXPECT_EQ(req["Idempotency-Key"], "capture-rch_1");
+    EXPECT_EQ(req[http::field::authorization], "Bearer sk_x");
+  }
+  auto captured = ParseHoldResponse("capture", 200, R"({"id":"ch_h","status":"succeeded","captured":true,"voided":false})");
+  EXPECT_EQ(captured.result, ChargeResult::kApproved);
+  EXPECT_TRUE(captured.captured);
+  auto voided = ParseHoldResponse("void", 200, R"({"id":"ch_h","status":"succeeded","captured":false,"voided":true})");
+  EXPECT_EQ(voided.result, ChargeResult::kApproved);
+  EXPECT_FALSE(voided.captured);
+  // A 200 that does not show the operation is not taken for it.
+  EXPECT_EQ(ParseHoldResponse("capture", 200, R"({"id":"ch_h","captured":false})").result,
+            ChargeResult::kUnknown);
+}
+
+TEST(CardTransformers, ARefusedOperationIsDeclinedWithTheProvidersCode) {
+  auto again = ParseHoldResponse("capture", 400,
+      R"({"error":{"type":"invalid_request_error","code":"charge_already_captured"}})");
+  EXPECT_EQ(again.result, ChargeResult::kDeclined);
+  EXPECT_EQ(again.decline_code, "charge_already_captured");
+  EXPECT_EQ(ParseHoldResponse("void", 404, R"({"error":{"code":"resource_missing"}})").result,
+            ChargeResult::kFailed);
+  EXPECT_EQ(ParseHoldResponse("void", 500, R"({"error":{"type":"api_error"}})").result,
+            ChargeResult::kUnknown);
+  EXPECT_EQ(ParseHoldResponse("void", 200, "not json").result, ChargeResult::kUnknown);
+}
+
+TEST(CardTransformers, ARefundIsAFullRefundOfTheChargeByKey) {
+  PaymentOperation op = Operation();
+  op.idempotency_key = "refund-1";
+  op.reason = "buyer asked";
+  auto req = BuildRefundRequest(op, Secret("sk"));
+  EXPECT_EQ(req.target(), "/v1/refunds");
+  EXPECT_EQ(req["Idempotency-Key"], "refund-1");
+  EXPECT_EQ(req.body(), "charge=ch_h&reason=buyer%20asked");
+  auto done = ParseRefundResponse(200, R"({"id":"re_1","object":"refund","charge":"ch_h","status":"succeeded"})");
+  EXPECT_EQ(done.result, ChargeResult::kApproved);
+  EXPECT_EQ(done.provider_reference, "re_1");
+  auto twice = ParseRefundResponse(400, R"({"error":{"code":"charge_already_refunded"}})");
+  EXPECT_EQ(twice.result, ChargeResult::kDeclined);
+  EXPECT_EQ(twice.decline_code, "charge_already_refunded");
+  EXPECT_EQ(BuildRefundLookupRequest("refund-1", Secret("sk")).target(),
+            "/v1/refunds?idempotency_key=refund-1");
+  EXPECT_EQ(ParseRefundLookupResponse(200, R"({"object":"list","data":[]})").result,
+            ChargeResult::kNotFound);
+  EXPECT_EQ(ParseRefundLookupResponse(200, R"({"object":"list","data":[{"id":"re_1","status":"succeeded"}]})")
+                .provider_reference,
+            "re_1");
+  EXPECT_EQ(ParseRefundLookupResponse(503, "").result, ChargeResult::kUnknown);
+}
+
 }  // namespace
 }  // namespace recharge::card
