@@ -262,28 +262,16 @@ class EwalletApi final : public SandboxApi {
 
   // GET /ewallet/v1/{provider}/payments?idempotency_key=K
   asio::awaitable<Response> LookupPayments(Request& req) {
-    if (std::optional<Response> err = Verify(req)) co_return *std::move(err);
-    std::string provider(req.path_params.at(0));
-    if (!ProviderCurrencies(provider)) co_return Code(404, "UNKNOWN_PROVIDER");
-    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
-    std::vector<std::string> values = QueryValues(req.query, "idempotency_key");
-    if (values.size() != 1 || values[0].empty()) {
-      co_return Invalid("idempotency_key", "Exactly one idempotency_key query parameter is required.");
-    }
     std::shared_ptr<const StoredResult> prior;
-    {
-      IdempotencyStore::Hold hold = co_await store_.Acquire(StoreKey(provider, values[0]));
-      prior = hold.prior();
+    std::string key;
+    if (std::optional<Response> err = co_await LookupKey(req, &key, &prior)) {
+      co_return *std::move(err);
     }
     Json payments = Json::array();
     if (const auto* pay = dynamic_cast<const Payment*>(prior.get())) {
       payments.push_back(PaymentObject(*pay));
     }
-    Json body = Json::object();
-    body["payments"] = std::move(payments);
-    Response resp = Response::FromJson(200, body);
-    resp.log_key = values[0];
-    co_return resp;
+    co_return ListResponse("payments", std::move(payments), std::move(key));
   }
 
   // POST /ewallet/v1/{provider}/payments/{payment_id}/refunds: a full refund.
@@ -315,7 +303,24 @@ class EwalletApi final : public SandboxApi {
 
   // GET /ewallet/v1/{provider}/refunds?idempotency_key=K
   asio::awaitable<Response> LookupRefunds(Request& req) {
-    if (std::optional<Response> err = Verify(req)) co_return *std::move(err);
+    std::shared_ptr<const StoredResult> prior;
+    std::string key;
+    if (std::optional<Response> err = co_await LookupKey(req, &key, &prior)) {
+      co_return *std::move(err);
+    }
+    Json refunds = Json::array();
+    if (const auto* refund = dynamic_cast<const PaymentRefund*>(prior.get())) {
+      refunds.push_back(RefundObject(*refund));
+    }
+    co_return ListResponse("refunds", std::move(refunds), std::move(key));
+  }
+
+  // The shared part of the lookups: signature, provider, latency, the one
+  // idempotency_key query parameter, then what is stored under it, waiting
+  // for a request in flight under the key so that "not found" is definite.
+  asio::awaitable<std::optional<Response>> LookupKey(Request& req, std::string* key,
+                                                     std::shared_ptr<const StoredResult>* prior) {
+    if (std::optional<Response> err = Verify(req)) co_return err;
     std::string provider(req.path_params.at(0));
     if (!ProviderCurrencies(provider)) co_return Code(404, "UNKNOWN_PROVIDER");
     if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
@@ -323,20 +328,19 @@ class EwalletApi final : public SandboxApi {
     if (values.size() != 1 || values[0].empty()) {
       co_return Invalid("idempotency_key", "Exactly one idempotency_key query parameter is required.");
     }
-    std::shared_ptr<const StoredResult> prior;
-    {
-      IdempotencyStore::Hold hold = co_await store_.Acquire(StoreKey(provider, values[0]));
-      prior = hold.prior();
-    }
-    Json refunds = Json::array();
-    if (const auto* refund = dynamic_cast<const PaymentRefund*>(prior.get())) {
-      refunds.push_back(RefundObject(*refund));
-    }
+    *key = values[0];
+    IdempotencyStore::Hold hold = co_await store_.Acquire(StoreKey(provider, *key));
+    *prior = hold.prior();
+    co_return std::nullopt;
+  }
+
+  // {"<name>": [<item>] or []}
+  static Response ListResponse(std::string_view name, Json items, std::string key) {
     Json body = Json::object();
-    body["refunds"] = std::move(refunds);
+    body[std::string(name)] = std::move(items);
     Response resp = Response::FromJson(200, body);
-    resp.log_key = values[0];
-    co_return resp;
+    resp.log_key = std::move(key);
+    return resp;
   }
 
   // An empty body, or a JSON object with `reason` (at most 255 characters)
