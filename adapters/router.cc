@@ -164,6 +164,10 @@ asio::awaitable<Router::Routed> Router::Charge(const Route& route,
   for (Instance* instance : route.instances) {
     if (!instance->Serves(request.region, request.currency)) continue;
     const std::string name(instance->adapter->name());
+    if (!request.capture && !instance->adapter->SupportsHolds()) {
+      StrAppend(&reasons, reasons.empty() ? "" : "; ", name, ": takes no authorisation holds");
+      continue;
+    }
     routed.adapter = name;
     if (!instance->breaker->Allow(CircuitBreaker::Clock::now())) {
       StrAppend(&reasons, reasons.empty() ? "" : "; ", name, ": circuit open");

@@ -59,7 +59,8 @@ class Router {
                                       const std::string& currency) const;
 
   // Charges through `route` with breakers and failover (see above); an
-  // instance that does not serve the request's region and currency is skipped.
+  // instance that does not serve the request's region and currency is
+  // skipped, and so is one without holds for an authorisation (capture=false).
   asio::awaitable<Routed> Charge(const Route& route, const ChargeRequest& request) const;
 
   PaymentAdapter* Find(const std::string& name) const;

@@ -179,8 +179,12 @@ print()
 
 # The books: every approved recharge loadgen saw (new, not replayed) is one
 # succeeded charge in the sandbox journal and one approved row in the ledger.
-# Charge lines only: capture / void / refund lines carry "op" (sandbox/README.md).
-journal = [j for j in (json.loads(l) for l in open(journal_path) if l.strip()) if "op" not in j]
+# Charge lines only: capture / void / refund lines carry "op" (sandbox/README.md),
+# and a card authorisation hold (captured false) took money only once captured.
+lines = [json.loads(l) for l in open(journal_path) if l.strip()]
+captured_later = {j.get("id") for j in lines if j.get("op") == "capture"}
+journal = [j for j in lines if "op" not in j
+           and (j.get("captured") is not False or j.get("id") in captured_later)]
 succeeded = sum(1 for j in journal if j.get("status") == "succeeded")
 approved = 0
 for p, r in rows.items():

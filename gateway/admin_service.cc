@@ -191,6 +191,10 @@ grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerC
     next.set_review_note(RedactCardNumbers(request->note()));
     next.set_reviewed_by(call.caller->name);
     *next.mutable_reviewed_at() = TimeUtil::MicrosecondsToTimestamp(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+    if (r->has_hold_expires_at()) {
+      co_return co_await ResolveHeld(*std::move(r), std::move(next), request->approve(),
+                                     call.deadline, response);
+    }
     if (!request->approve()) {
       next.set_status(RECHARGE_STATUS_DECLINED);
       next.mutable_payment()->set_decline_code("review_rejected");
@@ -202,11 +206,12 @@ grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerC
       co_return absl::OkStatus();
     }
     if (r->payment_method() == "card") {
-      // The card number is never stored, so a card held for review cannot be
-      // charged later; the buyer has to pay again.
+      // No hold (a review recorded before holds, or whose authorisation
+      // was not kept): the card number is never stored, so it cannot be
+      // charged now; the buyer has to pay again.
       co_return absl::FailedPreconditionError(
-          "recharge_id: a card recharge held for review cannot be charged after the fact (card "
-          "data is never stored); reject it and let the buyer pay again");
+          "recharge_id: this card recharge has no authorisation hold to capture (card data is "
+          "never stored); reject it and let the buyer pay again");
     }
     std::string provider;
     std::string method = r->payment_method();
@@ -234,6 +239,64 @@ grpc::ServerUnaryReactor* FraudAdminService::ResolveReview(grpc::CallbackServerC
     *response = std::move(done);
     co_return absl::OkStatus();
   });
+}
+
+asio::awaitable<absl::Status> FraudAdminService::ResolveHeld(
+    Recharge held, Recharge next, bool approve, std::chrono::steady_clock::time_point deadline,
+    Recharge* response) {
+  PaymentAdapter* adapter = router_.Find(held.payment().adapter());
+  if (adapter == nullptr) {
+    co_return absl::FailedPreconditionError(
+        StrCat("recharge_id: the adapter instance \"", held.payment().adapter(),
+               "\" that holds its authorisation is not configured"));
+  }
+  const auto op_deadline = deadline - std::chrono::milliseconds(100);
+  if (!approve) {
+    // Void first: the review stays open (and retryable) until the provider
+    // confirms the buyer's money is released. Every void of a recharge
+    // shares one provider key, so a retry or the reconciler's expiry
+    // replays it rather than failing.
+    ChargeOutcome voided = co_await adapter->Void(OperationOn(held, "void", op_deadline));
+    if (voided.result == ChargeResult::kDeclined) {
+      co_return absl::FailedPreconditionError(StrCat(
+          "recharge_id: the provider refused to void the hold (", voided.decline_code, ")"));
+    }
+    if (voided.result != ChargeResult::kApproved) {
+      co_return absl::UnavailableError(StrCat("the provider did not confirm the void (",
+                                              voided.message,
+                                              "); the review is still open, retry"));
+    }
+    next.set_status(RECHARGE_STATUS_DECLINED);
+    next.mutable_payment()->set_decline_code("review_rejected");
+    next.mutable_payment()->set_message("rejected by fraud review; the hold was voided");
+    absl::StatusOr<bool> moved = co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_PENDING_REVIEW);
+    if (!moved.ok()) co_return moved.status();
+    if (!*moved) co_return absl::FailedPreconditionError("recharge_id: the review was resolved meanwhile");
+    *response = std::move(next);
+    co_return absl::OkStatus();
+  }
+  // Claim the approval (exactly once): PENDING_REVIEW -> PENDING; then
+  // capture under the recharge's one capture key. An unknown answer leaves
+  // it PENDING for the reconciler, which captures again (the same key).
+  next.set_status(RECHARGE_STATUS_PENDING);
+  next.mutable_payment()->set_message("approved by fraud review; capturing the hold");
+  absl::StatusOr<bool> claimed = co_await ledger_.Transition(next, ResponseOf(next), RECHARGE_STATUS_PENDING_REVIEW);
+  if (!claimed.ok()) co_return claimed.status();
+  if (!*claimed) co_return absl::FailedPreconditionError("recharge_id: the review was resolved meanwhile");
+  ChargeOutcome captured = co_await adapter->Capture(OperationOn(held, "capture", op_deadline));
+  Recharge done = next;
+  if (ApplyCaptureOutcome(captured, &done)) {
+    absl::StatusOr<bool> moved = co_await ledger_.Transition(done, ResponseOf(done), RECHARGE_STATUS_PENDING);
+    if (!moved.ok()) co_return moved.status();
+    if (!*moved) {
+      // The reconciler settled it meanwhile (the same capture): answer that.
+      absl::StatusOr<Recharge> now = co_await ledger_.GetRecharge(done.recharge_id());
+      if (!now.ok()) co_return now.status();
+      done = *std::move(now);
+    }
+  }
+  *response = std::move(done);
+  co_return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* FraudAdminService::ReportChargeback(grpc::CallbackServerContext* ctx,

@@ -51,6 +51,12 @@ class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService
                                             recharge::v1::ListAuditEventsResponse* response) override;
 
  private:
+  // ResolveReview of a card recharge on an authorisation hold: capture on
+  // approval, void on rejection.
+  asio::awaitable<absl::Status> ResolveHeld(recharge::v1::Recharge held, recharge::v1::Recharge next,
+                                            bool approve, std::chrono::steady_clock::time_point deadline,
+                                            recharge::v1::Recharge* response);
+
   CallGate& gate_;
   RuleEngine* engine_;
   LedgerStore& ledger_;

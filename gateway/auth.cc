@@ -158,6 +158,7 @@ const std::vector<RpcPolicy>& RpcPolicies() {
       {"/recharge.v1.RechargeGateway/ListRecharges", kRoleApp | kRoleOps, false},
       {"/recharge.v1.RechargeGateway/ListPackages", kRoleApp | kRoleOps, false},
       {"/recharge.v1.RechargeGateway/WatchRecharges", kRoleApp | kRoleOps, false},
+      {"/recharge.v1.RechargeGateway/RefundRecharge", kRoleApp | kRoleOps, true},
       {"/recharge.v1.FraudAdmin/ListFlaggedSellers", kRoleOps, false},
       {"/recharge.v1.FraudAdmin/GetSellerRisk", kRoleOps, false},
       {"/recharge.v1.FraudAdmin/ClearSellerFlag", kRoleOps, true},

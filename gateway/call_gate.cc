@@ -57,6 +57,14 @@ AuditFacts AuditFactsOf(const ResolveReviewRequest& request, const Recharge& res
   return {request.recharge_id(), request.note(), std::move(detail)};
 }
 
+AuditFacts AuditFactsOf(const RefundRechargeRequest& request, const Recharge& response) {
+  std::string detail;
+  if (response.status() != RECHARGE_STATUS_UNSPECIFIED) {
+    detail = StrCat(RechargeStatus_Name(response.status()), response.replayed() ? " (replayed)" : "");
+  }
+  return {request.recharge_id(), request.reason(), std::move(detail)};
+}
+
 AuditFacts AuditFactsOf(const ReportChargebackRequest& request, const ReportChargebackResponse& response) {
   std::string detail;
   for (const std::string& b : response.blocked()) detail += StrCat(detail.empty() ? "blocked " : ",", b);

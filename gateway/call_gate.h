@@ -53,6 +53,8 @@ AuditFacts AuditFactsOf(const recharge::v1::ReloadRulesRequest& request,
                         const recharge::v1::ReloadRulesResponse& response);
 AuditFacts AuditFactsOf(const recharge::v1::ResolveReviewRequest& request,
                         const recharge::v1::Recharge& response);
+AuditFacts AuditFactsOf(const recharge::v1::RefundRechargeRequest& request,
+                        const recharge::v1::Recharge& response);
 AuditFacts AuditFactsOf(const recharge::v1::ReportChargebackRequest& request,
                         const recharge::v1::ReportChargebackResponse& response);
 template <typename Request, typename Response>

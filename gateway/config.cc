@@ -164,7 +164,7 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   if (absl::Status s = root->CheckKeys({"listen", "io_threads", "shutdown_grace", "catalogue",
                                         "adapters", "ledger", "redis", "fingerprint_key_file",
                                         "recovery", "fraud", "transport", "tls", "callers",
-                                        "limits", "log_level"});
+                                        "limits", "log_level", "review"});
       !s.ok()) {
     return s;
   }
@@ -248,6 +248,14 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
     CONFIG_ASSIGN(c.recovery_interval, rec.GetDuration("interval", c.recovery_interval));
     CONFIG_ASSIGN(c.recovery_settle_after, rec.GetDuration("settle_after", c.recovery_settle_after));
     if (c.recovery_interval.count() <= 0) return rec.Child("interval").Error("must be positive");
+  }
+  if (root->Has("review")) {
+    ConfigNode review = root->Child("review");
+    if (absl::Status s = review.CheckKeys({"hold_expiry"}); !s.ok()) return s;
+    CONFIG_ASSIGN(c.review_hold_expiry, review.GetDuration("hold_expiry", c.review_hold_expiry));
+    if (c.review_hold_expiry < std::chrono::seconds(1)) {
+      return review.Child("hold_expiry").Error("must be at least 1s");
+    }
   }
   // Last, so that a file missing callers still reports its other errors.
   if (absl::Status s = LoadSecurity(*root, &c); !s.ok()) return s;

@@ -47,6 +47,7 @@ struct GatewayConfig {
   std::string fingerprint_key_file = "var/secrets/fingerprint.key";
   std::chrono::milliseconds recovery_interval{5'000};
   std::chrono::milliseconds recovery_settle_after{15'000};
+  std::chrono::milliseconds review_hold_expiry{7 * 24 * 3'600'000};
 
   static absl::StatusOr<GatewayConfig> Load(const std::string& path);
 };

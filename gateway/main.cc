@@ -140,11 +140,13 @@ int Main(int argc, char** argv) {
     LogWarn("fraud_rules_not_configured", {{"policy", "allow-all"}});
   }
 
-  Reconciler reconciler(**ledger, **router, config->recovery_settle_after);
+  Reconciler reconciler(**ledger, **router, config->recovery_settle_after,
+                        config->review_hold_expiry);
   RechargeFlow flow(*catalogue, **ledger, **router, *fraud, reconciler, *std::move(fingerprint_key),
                     std::make_shared<AsyncSemaphore>(
                         static_cast<size_t>(config->max_recharges_deciding),
-                        static_cast<size_t>(config->max_recharges_waiting)));
+                        static_cast<size_t>(config->max_recharges_waiting)),
+                    config->review_hold_expiry);
 
   auto work = asio::make_work_guard(io);
   std::vector<std::thread> pool;
@@ -174,7 +176,8 @@ int Main(int argc, char** argv) {
                 {.call_deadline = config->call_deadline,
                  .trust_client_certificates = config->transport == Transport::kMtls});
   EventFeed feed(io, **ledger, {});
-  RechargeGatewayService gateway(gate, flow, **ledger, *catalogue, feed);
+  RefundFlow refunds(**ledger, **router, reconciler);
+  RechargeGatewayService gateway(gate, flow, refunds, **ledger, *catalogue, feed);
   FraudAdminService fraud_admin(gate, engine.get(), **ledger, **router);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -140,6 +140,53 @@ void ApplyChargeOutcome(const ChargeOutcome& outcome, const std::string& adapter
   }
 }
 
+void PlaceOnHold(std::chrono::milliseconds hold_expiry, Recharge* recharge) {
+  recharge->set_status(recharge::v1::RECHARGE_STATUS_PENDING_REVIEW);
+  recharge->mutable_payment()->set_message("authorised (held, not captured) for review");
+  *recharge->mutable_hold_expires_at() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+      google::protobuf::util::TimeUtil::TimestampToMicroseconds(recharge->created_at()) +
+      std::chrono::duration_cast<std::chrono::microseconds>(hold_expiry).count());
+}
+
+bool ApplyCaptureOutcome(const ChargeOutcome& outcome, Recharge* recharge) {
+  recharge::v1::PaymentResult* payment = recharge->mutable_payment();
+  if (outcome.result == ChargeResult::kApproved) {
+    recharge->set_status(recharge::v1::RECHARGE_STATUS_APPROVED);
+    payment->set_message("captured on review approval");
+    return true;
+  }
+  if (outcome.result == ChargeResult::kDeclined) {
+    recharge->set_status(recharge::v1::RECHARGE_STATUS_DECLINED);
+    payment->set_decline_code(outcome.decline_code);
+    payment->set_message(StrCat("the provider refused the capture: ", outcome.message));
+    return true;
+  }
+  return false;
+}
+
+Recharge RefundedRecharge(Recharge approved, recharge::v1::RefundInfo info,
+                          std::string provider_reference) {
+  approved.set_status(recharge::v1::RECHARGE_STATUS_REFUNDED);
+  info.set_provider_reference(std::move(provider_reference));
+  *info.mutable_refunded_at() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  *approved.mutable_refund() = std::move(info);
+  return approved;
+}
+
+PaymentOperation OperationOn(const Recharge& recharge, std::string_view operation,
+                             std::chrono::steady_clock::time_point deadline) {
+  PaymentOperation op;
+  op.idempotency_key = StrCat(recharge.recharge_id(), ":", operation);
+  op.provider_reference = recharge.payment().provider_reference();
+  op.currency = recharge.amount().currency();
+  op.minor_units = recharge.amount().minor_units();
+  op.deadline = deadline;
+  return op;
+}
+
 RecordRechargeResponse ResponseOf(const Recharge& recharge) {
   RecordRechargeResponse r;
   r.set_recharge_id(recharge.recharge_id());
@@ -169,14 +216,16 @@ ChargeRequest ChargeRequestOf(const Recharge& recharge,
 
 RechargeFlow::RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
                            FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key,
-                           std::shared_ptr<AsyncSemaphore> deciding)
+                           std::shared_ptr<AsyncSemaphore> deciding,
+                           std::chrono::milliseconds hold_expiry)
     : catalogue_(catalogue),
       ledger_(ledger),
       router_(router),
       fraud_(fraud),
       reconciler_(reconciler),
       fingerprint_key_(std::move(fingerprint_key)),
-      deciding_(std::move(deciding)) {}
+      deciding_(std::move(deciding)),
+      hold_expiry_(hold_expiry) {}
 
 std::string RechargeFlow::Fingerprint(std::string_view value) const {
   return HexEncode(HmacSha256(fingerprint_key_, value));
@@ -320,8 +369,28 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   response.set_recharge_id(recharge.recharge_id());
   if (assessment.decision() == recharge::v1::FRAUD_ACTION_BLOCK) {
     recharge.set_status(recharge::v1::RECHARGE_STATUS_BLOCKED);
-  } else if (assessment.decision() == recharge::v1::FRAUD_ACTION_REVIEW) {
+  } else if (assessment.decision() == recharge::v1::FRAUD_ACTION_REVIEW && !req.has_card()) {
+    // PayPal and e-wallet: nothing is taken before the review (charged on approval).
     recharge.set_status(recharge::v1::RECHARGE_STATUS_PENDING_REVIEW);
+  } else if (assessment.decision() == recharge::v1::FRAUD_ACTION_REVIEW) {
+    // A card: authorise now (a hold, no capture), capture on approval. The
+    // card is never stored, only the hold's reference. A declined
+    // authorisation is an ordinary decline; an ambiguous one is PENDING,
+    // and the reconciler finds the hold (PENDING_REVIEW) or none (FAILED).
+    ChargeRequest hold = MakeChargeRequest(req, recharge.recharge_id(), deadline - kRecordMargin);
+    hold.capture = false;
+    Router::Routed routed = co_await router_.Charge(**route, hold);
+    ApplyChargeOutcome(routed.outcome, routed.adapter, &recharge);
+    if (recharge.status() == recharge::v1::RECHARGE_STATUS_APPROVED && !routed.outcome.captured) {
+      PlaceOnHold(hold_expiry_, &recharge);
+    } else if (recharge.status() == recharge::v1::RECHARGE_STATUS_APPROVED) {
+      // The provider captured although asked not to: the money moved, say so.
+      LogError("hold_captured_at_once", {{"recharge_id", recharge.recharge_id()},
+                                         {"adapter", routed.adapter}});
+      response.set_coins_credited(recharge.coins());
+    } else if (recharge.status() == recharge::v1::RECHARGE_STATUS_DECLINED) {
+      fraud_.OnDeclined(input, co_await asio::this_coro::executor);
+    }
   } else {
     // 5. Charge through the route: breakers, failover on definite failures.
     const auto charge_deadline = deadline - kRecordMargin;

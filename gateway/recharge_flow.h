@@ -31,10 +31,11 @@ class RechargeFlow {
   // All references must outlive the flow. `reconciler` settles a PENDING
   // recharge when its key is retried. `deciding` bounds the recharges
   // claiming their key and deciding fraud at once (configs/gateway.yaml,
-  // limits).
+  // limits). A card recharge sent to review is authorised and its hold
+  // voided `hold_expiry` after creation if not resolved (review.hold_expiry).
   RechargeFlow(const Catalogue& catalogue, LedgerStore& ledger, const Router& router,
                FraudFilter& fraud, Reconciler& reconciler, Secret fingerprint_key,
-               std::shared_ptr<AsyncSemaphore> deciding);
+               std::shared_ptr<AsyncSemaphore> deciding, std::chrono::milliseconds hold_expiry);
 
   // `deadline`: when the caller stops waiting; outgoing calls end before it.
   asio::awaitable<absl::StatusOr<recharge::v1::RecordRechargeResponse>> Record(
@@ -52,6 +53,7 @@ class RechargeFlow {
   Reconciler& reconciler_;
   Secret fingerprint_key_;
   const std::shared_ptr<AsyncSemaphore> deciding_;
+  const std::chrono::milliseconds hold_expiry_;
 };
 
 // The fingerprint an idempotency key is bound to: a hash of the request's
@@ -65,6 +67,23 @@ std::string NewRechargeId();
 // Writes a charge's outcome into the recharge (status, payment, coins).
 void ApplyChargeOutcome(const ChargeOutcome& outcome, const std::string& adapter,
                         Recharge* recharge);
+// Makes an authorised (uncaptured) card recharge a review on hold:
+// PENDING_REVIEW, hold_expires_at = created_at + `hold_expiry`.
+void PlaceOnHold(std::chrono::milliseconds hold_expiry, Recharge* recharge);
+// A later operation on the recharge's payment (`operation`: "capture",
+// "void", "refund"), under the provider idempotency key
+// "<recharge_id>:<operation>": one effect per recharge, whoever retries.
+PaymentOperation OperationOn(const Recharge& recharge, std::string_view operation,
+                             std::chrono::steady_clock::time_point deadline);
+// Writes a capture's outcome into a recharge approved on review (PENDING):
+// APPROVED when captured, DECLINED when the provider refused (the hold
+// voided or lapsed). Returns false, changing nothing, when the outcome is
+// not known (the capture is tried again under the same key).
+bool ApplyCaptureOutcome(const ChargeOutcome& outcome, Recharge* recharge);
+// `approved` refunded in full: status REFUNDED, refund = `info` with the
+// provider's refund reference and the time now.
+Recharge RefundedRecharge(Recharge approved, recharge::v1::RefundInfo info,
+                          std::string provider_reference);
 // The response that stands for a stored recharge (what a replay returns).
 RecordRechargeResponse ResponseOf(const Recharge& recharge);
 // The charge request that pays for a stored recharge (no card: a review

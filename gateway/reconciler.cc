@@ -3,8 +3,9 @@
 #include <boost/asio/redirect_error.hpp>
 #include <google/protobuf/util/time_util.h>
 
-#include "io/strings.h"
+#include "gateway/recharge_flow.h"
 #include "io/log.h"
+#include "io/strings.h"
 
 namespace recharge {
 namespace {
@@ -26,8 +27,8 @@ std::string MethodOf(const Recharge& r, std::string* provider) {
 }  // namespace
 
 Reconciler::Reconciler(LedgerStore& ledger, const Router& router,
-                       std::chrono::milliseconds settle_after)
-    : ledger_(ledger), router_(router), settle_after_(settle_after) {}
+                       std::chrono::milliseconds settle_after, std::chrono::milliseconds hold_expiry)
+    : ledger_(ledger), router_(router), settle_after_(settle_after), hold_expiry_(hold_expiry) {}
 
 asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
   Report report;
@@ -43,7 +44,105 @@ asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
     std::optional<RecordRechargeResponse> settled = co_await Resolve(u, deadline);
     if (settled) ++report.resolved;
   }
+  co_await ExpireHolds(&report);
+  absl::StatusOr<std::vector<StartedRefund>> refunds = co_await ledger_.ListStartedRefunds(cutoff);
+  if (!refunds.ok()) {
+    LogWarn("reconcile_refunds_failed", {{"error", std::string(refunds.status().message())}});
+    co_return report;
+  }
+  for (StartedRefund& started : *refunds) {
+    ++report.examined;
+    const auto deadline = std::chrono::steady_clock::now() + kLookupTimeout;
+    if (co_await SettleRefund(std::move(started), deadline)) ++report.resolved;
+  }
   co_return report;
+}
+
+asio::awaitable<std::optional<Recharge>> Reconciler::SettleRefund(
+    StartedRefund started, std::chrono::steady_clock::time_point deadline) {
+  absl::StatusOr<Recharge> r = co_await ledger_.GetRecharge(started.recharge_id);
+  if (!r.ok()) co_return std::nullopt;
+  PaymentAdapter* adapter = router_.Find(r->payment().adapter());
+  if (adapter == nullptr) {
+    LogWarn("refund_settle_no_adapter", {{"recharge_id", started.recharge_id},
+                                         {"adapter", r->payment().adapter()}});
+    co_return std::nullopt;
+  }
+  const PaymentOperation op = OperationOn(*r, "refund", deadline);
+  ChargeOutcome found = co_await adapter->LookupRefund(op.idempotency_key, deadline);
+  const bool old_enough = std::chrono::system_clock::now() - started.started_at >= settle_after_;
+  if (found.result == ChargeResult::kApproved) {
+    Recharge refunded = RefundedRecharge(*std::move(r), started.info, found.provider_reference);
+    absl::StatusOr<bool> stored = co_await ledger_.CompleteRefund(started.idempotency_key, refunded);
+    if (!stored.ok() || !*stored) co_return std::nullopt;
+    LogInfo("refund_reconciled", {{"recharge_id", started.recharge_id}, {"status", "REFUNDED"}});
+    co_return refunded;
+  }
+  if (found.result == ChargeResult::kDeclined ||
+      (found.result == ChargeResult::kNotFound && old_enough)) {
+    // No refund was made: forget the claim (a new attempt may be made).
+    if ((co_await ledger_.ReleaseRefund(started.idempotency_key)).ok()) {
+      LogInfo("refund_reconciled", {{"recharge_id", started.recharge_id},
+                                    {"status", "not refunded"},
+                                    {"decline_code", found.decline_code}});
+    }
+  }
+  co_return std::nullopt;
+}
+
+asio::awaitable<void> Reconciler::ExpireHolds(Report* report) {
+  const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                             std::chrono::system_clock::now().time_since_epoch()).count();
+  std::optional<RechargeCursor> cursor;
+  do {
+    absl::StatusOr<RechargePage> page =
+        co_await ledger_.ListByStatus(recharge::v1::RECHARGE_STATUS_PENDING_REVIEW, 200, cursor);
+    if (!page.ok()) {
+      LogWarn("reconcile_reviews_failed", {{"error", std::string(page.status().message())}});
+      co_return;
+    }
+    for (const Recharge& r : page->recharges) {
+      if (!r.has_hold_expires_at() || TimeUtil::TimestampToMicroseconds(r.hold_expires_at()) > now_us) {
+        continue;
+      }
+      ++report->examined;
+      if (co_await ExpireHold(r)) ++report->resolved;
+    }
+    cursor = page->next_cursor;
+  } while (cursor);
+}
+
+asio::awaitable<bool> Reconciler::ExpireHold(Recharge held) {
+  PaymentAdapter* adapter = router_.Find(held.payment().adapter());
+  if (adapter == nullptr) {
+    LogWarn("hold_expiry_no_adapter", {{"recharge_id", held.recharge_id()},
+                                       {"adapter", held.payment().adapter()}});
+    co_return false;
+  }
+  // The same void key as a rejection's: a void that landed is replayed.
+  ChargeOutcome voided = co_await adapter->Void(
+      OperationOn(held, "void", std::chrono::steady_clock::now() + kLookupTimeout));
+  if (voided.result != ChargeResult::kApproved) {
+    LogWarn("hold_void_failed", {{"recharge_id", held.recharge_id()},
+                                 {"result", std::string(ChargeResultName(voided.result))},
+                                 {"decline_code", voided.decline_code},
+                                 {"message", voided.message}});
+    co_return false;
+  }
+  Recharge next = held;
+  next.set_status(recharge::v1::RECHARGE_STATUS_DECLINED);
+  next.set_reviewed_by("reconciler");
+  *next.mutable_reviewed_at() = TimeUtil::MicrosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::system_clock::now().time_since_epoch()).count());
+  next.mutable_payment()->set_decline_code("review_expired");
+  next.mutable_payment()->set_message(
+      "the review was not resolved before the hold expired; the hold was voided");
+  absl::StatusOr<bool> moved = co_await ledger_.Transition(
+      next, ResponseOf(next), recharge::v1::RECHARGE_STATUS_PENDING_REVIEW);
+  if (!moved.ok() || !*moved) co_return false;
+  LogInfo("hold_expired", {{"recharge_id", held.recharge_id()}});
+  co_return true;
 }
 
 asio::awaitable<void> Reconciler::Run(std::chrono::milliseconds interval) {
@@ -73,10 +172,12 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
   }
   // A PENDING recharge is only declared FAILED once it is old enough that
   // no request can still be on its way to the provider.
+  // A review approved later took its payment then: age from the approval.
   const int64_t age_us =
       std::chrono::duration_cast<std::chrono::microseconds>(
           std::chrono::system_clock::now().time_since_epoch()).count() -
-      TimeUtil::TimestampToMicroseconds(u.recharge.created_at());
+      TimeUtil::TimestampToMicroseconds(u.recharge.has_reviewed_at() ? u.recharge.reviewed_at()
+                                                                     : u.recharge.created_at());
   const bool settled = age_us >= std::chrono::duration_cast<std::chrono::microseconds>(settle_after_).count();
 
   // Ask the instance that handled the charge first, then the route's others
@@ -109,15 +210,21 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
   if (found.result == ChargeResult::kNotFound && !settled) co_return std::nullopt;
 
   Recharge r = u.recharge;
-  RecordRechargeResponse response;
-  response.set_recharge_id(r.recharge_id());
   recharge::v1::PaymentResult* payment = r.mutable_payment();
   if (where != nullptr) payment->set_adapter(std::string(where->name()));
   payment->set_provider_reference(found.provider_reference);
   payment->set_decline_code(found.decline_code);
-  if (found.result == ChargeResult::kApproved) {
+  const bool approved_on_review = !u.started && r.has_reviewed_at();
+  if (found.result == ChargeResult::kApproved && !found.captured && approved_on_review) {
+    // A review approved, its capture's answer lost: capture again, under
+    // the recharge's one capture key (a capture that landed is replayed).
+    ChargeOutcome captured = co_await where->Capture(OperationOn(r, "capture", deadline));
+    if (!ApplyCaptureOutcome(captured, &r)) co_return std::nullopt;
+  } else if (found.result == ChargeResult::kApproved && !found.captured) {
+    // An authorisation hold, made only for a review, whose answer was lost.
+    PlaceOnHold(hold_expiry_, &r);
+  } else if (found.result == ChargeResult::kApproved) {
     r.set_status(recharge::v1::RECHARGE_STATUS_APPROVED);
-    response.set_coins_credited(r.coins());
     payment->set_message("reconciled: the provider holds the charge");
   } else if (found.result == ChargeResult::kDeclined) {
     r.set_status(recharge::v1::RECHARGE_STATUS_DECLINED);
@@ -130,9 +237,7 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
     // The process died before the decision was recorded; say so.
     r.mutable_fraud()->set_rules_version("unknown (recovered)");
   }
-  response.set_status(r.status());
-  *response.mutable_fraud() = r.fraud();
-  *response.mutable_payment() = r.payment();
+  RecordRechargeResponse response = ResponseOf(r);
 
   if (u.started) {
     Completion done;

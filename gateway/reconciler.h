@@ -1,7 +1,10 @@
 // Reconciler: resolves recharges whose outcome the ledger does not know —
 // keys left `started` by a process that died between claim and record, and
 // PENDING recharges whose provider call timed out — by asking the provider
-// with the adapter's Lookup(idempotency key). It never charges.
+// with the adapter's Lookup(idempotency key). It never charges anew; it
+// finishes what a decision started: the capture of a card hold whose review
+// was approved (the answer lost), and the void of a hold whose review was
+// not resolved within review.hold_expiry (DECLINED review_expired).
 //
 // A key is only resolved once it is older than `settle_after` (longer than
 // any adapter timeout), so a request still travelling to the provider cannot
@@ -21,7 +24,11 @@ namespace recharge {
 
 class Reconciler {
  public:
-  Reconciler(LedgerStore& ledger, const Router& router, std::chrono::milliseconds settle_after);
+  // `hold_expiry`: how long a card authorisation hold waits for its review
+  // (review.hold_expiry); then RunOnce voids it and declines the recharge
+  // (review_expired).
+  Reconciler(LedgerStore& ledger, const Router& router, std::chrono::milliseconds settle_after,
+             std::chrono::milliseconds hold_expiry);
 
   struct Report {
     int examined = 0;
@@ -33,13 +40,24 @@ class Reconciler {
   // stored, or nullopt if it stays unsettled.
   asio::awaitable<std::optional<RecordRechargeResponse>> Resolve(
       const UnresolvedRecharge& u, std::chrono::steady_clock::time_point deadline);
+  // Settles a refund whose outcome is unknown with the adapter's
+  // LookupRefund: records it (REFUNDED) if the provider made it, forgets
+  // the claim if it refused or (once older than settle_after) has none.
+  // Returns the refunded recharge, or nullopt if it is not refunded (yet).
+  asio::awaitable<std::optional<Recharge>> SettleRefund(
+      StartedRefund started, std::chrono::steady_clock::time_point deadline);
   // RunOnce now, then every `interval`, until the executor is stopped.
   asio::awaitable<void> Run(std::chrono::milliseconds interval);
 
  private:
+  // Voids the holds of reviews past hold_expires_at (DECLINED review_expired).
+  asio::awaitable<void> ExpireHolds(Report* report);
+  asio::awaitable<bool> ExpireHold(Recharge held);
+
   LedgerStore& ledger_;
   const Router& router_;
   std::chrono::milliseconds settle_after_;
+  std::chrono::milliseconds hold_expiry_;
 };
 
 }  // namespace recharge

@@ -49,9 +49,26 @@ absl::StatusOr<RechargeCursor> DecodePageToken(const std::string& token,
 }
 
 RechargeGatewayService::RechargeGatewayService(CallGate& gate, RechargeFlow& flow,
-                                               LedgerStore& ledger, const Catalogue& catalogue,
-                                               EventFeed& feed)
-    : gate_(gate), flow_(flow), ledger_(ledger), catalogue_(catalogue), feed_(feed) {}
+                                               RefundFlow& refunds, LedgerStore& ledger,
+                                               const Catalogue& catalogue, EventFeed& feed)
+    : gate_(gate),
+      flow_(flow),
+      refunds_(refunds),
+      ledger_(ledger),
+      catalogue_(catalogue),
+      feed_(feed) {}
+
+grpc::ServerUnaryReactor* RechargeGatewayService::RefundRecharge(grpc::CallbackServerContext* ctx,
+                                                                 const RefundRechargeRequest* request,
+                                                                 Recharge* response) {
+  return gate_.Serve(ctx, "/recharge.v1.RechargeGateway/RefundRecharge", request, response,
+                     [this, request, response](const CallInfo& call) -> asio::awaitable<absl::Status> {
+    absl::StatusOr<Recharge> r = co_await refunds_.Refund(*request, call.caller->name, call.deadline);
+    if (!r.ok()) co_return r.status();
+    *response = *std::move(r);
+    co_return absl::OkStatus();
+  });
+}
 
 grpc::ServerWriteReactor<RechargeEvent>* RechargeGatewayService::WatchRecharges(
     grpc::CallbackServerContext* ctx, const WatchRechargesRequest* request) {

@@ -15,6 +15,7 @@
 #include "gateway/catalogue.h"
 #include "gateway/event_feed.h"
 #include "gateway/recharge_flow.h"
+#include "gateway/refund_flow.h"
 #include "ledger/ledger_store.h"
 #include "recharge/v1/recharge.grpc.pb.h"
 
@@ -23,8 +24,8 @@ namespace recharge {
 // Every RPC enters through `gate` (authentication, roles, rate limits).
 class RechargeGatewayService final : public recharge::v1::RechargeGateway::CallbackService {
  public:
-  RechargeGatewayService(CallGate& gate, RechargeFlow& flow, LedgerStore& ledger,
-                         const Catalogue& catalogue, EventFeed& feed);
+  RechargeGatewayService(CallGate& gate, RechargeFlow& flow, RefundFlow& refunds,
+                         LedgerStore& ledger, const Catalogue& catalogue, EventFeed& feed);
 
   grpc::ServerUnaryReactor* RecordRecharge(grpc::CallbackServerContext* ctx,
                                            const recharge::v1::RecordRechargeRequest* request,
@@ -38,6 +39,9 @@ class RechargeGatewayService final : public recharge::v1::RechargeGateway::Callb
   grpc::ServerUnaryReactor* ListPackages(grpc::CallbackServerContext* ctx,
                                          const recharge::v1::ListPackagesRequest* request,
                                          recharge::v1::ListPackagesResponse* response) override;
+  grpc::ServerUnaryReactor* RefundRecharge(grpc::CallbackServerContext* ctx,
+                                           const recharge::v1::RefundRechargeRequest* request,
+                                           recharge::v1::Recharge* response) override;
   grpc::ServerWriteReactor<recharge::v1::RechargeEvent>* WatchRecharges(
       grpc::CallbackServerContext* ctx, const recharge::v1::WatchRechargesRequest* request) override;
 
@@ -49,6 +53,7 @@ class RechargeGatewayService final : public recharge::v1::RechargeGateway::Callb
   std::atomic<bool> draining_{false};
   CallGate& gate_;
   RechargeFlow& flow_;
+  RefundFlow& refunds_;
   LedgerStore& ledger_;
   const Catalogue& catalogue_;
   EventFeed& feed_;

@@ -98,6 +98,39 @@ struct FeedEvent {
   recharge::v1::RechargeEvent event;
 };
 
+// A refund's idempotency key, claimed before the provider is asked. A
+// recharge has at most one refund claim at a time, and keeps its completed
+// one: refunds are in full, so a recharge is refunded once.
+struct RefundClaim {
+  std::string idempotency_key;
+  std::string fingerprint;  // hash of the request (recharge id, reason)
+  std::string recharge_id;
+  recharge::v1::RefundInfo info;  // reason, caller (no provider reference yet)
+};
+
+struct RefundBegin {
+  enum class Kind {
+    kClaimed,        // the caller owns the claim: CompleteRefund or ReleaseRefund it
+    kReplay,         // completed earlier with this key: `recharge` is the answer
+    kMismatch,       // the key was used for another request
+    kInFlight,       // this key's refund is still being made (or its outcome unknown)
+    kOtherRefund,    // the recharge is refunded, or being refunded, under another key
+    kNotRefundable,  // the recharge is not APPROVED: `recharge` as it is
+  };
+  Kind kind = Kind::kClaimed;
+  Recharge recharge;  // kClaimed, kNotRefundable: the recharge now; kReplay: the answer
+  bool other_done = false;  // kOtherRefund: that refund completed
+};
+
+// A refund claimed and not completed (its outcome unknown, or the process
+// died): the reconciler asks the provider.
+struct StartedRefund {
+  std::string idempotency_key;
+  std::string recharge_id;
+  recharge::v1::RefundInfo info;
+  std::chrono::system_clock::time_point started_at;
+};
+
 class LedgerStore {
  public:
   virtual ~LedgerStore() = default;
@@ -158,6 +191,23 @@ class LedgerStore {
   // Forgets events committed before `before`. Returns how many.
   virtual asio::awaitable<absl::StatusOr<int64_t>> PurgeEvents(
       std::chrono::system_clock::time_point before) = 0;
+
+  // Refunds (RefundRecharge). BeginRefund claims `claim.idempotency_key`
+  // for an APPROVED recharge, durably, or reports what stands in the way
+  // (NOT_FOUND: no such recharge).
+  virtual asio::awaitable<absl::StatusOr<RefundBegin>> BeginRefund(RefundClaim claim) = 0;
+  // The provider refunded: moves `refunded` (status REFUNDED, refund set)
+  // from APPROVED, appends its REFUNDED event and stores it as the key's
+  // answer, atomically. False if the recharge was no longer APPROVED (the
+  // claim is then released).
+  virtual asio::awaitable<absl::StatusOr<bool>> CompleteRefund(std::string idempotency_key,
+                                                               Recharge refunded) = 0;
+  // The provider did not refund (refused, or a definite failure): forgets
+  // the claim, so the key and the recharge may be tried again.
+  virtual asio::awaitable<absl::Status> ReleaseRefund(std::string idempotency_key) = 0;
+  // Claims not completed, made before `started_before`, oldest first.
+  virtual asio::awaitable<absl::StatusOr<std::vector<StartedRefund>>> ListStartedRefunds(
+      std::chrono::system_clock::time_point started_before) = 0;
 
   // Forgets completed keys older than `before` (recharges stay). Returns how many.
   virtual asio::awaitable<absl::StatusOr<int64_t>> PurgeKeys(

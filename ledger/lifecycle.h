@@ -4,6 +4,8 @@
 //
 //   (new)          -> any first status               DECIDED
 //   PENDING        -> APPROVED | DECLINED | FAILED   SETTLED
+//   PENDING        -> PENDING_REVIEW                 SETTLED (a card hold for
+//                     review whose answer was lost, found in place)
 //   PENDING_REVIEW -> APPROVED | DECLINED            REVIEW_RESOLVED
 //   PENDING_REVIEW -> PENDING                        REVIEW_RESOLVED (approved;
 //                     the payment's outcome follows as SETTLED)

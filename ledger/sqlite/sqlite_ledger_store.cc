@@ -70,6 +70,19 @@ CREATE TABLE IF NOT EXISTS recharge_events (
   record       BLOB NOT NULL        -- recharge.v1.Recharge as the change left it
 );
 CREATE INDEX IF NOT EXISTS recharge_events_at ON recharge_events (at);
+-- Refund claims (RefundRecharge), one per recharge: a completed one stays (a
+-- recharge is refunded once, in full); one that did not refund is deleted.
+CREATE TABLE IF NOT EXISTS refunds (
+  idempotency_key  TEXT PRIMARY KEY,
+  recharge_id      TEXT NOT NULL UNIQUE,
+  fingerprint      BLOB NOT NULL,
+  state            TEXT NOT NULL CHECK (state IN ('started', 'completed')),
+  info             BLOB NOT NULL,    -- recharge.v1.RefundInfo as claimed (reason, caller)
+  answer           BLOB,             -- recharge.v1.Recharge once completed
+  created_at       INTEGER NOT NULL, -- unix microseconds
+  updated_at       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refunds_started ON refunds (created_at) WHERE state = 'started';
 -- Named counters of the ledger itself: events_purged_through (the seq of
 -- the newest event purged; a cursor before it has lost events).
 CREATE TABLE IF NOT EXISTS ledger_meta (
@@ -83,6 +96,16 @@ int64_t UnixMicros(std::chrono::system_clock::time_point t) {
 }
 
 int64_t NowMicros() { return UnixMicros(std::chrono::system_clock::now()); }
+
+// What a replay of the RecordRecharge key of a refunded recharge answers.
+RecordRechargeResponse RefundedResponse(const Recharge& r) {
+  RecordRechargeResponse out;
+  out.set_recharge_id(r.recharge_id());
+  out.set_status(r.status());
+  *out.mutable_fraud() = r.fraud();
+  *out.mutable_payment() = r.payment();
+  return out;
+}
 
 }  // namespace
 
@@ -724,6 +747,150 @@ asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::Transition(
     return true;
   };
   co_return co_await Submit<absl::StatusOr<bool>, Route::kWrite>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<RefundBegin>> SqliteLedgerStore::BeginRefund(RefundClaim claim) {
+  std::string info = claim.info.SerializeAsString();
+  auto body = [claim = std::move(claim), info = std::move(info)](
+                  Db& db) -> absl::StatusOr<RefundBegin> {
+    RefundBegin out;
+    {
+      LEDGER_PREPARE(by_key,
+                     "SELECT fingerprint, state, answer FROM refunds WHERE idempotency_key = ?1");
+      by_key.Text(1, claim.idempotency_key);
+      absl::StatusOr<bool> row = by_key.Step();
+      if (!row.ok()) return row.status();
+      if (*row) {
+        if (by_key.ColBlobView(0) != claim.fingerprint) {
+          out.kind = RefundBegin::Kind::kMismatch;
+        } else if (by_key.ColText(1) == "started") {
+          out.kind = RefundBegin::Kind::kInFlight;
+        } else {
+          out.kind = RefundBegin::Kind::kReplay;
+          if (!by_key.ParseCol(2, &out.recharge)) {
+            return absl::DataLossError("ledger: stored refund answer does not parse");
+          }
+        }
+        return out;
+      }
+    }
+    {
+      LEDGER_PREPARE(select, "SELECT record FROM recharges WHERE recharge_id = ?1");
+      select.Text(1, claim.recharge_id);
+      absl::StatusOr<bool> row = select.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) return absl::NotFoundError(StrCat("recharge_id: no recharge \"", claim.recharge_id, "\""));
+      if (!select.ParseCol(0, &out.recharge)) {
+        return absl::DataLossError("ledger: stored recharge does not parse");
+      }
+    }
+    {
+      LEDGER_PREPARE(by_recharge, "SELECT state FROM refunds WHERE recharge_id = ?1");
+      by_recharge.Text(1, claim.recharge_id);
+      absl::StatusOr<bool> row = by_recharge.Step();
+      if (!row.ok()) return row.status();
+      if (*row) {
+        out.kind = RefundBegin::Kind::kOtherRefund;
+        out.other_done = by_recharge.ColText(0) == "completed";
+        return out;
+      }
+    }
+    if (out.recharge.status() != recharge::v1::RECHARGE_STATUS_APPROVED) {
+      out.kind = RefundBegin::Kind::kNotRefundable;
+      return out;
+    }
+    LEDGER_PREPARE(insert,
+                   "INSERT INTO refunds (idempotency_key, recharge_id, fingerprint, state, info,"
+                   " created_at, updated_at) VALUES (?1, ?2, ?3, 'started', ?4, ?5, ?5)");
+    LEDGER_RETURN_IF_ERROR(insert.Text(1, claim.idempotency_key)
+                               .Text(2, claim.recharge_id)
+                               .Blob(3, claim.fingerprint)
+                               .Blob(4, info)
+                               .Int(5, NowMicros())
+                               .Run());
+    out.kind = RefundBegin::Kind::kClaimed;
+    return out;
+  };
+  co_return co_await Submit<absl::StatusOr<RefundBegin>, Route::kWrite>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::CompleteRefund(std::string idempotency_key,
+                                                                        Recharge refunded) {
+  absl::StatusOr<recharge::v1::RechargeEventType> event =
+      EventOf(recharge::v1::RECHARGE_STATUS_APPROVED, refunded.status());
+  if (!event.ok()) co_return event.status();
+  auto body = [key = std::move(idempotency_key), id = refunded.recharge_id(),
+               record_key = refunded.idempotency_key(), status = refunded.status(),
+               record = refunded.SerializeAsString(),
+               response = RefundedResponse(refunded).SerializeAsString(),
+               type = *event](Db& db) -> absl::StatusOr<bool> {
+    const int64_t now = NowMicros();
+    {
+      LEDGER_PREPARE(update,
+                     "UPDATE recharges SET status = ?1, record = ?2"
+                     " WHERE recharge_id = ?3 AND status = ?4");
+      LEDGER_RETURN_IF_ERROR(update.Int(1, status)
+                                 .Blob(2, record)
+                                 .Text(3, id)
+                                 .Int(4, recharge::v1::RECHARGE_STATUS_APPROVED)
+                                 .Run());
+    }
+    if (db.Changes() == 0) {
+      LEDGER_PREPARE(release,
+                     "DELETE FROM refunds WHERE idempotency_key = ?1 AND state = 'started'");
+      LEDGER_RETURN_IF_ERROR(release.Text(1, key).Run());
+      return false;
+    }
+    {
+      LEDGER_PREPARE(done,
+                     "UPDATE refunds SET state = 'completed', answer = ?1, updated_at = ?2"
+                     " WHERE idempotency_key = ?3 AND state = 'started'");
+      LEDGER_RETURN_IF_ERROR(done.Blob(1, record).Int(2, now).Text(3, key).Run());
+      if (db.Changes() == 0) return absl::FailedPreconditionError("ledger: refund was not claimed");
+    }
+    {
+      LEDGER_PREPARE(key_update,
+                     "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
+                     " WHERE key = ?3");
+      LEDGER_RETURN_IF_ERROR(key_update.Blob(1, response).Int(2, now).Text(3, record_key).Run());
+    }
+    LEDGER_RETURN_IF_ERROR(AppendEvent(db, type, id, record, now));
+    return true;
+  };
+  co_return co_await Submit<absl::StatusOr<bool>, Route::kWrite>(std::move(body));
+}
+
+asio::awaitable<absl::Status> SqliteLedgerStore::ReleaseRefund(std::string idempotency_key) {
+  auto body = [key = std::move(idempotency_key)](Db& db) -> absl::Status {
+    LEDGER_PREPARE(release, "DELETE FROM refunds WHERE idempotency_key = ?1 AND state = 'started'");
+    return release.Text(1, key).Run();
+  };
+  co_return co_await Submit<absl::Status, Route::kWrite>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<std::vector<StartedRefund>>> SqliteLedgerStore::ListStartedRefunds(
+    std::chrono::system_clock::time_point started_before) {
+  using Result = absl::StatusOr<std::vector<StartedRefund>>;
+  auto body = [before = UnixMicros(started_before)](Db& db) -> Result {
+    LEDGER_PREPARE(select,
+                   "SELECT idempotency_key, recharge_id, info, created_at FROM refunds"
+                   " WHERE state = 'started' AND created_at < ?1 ORDER BY created_at");
+    select.Int(1, before);
+    std::vector<StartedRefund> out;
+    for (;;) {
+      absl::StatusOr<bool> row = select.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      StartedRefund s;
+      s.idempotency_key = select.ColText(0);
+      s.recharge_id = select.ColText(1);
+      if (!select.ParseCol(2, &s.info)) return absl::DataLossError("ledger: stored refund does not parse");
+      s.started_at = std::chrono::system_clock::time_point(std::chrono::microseconds(select.ColInt(3)));
+      out.push_back(std::move(s));
+    }
+    return out;
+  };
+  co_return co_await Submit<Result, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListByStatus(

@@ -82,6 +82,12 @@ class SqliteLedgerStore final : public LedgerStore {
   asio::awaitable<absl::StatusOr<int64_t>> LatestEventSeq() override;
   asio::awaitable<absl::StatusOr<int64_t>> PurgeEvents(
       std::chrono::system_clock::time_point before) override;
+  asio::awaitable<absl::StatusOr<RefundBegin>> BeginRefund(RefundClaim claim) override;
+  asio::awaitable<absl::StatusOr<bool>> CompleteRefund(std::string idempotency_key,
+                                                       Recharge refunded) override;
+  asio::awaitable<absl::Status> ReleaseRefund(std::string idempotency_key) override;
+  asio::awaitable<absl::StatusOr<std::vector<StartedRefund>>> ListStartedRefunds(
+      std::chrono::system_clock::time_point started_before) override;
   asio::awaitable<absl::StatusOr<int64_t>> PurgeKeys(
       std::chrono::system_clock::time_point before) override;
 

@@ -274,6 +274,15 @@ class Proc:
             return ""
 
 
+
+def charges_taken(lines: list[dict]) -> list[dict]:
+    """The charge lines of a sandbox journal that took money: every charge
+    line (no "op"), except a card authorisation hold (captured false) that
+    no capture line captured since. A capture line's "id" is its charge's."""
+    captured_later = {r.get("id") for r in lines if r.get("op") == "capture"}
+    return [r for r in lines if "op" not in r
+            and (r.get("captured") is not False or r.get("id") in captured_later)]
+
 class Sandbox:
     """One PSP sandbox process (the psp-sandbox binary, $SANDBOX_BIN) over HTTPS, with its
     journal, port file and log in `directory`. Can be stopped and started
@@ -382,12 +391,14 @@ class Sandbox:
         return body
 
     def journal(self, ops: bool = False) -> list[dict]:
-        """Charge lines; with `ops` also the capture / void / refund lines
-        (those with "op", see sandbox/README.md)."""
+        """The charges that took money (see `charges_taken`); with `ops`
+        every line as written, holds and capture / void / refund lines
+        (those with "op", see sandbox/README.md) included."""
         if not self.journal_path.exists():
             return []
-        return [r for r in (json.loads(line) for line in self.journal_path.read_text().splitlines()
-                            if line.strip()) if ops or "op" not in r]
+        lines = [json.loads(line) for line in self.journal_path.read_text().splitlines()
+                 if line.strip()]
+        return lines if ops else charges_taken(lines)
 
     def journal_for(self, key: str) -> list[dict]:
         return [r for r in self.journal() if r.get("idempotency_key") == key]
@@ -939,17 +950,29 @@ class Stack:
         return self.psp.log() if self.psp else ""
 
     def journal(self, ops: bool = False) -> list[dict]:
-        """The sandbox's JSON-lines journal: one record per charge taken; with
-        `ops` also the capture / void / refund lines (those with "op")."""
+        """The sandbox's JSON-lines journal: the charges that took money
+        (see `charges_taken`); with `ops` every line as written."""
         if not self.journal_path.exists():
             return []
-        out = []
-        for line in self.journal_path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if ops or "op" not in rec:
-                    out.append(rec)
-        return out
+        lines = [json.loads(line) for line in self.journal_path.read_text().splitlines()
+                 if line.strip()]
+        return lines if ops else charges_taken(lines)
+
+    def payment_ops(self, key: str) -> list[str]:
+        """The capture / void / refund lines ("op") of the payment made under
+        `key`, in journal order: e.g. ["capture"] for an approved card hold,
+        ["void"] for a rejected one, ["refund"] for a refunded charge."""
+        lines = self.journal(ops=True)
+        ids = {r.get("id") for r in lines if "op" not in r and r.get("idempotency_key") == key}
+        ids.discard(None)
+        return [r["op"] for r in lines if "op" in r and
+                ({r.get("id"), r.get("charge"), r.get("capture_id"), r.get("payment_id")} & ids)]
+
+    def holds_for(self, key: str) -> list[dict]:
+        """Card authorisation holds (charge lines with captured false) made
+        under `key`, captured since or not."""
+        return [r for r in self.journal(ops=True)
+                if "op" not in r and r.get("idempotency_key") == key and r.get("captured") is False]
 
     def journal_for(self, key: str) -> list[dict]:
         return [r for r in self.journal() if r.get("idempotency_key") == key]

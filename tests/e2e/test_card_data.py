@@ -26,7 +26,8 @@ one failing -- and the gateway at log_level debug) through:
   2. replays of stored keys (every status) and a key reused for another card
      (ALREADY_EXISTS);
   3. FraudAdmin: ListReviews, ResolveReview (reject a card review with a
-     note, approve a PayPal one, try to approve a card one: FAILED_PRECONDITION),
+     note, approve a PayPal one, approve a card one -- its hold is captured
+     -- and approve it again: FAILED_PRECONDITION),
      ClearSellerFlag, ReportChargeback on an approved card (then
      that card and that device come back BLOCKED by the block lists),
      GetSellerRisk, ListFlaggedSellers, GetRuleStats, ListAuditEvents; and
@@ -861,13 +862,18 @@ class CardDataTest(unittest.TestCase):
             note="e2e card-data: approved"), timeout=RPC_TIMEOUT_S)
         self.keep("ResolveReview", approved)
         self.assertEqual(status_name(approved.status), status_name(APPROVED))
-        # A card review cannot be approved later (the number was never
-        # stored): an error message, scanned like the others.
+        # A card review is a hold: approving captures it (no card data
+        # needed); approving again is an error message, scanned like the others.
         other_card_review = [r for r in held if r.job.request.HasField("card")][1]
-        self.expect_error(grpc.StatusCode.FAILED_PRECONDITION, "ResolveReview approve (card)",
+        captured = admin.ResolveReview(pb.ResolveReviewRequest(
+            recharge_id=other_card_review.response.recharge_id, approve=True,
+            note="e2e card-data: approve a card review"), timeout=RPC_TIMEOUT_S)
+        self.keep("ResolveReview", captured)
+        self.assertEqual(status_name(captured.status), status_name(APPROVED))
+        self.expect_error(grpc.StatusCode.FAILED_PRECONDITION, "ResolveReview approve again (card)",
                           admin.ResolveReview, pb.ResolveReviewRequest(
                               recharge_id=other_card_review.response.recharge_id, approve=True,
-                              note="e2e card-data: approve a card review"))
+                              note="e2e card-data: approve a card review again"))
         self.expect_error(grpc.StatusCode.NOT_FOUND, "GetRecharge unknown",
                           stack.stub().GetRecharge,
                           pb.GetRechargeRequest(recharge_id="rch_" + "f" * 24))

@@ -451,7 +451,14 @@ class ResellerScenarioTest(FraudCase):
                     self.assertTrue(resp.fraud.seller_flagged, describe(resp))
                     self.assertTrue(hit_ids(resp, shadow=False) &
                                     (FLAG_SELLER_RULES | {"flagged-seller"}), describe(resp))
-                self.assertEqual(resp.payment.provider_reference, "")
+                # Blocked: nothing asked of the provider; in review: an
+                # authorisation hold, not captured.
+                holds = self.stack.holds_for(req.idempotency_key)
+                if resp.status == PENDING_REVIEW:
+                    self.assertEqual([h["id"] for h in holds], [resp.payment.provider_reference])
+                else:
+                    self.assertEqual(resp.payment.provider_reference, "")
+                    self.assertEqual(holds, [])
                 self.assert_not_charged(req.idempotency_key, f"held reseller recharge {i + 1}")
                 stored = self.get(resp.recharge_id)
                 self.assertEqual(stored.status, resp.status)
@@ -608,9 +615,11 @@ class ResellerScenarioTest(FraudCase):
 
     def test_23_review_queue_pages_and_reject(self):
         """ListReviews (page_size 2) holds exactly the seller's PENDING_REVIEW
-        recharges; ResolveReview(approve=false) makes one DECLINED
-        (review_rejected), it leaves the queue, its key replays DECLINED, and
-        a second ResolveReview is FAILED_PRECONDITION; nothing is charged."""
+        recharges, each a card authorisation hold in the sandbox journal and
+        no capture; ResolveReview(approve=false) makes one DECLINED
+        (review_rejected), it leaves the queue, its key replays DECLINED, a
+        second ResolveReview is FAILED_PRECONDITION, and its hold is voided:
+        nothing is taken."""
         held = {r.recharge_id: req for r, req in zip(self.seller_resps, self.seller_reqs)
                 if r.status == PENDING_REVIEW}
         self.assertGreaterEqual(len(held), 3, "too few reseller recharges in review")
@@ -622,6 +631,12 @@ class ResellerScenarioTest(FraudCase):
             self.assertEqual(r.fraud.decision, REVIEW)
             self.assertEqual(r.card_masked[-4:], held[r.recharge_id].card.number[-4:])
         self.assertEqual({r.recharge_id for r in self.list_reviews()}, set(held))
+        for r in queue:
+            key = held[r.recharge_id].idempotency_key
+            self.assertTrue(r.HasField("hold_expires_at"), describe(r))
+            self.assertEqual(len(self.stack.holds_for(key)), 1, f"the hold of {key}")
+            self.assertEqual(self.stack.payment_ops(key), [], f"{key}: captured or voided in review")
+            self.assertEqual(r.payment.provider_reference, self.stack.holds_for(key)[0]["id"])
 
         victim = queue[0].recharge_id
         resolved = self.admin.ResolveReview(
@@ -643,23 +658,36 @@ class ResellerScenarioTest(FraudCase):
                                   pb.ResolveReviewRequest(recharge_id=victim, approve=approve),
                                   f"resolving again (approve={approve})")
         self.assert_not_charged(held[victim].idempotency_key, "rejected review")
+        self.assertEqual(self.stack.payment_ops(held[victim].idempotency_key), ["void"],
+                         "the rejected review's hold")
         self.assert_rpc_error(grpc.StatusCode.NOT_FOUND, self.admin.ResolveReview,
                               pb.ResolveReviewRequest(recharge_id="rch_" + "0" * 24),
                               "unknown recharge")
 
-    def test_24_card_review_cannot_be_approved(self):
-        """ResolveReview(approve=true) on a card recharge is
-        FAILED_PRECONDITION (card data is never stored); it stays in review,
-        uncharged."""
+    def test_24_card_review_approved_captures_its_hold_once(self):
+        """ResolveReview(approve=true) on a card recharge on hold captures
+        the hold exactly once: APPROVED with its coins (REVIEW_RESOLVED then
+        SETTLED), one capture line, the key replays APPROVED; approving or
+        rejecting again is FAILED_PRECONDITION and captures nothing more."""
         queue = self.list_reviews()
         card_one = next(r for r in queue if r.payment_method == "card")
-        err = self.assert_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, self.admin.ResolveReview,
-                                    pb.ResolveReviewRequest(recharge_id=card_one.recharge_id,
-                                                            approve=True),
-                                    "approving a card review")
-        self.assertIn("card", err.details())
-        self.assert_status(self.get(card_one.recharge_id), PENDING_REVIEW, "after the refusal")
-        self.assert_not_charged(card_one.idempotency_key, "refused card review")
+        key = card_one.idempotency_key
+        approved = self.admin.ResolveReview(
+            pb.ResolveReviewRequest(recharge_id=card_one.recharge_id, approve=True,
+                                    note="e2e: buyer verified"), timeout=RPC_TIMEOUT_S)
+        self.assert_status(approved, APPROVED, "approved card review")
+        self.assertEqual(approved.coins, COINS)
+        self.assertTrue(approved.reviewed_by, describe(approved))
+        self.assertEqual(approved.payment.provider_reference, card_one.payment.provider_reference)
+        self.assertEqual(self.stack.payment_ops(key), ["capture"])
+        self.assert_charged_once(key, "approved card review")
+        self.assert_status(self.get(card_one.recharge_id), APPROVED, "approved card review, stored")
+        for approve in (True, False):
+            self.assert_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, self.admin.ResolveReview,
+                                  pb.ResolveReviewRequest(recharge_id=card_one.recharge_id,
+                                                          approve=approve),
+                                  f"resolving an approved card review again (approve={approve})")
+        self.assertEqual(self.stack.payment_ops(key), ["capture"], "after the second approval")
 
     def test_25_paypal_review_approved_charges_exactly_once(self):
         """The flagged seller's next recharge, paid with PayPal, is held for

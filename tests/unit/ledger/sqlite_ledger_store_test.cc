@@ -548,5 +548,102 @@ TEST_F(LedgerTest, PurgedEventsMakeOlderCursorsOutOfRange) {
   EXPECT_EQ(future.status().code(), absl::StatusCode::kOutOfRange);
 }
 
+RefundClaim RefundOf(const std::string& key, const std::string& recharge_id,
+                     const std::string& fp = "rfp") {
+  RefundClaim c;
+  c.idempotency_key = key;
+  c.recharge_id = recharge_id;
+  c.fingerprint = fp;
+  c.info.set_reason("duplicate");
+  c.info.set_refunded_by("dev-app");
+  return c;
+}
+
+TEST_F(LedgerTest, RefundClaimIsExclusivePerRechargeAndCompletesWithItsEvent) {
+  KeyClaim c = Claim("refund-1", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  const int64_t before = *Run(store_->LatestEventSeq());
+
+  auto claimed = Run(store_->BeginRefund(RefundOf("rk-1", "rch_refund-1")));
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  EXPECT_EQ(claimed->kind, RefundBegin::Kind::kClaimed);
+  EXPECT_EQ(claimed->recharge.status(), RECHARGE_STATUS_APPROVED);
+  // While it is made: the same key is in flight, another key must wait,
+  // another request under the key is a mismatch.
+  EXPECT_EQ(Run(store_->BeginRefund(RefundOf("rk-1", "rch_refund-1")))->kind,
+            RefundBegin::Kind::kInFlight);
+  auto other = Run(store_->BeginRefund(RefundOf("rk-2", "rch_refund-1")));
+  EXPECT_EQ(other->kind, RefundBegin::Kind::kOtherRefund);
+  EXPECT_FALSE(other->other_done);
+  EXPECT_EQ(Run(store_->BeginRefund(RefundOf("rk-1", "rch_refund-1", "other-fp")))->kind,
+            RefundBegin::Kind::kMismatch);
+  auto started = Run(store_->ListStartedRefunds(std::chrono::system_clock::now() + std::chrono::seconds(1)));
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_EQ(started->size(), 1u);
+  EXPECT_EQ((*started)[0].idempotency_key, "rk-1");
+  EXPECT_EQ((*started)[0].info.reason(), "duplicate");
+
+  Recharge refunded = claimed->recharge;
+  refunded.set_status(recharge::v1::RECHARGE_STATUS_REFUNDED);
+  refunded.mutable_refund()->set_provider_reference("re_1");
+  auto done = Run(store_->CompleteRefund("rk-1", refunded));
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_TRUE(*done);
+  EXPECT_EQ(Run(store_->GetRecharge("rch_refund-1"))->status(), recharge::v1::RECHARGE_STATUS_REFUNDED);
+  auto events = Run(store_->ListEvents(before, 10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].event.type(), recharge::v1::RECHARGE_EVENT_REFUNDED);
+  EXPECT_EQ((*events)[0].event.coins_delta(), -65);
+
+  auto replay = Run(store_->BeginRefund(RefundOf("rk-1", "rch_refund-1")));
+  EXPECT_EQ(replay->kind, RefundBegin::Kind::kReplay);
+  EXPECT_EQ(replay->recharge.refund().provider_reference(), "re_1");
+  auto again = Run(store_->BeginRefund(RefundOf("rk-3", "rch_refund-1")));
+  EXPECT_EQ(again->kind, RefundBegin::Kind::kOtherRefund);
+  EXPECT_TRUE(again->other_done);
+  EXPECT_TRUE(Run(store_->ListStartedRefunds(std::chrono::system_clock::now() + std::chrono::seconds(1)))->empty());
+  // Completing twice changes nothing more.
+  EXPECT_FALSE(*Run(store_->CompleteRefund("rk-1", refunded)));
+  EXPECT_EQ(*Run(store_->LatestEventSeq()), (*events)[0].seq);
+}
+
+TEST_F(LedgerTest, RefundOfAnythingButApprovedIsRefusedAndClaimsNothing) {
+  KeyClaim c = Claim("refund-declined", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_DECLINED))).ok());
+  auto refused = Run(store_->BeginRefund(RefundOf("rk-d", "rch_refund-declined")));
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(refused->kind, RefundBegin::Kind::kNotRefundable);
+  EXPECT_EQ(refused->recharge.status(), recharge::v1::RECHARGE_STATUS_DECLINED);
+  EXPECT_TRUE(Run(store_->ListStartedRefunds(std::chrono::system_clock::now() + std::chrono::seconds(1)))->empty());
+  auto missing = Run(store_->BeginRefund(RefundOf("rk-m", "rch_nope")));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LedgerTest, ReleasedRefundFreesTheKeyAndTheRecharge) {
+  KeyClaim c = Claim("refund-release", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_EQ(Run(store_->BeginRefund(RefundOf("rk-r", "rch_refund-release")))->kind,
+            RefundBegin::Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->ReleaseRefund("rk-r")).ok());
+  EXPECT_EQ(Run(store_->GetRecharge("rch_refund-release"))->status(), RECHARGE_STATUS_APPROVED);
+  EXPECT_EQ(Run(store_->BeginRefund(RefundOf("rk-r2", "rch_refund-release")))->kind,
+            RefundBegin::Kind::kClaimed);
+  // A recharge that left APPROVED meanwhile (a chargeback): the refund is
+  // not recorded and its claim is released.
+  Recharge charged_back = *Run(store_->GetRecharge("rch_refund-release"));
+  charged_back.set_status(recharge::v1::RECHARGE_STATUS_CHARGED_BACK);
+  ASSERT_TRUE(*Run(store_->Transition(charged_back, RecordRechargeResponse(), RECHARGE_STATUS_APPROVED)));
+  Recharge refunded = charged_back;
+  refunded.set_status(recharge::v1::RECHARGE_STATUS_REFUNDED);
+  EXPECT_FALSE(*Run(store_->CompleteRefund("rk-r2", refunded)));
+  EXPECT_EQ(Run(store_->GetRecharge("rch_refund-release"))->status(), recharge::v1::RECHARGE_STATUS_CHARGED_BACK);
+  EXPECT_TRUE(Run(store_->ListStartedRefunds(std::chrono::system_clock::now() + std::chrono::seconds(1)))->empty());
+}
+
 }  // namespace
 }  // namespace recharge
