@@ -51,4 +51,21 @@ asio::awaitable<ChargeOutcome> EWalletAdapter::Lookup(std::string_view idempoten
   co_return ewallet::ParseLookupResponse(r.response.result_int(), r.response.body());
 }
 
+asio::awaitable<ChargeOutcome> EWalletAdapter::Refund(const PaymentOperation& op) {
+  HttpsResult r = co_await http_->Send(
+      ewallet::BuildRefundRequest(op, provider_, secret_, UnixNow()), op.deadline,
+      /*idempotent=*/true);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
+  co_return ewallet::ParseRefundResponse(r.response.result_int(), r.response.body());
+}
+
+asio::awaitable<ChargeOutcome> EWalletAdapter::LookupRefund(
+    std::string_view idempotency_key, std::chrono::steady_clock::time_point deadline) {
+  HttpsResult r = co_await http_->Send(
+      ewallet::BuildRefundLookupRequest(idempotency_key, provider_, secret_, UnixNow()), deadline,
+      /*idempotent=*/true);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/true);
+  co_return ewallet::ParseRefundLookupResponse(r.response.result_int(), r.response.body());
+}
+
 }  // namespace recharge

@@ -1,9 +1,11 @@
 // EWalletAdapter: one adapter type for regional e-wallets. Each configured
 // instance is one provider account (`provider: gcash`, `regions: [PH]`,
 // `currencies: [PHP]`); requests are signed with the instance's HMAC secret,
-// and the idempotency key goes out as `X-Idempotency-Key`.
+// and the idempotency key goes out as `X-Idempotency-Key`. Also full refunds
+// of a payment, at the instance's own provider and idempotent by their own
+// key: refund a payment through the instance that took it.
 //
-// Thread-safety: Charge and Lookup may run concurrently from any thread.
+// Thread-safety: all calls may run concurrently from any thread.
 #pragma once
 
 #include <memory>
@@ -32,6 +34,10 @@ class EWalletAdapter final : public PaymentAdapter {
   asio::awaitable<ChargeOutcome> Charge(const ChargeRequest& request) override;
   asio::awaitable<ChargeOutcome> Lookup(std::string_view idempotency_key,
                                         std::chrono::steady_clock::time_point deadline) override;
+  // op.provider_reference: the payment id Charge answered.
+  asio::awaitable<ChargeOutcome> Refund(const PaymentOperation& op) override;
+  asio::awaitable<ChargeOutcome> LookupRefund(std::string_view idempotency_key,
+                                              std::chrono::steady_clock::time_point deadline) override;
 
  private:
   std::string name_;

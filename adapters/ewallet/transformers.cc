@@ -13,6 +13,20 @@ namespace {
 
 using nlohmann::json;
 
+// The wallets keep a refund reason of at most 255 characters and refuse a
+// longer one.
+constexpr size_t kMaxReasonChars = 255;
+
+// The first `n` characters of UTF-8 `text` (cut at a character boundary).
+std::string_view FirstChars(std::string_view text, size_t n) {
+  size_t count = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const bool starts_char = (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
+    if (starts_char && count++ == n) return text.substr(0, i);
+  }
+  return text;
+}
+
 void Sign(http::request<http::string_body>& req, const Secret& secret, int64_t timestamp) {
   req.set("X-Timestamp", std::to_string(timestamp));
   req.set("X-Signature", Signature(secret, timestamp, std::string(req.method_string()),
@@ -71,6 +85,38 @@ http::request<http::string_body> BuildLookupRequest(std::string_view idempotency
   return req;
 }
 
+http::request<http::string_body> BuildRefundRequest(const PaymentOperation& op,
+                                                    std::string_view provider,
+                                                    const Secret& secret, int64_t timestamp) {
+  http::request<http::string_body> req{
+      http::verb::post,
+      StrCat("/ewallet/v1/", card::FormEncode(provider), "/payments/",
+             card::FormEncode(op.provider_reference), "/refunds"),
+      11};
+  req.set(http::field::content_type, "application/json");
+  req.set("X-Idempotency-Key", op.idempotency_key);
+  json body = {{"amount", op.minor_units}};
+  // A longer reason is cut, the same way on every retry (the key's replay
+  // compares the reason).
+  if (!op.reason.empty()) body["reason"] = FirstChars(op.reason, kMaxReasonChars);
+  // A reason that is not UTF-8 must not throw: its bad bytes become U+FFFD.
+  req.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  Sign(req, secret, timestamp);
+  return req;
+}
+
+http::request<http::string_body> BuildRefundLookupRequest(std::string_view idempotency_key,
+                                                          std::string_view provider,
+                                                          const Secret& secret, int64_t timestamp) {
+  http::request<http::string_body> req{
+      http::verb::get,
+      StrCat("/ewallet/v1/", card::FormEncode(provider),
+             "/refunds?idempotency_key=", card::FormEncode(idempotency_key)),
+      11};
+  Sign(req, secret, timestamp);
+  return req;
+}
+
 ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
   ChargeOutcome out;
   json j = ParseJson(body);
@@ -111,6 +157,82 @@ ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
     return out;
   }
   return FromPayment(j["payments"][0]);
+}
+
+namespace {
+
+// A refund (the refund call's answer, a lookup's item) as an outcome.
+ChargeOutcome FromRefund(const json& refund) {
+  ChargeOutcome out;
+  out.provider_reference = JsonString(refund, "refund_id");
+  const std::string status = JsonString(refund, "status");
+  if (status == "FAILED") {
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = JsonString(refund, "failure_code");
+    if (out.decline_code.empty()) out.decline_code = "REFUND_FAILED";
+    out.message = "the wallet did not refund the payment";
+  } else if (status != "REFUNDED") {
+    out.result = ChargeResult::kUnknown;  // in progress: it may yet be refunded
+    out.message = StrCat("refund in state \"", status, "\"");
+  } else if (out.provider_reference.empty()) {
+    out.result = ChargeResult::kUnknown;  // refunded, but under no reference we could keep
+    out.message = "refund without a refund_id";
+  } else {
+    out.result = ChargeResult::kApproved;
+  }
+  return out;
+}
+
+}  // namespace
+
+ChargeOutcome ParseRefundResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = ParseJson(body);
+  const bool object = !j.is_discarded() && j.is_object();
+  if (http_status >= 200 && http_status < 300) {
+    if (!object) {
+      out.result = ChargeResult::kUnknown;  // it said OK: it may have refunded
+      out.message = "unreadable refund response";
+      return out;
+    }
+    return FromRefund(j);
+  }
+  const std::string code = object ? JsonString(j, "code") : "";
+  if (http_status >= 500) {
+    out.result = SaysNotCharged(j) ? ChargeResult::kFailed : ChargeResult::kUnknown;
+    out.message = StrCat("wallet error ", http_status, code.empty() ? "" : " " + code);
+    return out;
+  }
+  if (http_status == 409 && !code.empty() && code != "IDEMPOTENCY_CONFLICT") {
+    // The payment cannot be refunded; nothing was refunded by this request.
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = code;
+    out.message = StrCat("the wallet refused the refund: ", code);
+    return out;
+  }
+  // 4xx (bad signature, unknown payment or provider, bad amount, a key that
+  // names another request): refused before anything was refunded.
+  out.result = ChargeResult::kFailed;
+  out.message = StrCat("wallet rejected the refund request (HTTP ", http_status,
+                       code.empty() ? "" : ": " + code, ")");
+  return out;
+}
+
+ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = ParseJson(body);
+  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("refunds") ||
+      !j["refunds"].is_array()) {
+    out.result = http_status == 200 || http_status >= 500 ? ChargeResult::kUnknown
+                                                          : ChargeResult::kFailed;
+    out.message = StrCat("wallet refund lookup failed (HTTP ", http_status, ")");
+    return out;
+  }
+  if (j["refunds"].empty()) {
+    out.result = ChargeResult::kNotFound;
+    return out;
+  }
+  return FromRefund(j["refunds"][0]);
 }
 
 }  // namespace recharge::ewallet

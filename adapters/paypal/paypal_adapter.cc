@@ -74,7 +74,7 @@ asio::awaitable<HttpsResult> PayPalAdapter::SendAuthorized(
     if (!token.ok()) {
       HttpsResult failed;
       failed.status = token.status();
-      failed.maybe_sent = false;  // nothing was sent to the capture endpoint
+      failed.maybe_sent = false;  // nothing was sent to the capture or refund endpoint
       co_return failed;
     }
     HttpsResult r = co_await http_->Send(build(*token), deadline, /*idempotent=*/true);
@@ -103,6 +103,22 @@ asio::awaitable<ChargeOutcome> PayPalAdapter::Lookup(std::string_view idempotenc
   HttpsResult r = co_await SendAuthorized(build, deadline);
   if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/true);
   co_return paypal::ParseLookupResponse(r.response.result_int(), r.response.body());
+}
+
+asio::awaitable<ChargeOutcome> PayPalAdapter::Refund(const PaymentOperation& op) {
+  auto build = [&op](const Secret& token) { return paypal::BuildRefundRequest(op, token); };
+  HttpsResult r = co_await SendAuthorized(build, op.deadline);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/false);
+  co_return paypal::ParseRefundResponse(r.response.result_int(), r.response.body());
+}
+
+asio::awaitable<ChargeOutcome> PayPalAdapter::LookupRefund(
+    std::string_view idempotency_key, std::chrono::steady_clock::time_point deadline) {
+  std::string key(idempotency_key);
+  auto build = [&key](const Secret& token) { return paypal::BuildRefundLookupRequest(key, token); };
+  HttpsResult r = co_await SendAuthorized(build, deadline);
+  if (!r.status.ok()) co_return TransportFailure(r, /*lookup=*/true);
+  co_return paypal::ParseRefundLookupResponse(r.response.result_int(), r.response.body());
 }
 
 }  // namespace recharge

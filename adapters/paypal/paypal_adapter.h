@@ -2,9 +2,11 @@
 // Authenticates with an OAuth2 client-credentials token, cached until shortly
 // before it expires and fetched once for all concurrent calls (TokenCache).
 // The idempotency key goes out as `PayPal-Request-Id`, so a retry — after a
-// refused token, or from the reconciler — never captures twice.
+// refused token, or from the reconciler — never captures twice. Also full
+// refunds of a capture (POST /v2/payments/captures/{id}/refund), idempotent by
+// their own key and authorised with the same cached token.
 //
-// Thread-safety: Charge and Lookup may run concurrently from any thread.
+// Thread-safety: all calls may run concurrently from any thread.
 #pragma once
 
 #include <memory>
@@ -30,6 +32,10 @@ class PayPalAdapter final : public PaymentAdapter {
   asio::awaitable<ChargeOutcome> Charge(const ChargeRequest& request) override;
   asio::awaitable<ChargeOutcome> Lookup(std::string_view idempotency_key,
                                         std::chrono::steady_clock::time_point deadline) override;
+  // op.provider_reference: the capture id Charge answered.
+  asio::awaitable<ChargeOutcome> Refund(const PaymentOperation& op) override;
+  asio::awaitable<ChargeOutcome> LookupRefund(std::string_view idempotency_key,
+                                              std::chrono::steady_clock::time_point deadline) override;
   uint64_t token_fetches() const { return tokens_.fetches(); }
 
  private:

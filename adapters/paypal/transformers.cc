@@ -24,6 +24,20 @@ std::string IssueOf(const json& j) {
   return JsonString(j, "name");
 }
 
+// PayPal keeps a note_to_payer of at most 255 characters and refuses a
+// longer one.
+constexpr size_t kMaxNoteChars = 255;
+
+// The first `n` characters of UTF-8 `text` (cut at a character boundary).
+std::string_view FirstChars(std::string_view text, size_t n) {
+  size_t count = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const bool starts_char = (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
+    if (starts_char && count++ == n) return text.substr(0, i);
+  }
+  return text;
+}
+
 std::string TrimLine(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
@@ -104,6 +118,34 @@ http::request<http::string_body> BuildLookupRequest(std::string_view idempotency
   return req;
 }
 
+http::request<http::string_body> BuildRefundRequest(const PaymentOperation& op,
+                                                    const Secret& token) {
+  http::request<http::string_body> req{
+      http::verb::post,
+      StrCat("/v2/payments/captures/", card::FormEncode(op.provider_reference), "/refund"), 11};
+  req.set(http::field::authorization, StrCat("Bearer ", token.Reveal()));
+  req.set(http::field::content_type, "application/json");
+  req.set("PayPal-Request-Id", op.idempotency_key);
+  json body = {{"amount",
+                {{"currency_code", op.currency},
+                 {"value", MinorUnitsToDecimal(op.minor_units, op.currency)}}}};
+  // A longer reason is cut, the same way on every retry (the request id's
+  // replay compares the note).
+  if (!op.reason.empty()) body["note_to_payer"] = FirstChars(op.reason, kMaxNoteChars);
+  // A reason that is not UTF-8 must not throw: its bad bytes become U+FFFD.
+  req.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  return req;
+}
+
+http::request<http::string_body> BuildRefundLookupRequest(std::string_view idempotency_key,
+                                                          const Secret& token) {
+  http::request<http::string_body> req{
+      http::verb::get,
+      StrCat("/v2/payments/refunds?paypal_request_id=", card::FormEncode(idempotency_key)), 11};
+  req.set(http::field::authorization, StrCat("Bearer ", token.Reveal()));
+  return req;
+}
+
 bool IsTokenRejected(int http_status, std::string_view body) {
   if (http_status != 401) return false;
   json j = ParseJson(body);
@@ -175,6 +217,81 @@ ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
     out.message = StrCat("capture in state \"", status, "\"");
   }
   return out;
+}
+
+namespace {
+
+// A refund object (the refund call's answer, a lookup's item) as an outcome.
+ChargeOutcome FromRefundObject(const json& refund) {
+  ChargeOutcome out;
+  out.provider_reference = JsonString(refund, "id");
+  const std::string status = JsonString(refund, "status");
+  if (status == "FAILED" || status == "CANCELLED") {
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = StrCat("REFUND_", status);
+    out.message = "PayPal did not complete the refund";
+  } else if (status != "COMPLETED") {
+    out.result = ChargeResult::kUnknown;  // PENDING: it may yet complete
+    out.message = StrCat("refund in state \"", status, "\"");
+  } else if (out.provider_reference.empty()) {
+    out.result = ChargeResult::kUnknown;  // refunded, but under no reference we could keep
+    out.message = "completed refund without an id";
+  } else {
+    out.result = ChargeResult::kApproved;
+  }
+  return out;
+}
+
+}  // namespace
+
+ChargeOutcome ParseRefundResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = ParseJson(body);
+  const bool object = !j.is_discarded() && j.is_object();
+  if (http_status >= 200 && http_status < 300) {
+    if (!object) {
+      out.result = ChargeResult::kUnknown;  // it said OK: it may have refunded
+      out.message = "unreadable refund response";
+      return out;
+    }
+    return FromRefundObject(j);
+  }
+  if (http_status >= 500) {
+    out.result = SaysNotCharged(j) ? ChargeResult::kFailed : ChargeResult::kUnknown;
+    out.message = StrCat("PayPal error ", http_status, object ? " " + JsonString(j, "name") : "");
+    return out;
+  }
+  const std::string issue = object ? IssueOf(j) : "";
+  if (http_status == 422 && !issue.empty() && issue != "PAYPAL_REQUEST_ID_PREVIOUSLY_USED") {
+    // The capture cannot be refunded as asked; nothing was refunded by this request.
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = issue;
+    out.message = StrCat("PayPal refused the refund: ", issue);
+    return out;
+  }
+  // 4xx: the request itself was refused (unknown capture, bad body, token,
+  // a request id that names another request); nothing was refunded by it.
+  out.result = ChargeResult::kFailed;
+  out.message = StrCat("PayPal rejected the refund request (HTTP ", http_status,
+                       issue.empty() ? "" : ": " + issue, ")");
+  return out;
+}
+
+ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = ParseJson(body);
+  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("refunds") ||
+      !j["refunds"].is_array()) {
+    out.result = http_status == 200 || http_status >= 500 ? ChargeResult::kUnknown
+                                                          : ChargeResult::kFailed;
+    out.message = StrCat("PayPal refund lookup failed (HTTP ", http_status, ")");
+    return out;
+  }
+  if (j["refunds"].empty()) {
+    out.result = ChargeResult::kNotFound;
+    return out;
+  }
+  return FromRefundObject(j["refunds"][0]);
 }
 
 }  // namespace recharge::paypal

@@ -2,14 +2,18 @@
 #include <boost/asio/use_future.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <initializer_list>
+#include <utility>
 #include <thread>
 
 #include "adapters/money.h"
 #include "adapters/paypal/token_cache.h"
 #include "adapters/paypal/transformers.h"
 #include "io/crypto.h"
+#include "io/strings.h"
 
 namespace recharge {
 namespace {
@@ -101,6 +105,145 @@ TEST(PayPalTransformers, LookupMapsCaptures) {
       200, R"({"captures":[{"id":"CAP3","status":"DECLINED","issue":"INSTRUMENT_DECLINED"}]})");
   EXPECT_EQ(declined.result, ChargeResult::kDeclined);
   EXPECT_EQ(declined.decline_code, "INSTRUMENT_DECLINED");
+}
+
+PaymentOperation RefundOf(std::string capture_id) {
+  PaymentOperation op;
+  op.idempotency_key = "refund-rch_7";
+  op.provider_reference = std::move(capture_id);
+  op.currency = "USD";
+  op.minor_units = 1250;
+  op.reason = "buyer asked";
+  return op;
+}
+
+// A refusal in the sandbox's exact shape (sandbox/paypal_api.cc, Invalid()).
+std::string PayPalError(std::string_view name, std::string_view field, std::string_view issue) {
+  return StrCat(R"({"name":")", name, R"(","message":"m","debug_id":"d1","details":[{"field":")",
+                field, R"(","location":"body","issue":")", issue, R"(","description":"x"}]})");
+}
+
+TEST(PayPalTransformers, ARefundIsAFullRefundOfTheCaptureByRequestId) {
+  auto req = paypal::BuildRefundRequest(RefundOf("CAP0123456789ABCDEF"), Secret("tok"));
+  EXPECT_EQ(req.method(), http::verb::post);
+  EXPECT_EQ(req.target(), "/v2/payments/captures/CAP0123456789ABCDEF/refund");
+  EXPECT_EQ(req[http::field::authorization], "Bearer tok");
+  EXPECT_EQ(req[http::field::content_type], "application/json");
+  EXPECT_EQ(req["PayPal-Request-Id"], "refund-rch_7");
+  auto body = nlohmann::json::parse(req.body());
+  EXPECT_EQ(body, nlohmann::json::parse(
+                      R"({"amount":{"currency_code":"USD","value":"12.50"},"note_to_payer":"buyer asked"})"));
+  EXPECT_THAT(req.body(), ::testing::Not(HasSubstr("tok")));
+
+  // No reason: no note. A zero-decimal currency has no decimal point.
+  PaymentOperation yen = RefundOf("CAP1");
+  yen.reason.clear();
+  yen.currency = "JPY";
+  yen.minor_units = 160;
+  EXPECT_EQ(nlohmann::json::parse(paypal::BuildRefundRequest(yen, Secret("tok")).body()),
+            nlohmann::json::parse(R"({"amount":{"currency_code":"JPY","value":"160"}})"));
+  // A reason that is not UTF-8 does not throw.
+  PaymentOperation bad = RefundOf("CAP1");
+  bad.reason = "caf\xe9";
+  EXPECT_NO_THROW(paypal::BuildRefundRequest(bad, Secret("tok")));
+}
+
+TEST(PayPalTransformers, ARefundNoteIsCutToPayPals255Characters) {
+  PaymentOperation op = RefundOf("CAP1");
+  std::string chars;
+  for (int i = 0; i < 300; ++i) chars += "\xc3\xa9";  // é, two bytes
+  op.reason = chars;
+  auto note = nlohmann::json::parse(paypal::BuildRefundRequest(op, Secret("tok")).body())["note_to_payer"];
+  EXPECT_EQ(note.get<std::string>(), chars.substr(0, 255 * 2));
+  op.reason = std::string(255, 'x');
+  note = nlohmann::json::parse(paypal::BuildRefundRequest(op, Secret("tok")).body())["note_to_payer"];
+  EXPECT_EQ(note.get<std::string>(), op.reason);
+}
+
+TEST(PayPalTransformers, ACompletedRefundIsApprovedWithTheRefundId) {
+  auto done = paypal::ParseRefundResponse(201, R"({"id":"REF0123456789ABCDEF","status":"COMPLETED",
+      "amount":{"currency_code":"USD","value":"12.50"},"note_to_payer":"buyer asked",
+      "paypal_request_id":"refund-rch_7","create_time":"2024-05-01T12:00:00Z",
+      "links":[{"href":"/v2/payments/refunds/REF0123456789ABCDEF","rel":"self","method":"GET"}]})");
+  EXPECT_EQ(done.result, ChargeResult::kApproved);
+  EXPECT_EQ(done.provider_reference, "REF0123456789ABCDEF");
+  EXPECT_EQ(done.decline_code, "");
+  // It said OK without a completed refund we can keep: it may have refunded.
+  EXPECT_EQ(paypal::ParseRefundResponse(201, "not json").result, ChargeResult::kUnknown);
+  EXPECT_EQ(paypal::ParseRefundResponse(201, R"({"id":"REF1","status":"PENDING"})").result,
+            ChargeResult::kUnknown);
+  EXPECT_EQ(paypal::ParseRefundResponse(201, R"({"status":"COMPLETED"})").result,
+            ChargeResult::kUnknown);
+  auto failed = paypal::ParseRefundResponse(201, R"({"id":"REF2","status":"FAILED"})");
+  EXPECT_EQ(failed.result, ChargeResult::kDeclined);
+  EXPECT_EQ(failed.decline_code, "REFUND_FAILED");
+}
+
+TEST(PayPalTransformers, ARefusedRefundIsDeclinedWithPayPalsIssue) {
+  for (auto [field, issue] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"capture_id", "CAPTURE_FULLY_REFUNDED"},
+           {"capture_id", "REFUND_NOT_ALLOWED"},
+           {"/amount/value", "PARTIAL_REFUND_NOT_ALLOWED"},
+           {"/amount/value", "REFUND_AMOUNT_EXCEEDED"},
+           {"/amount/currency_code", "REFUND_CAPTURE_CURRENCY_MISMATCH"}}) {
+    auto d = paypal::ParseRefundResponse(422, PayPalError("UNPROCESSABLE_ENTITY", field, issue));
+    EXPECT_EQ(d.result, ChargeResult::kDeclined) << issue;
+    EXPECT_EQ(d.decline_code, issue);
+    EXPECT_THAT(d.message, HasSubstr(issue));
+  }
+}
+
+TEST(PayPalTransformers, ARefundRequestRefusedBeforeAnythingHappenedIsAFailure) {
+  auto unknown = paypal::ParseRefundResponse(
+      404, PayPalError("RESOURCE_NOT_FOUND", "capture_id", "INVALID_RESOURCE_ID"));
+  EXPECT_EQ(unknown.result, ChargeResult::kFailed);
+  EXPECT_EQ(unknown.decline_code, "");
+  EXPECT_THAT(unknown.message, HasSubstr("INVALID_RESOURCE_ID"));
+  EXPECT_EQ(paypal::ParseRefundResponse(
+                400, PayPalError("INVALID_REQUEST", "/note_to_payer", "INVALID_PARAMETER_VALUE"))
+                .result,
+            ChargeResult::kFailed);
+  EXPECT_EQ(paypal::ParseRefundResponse(
+                415, PayPalError("UNSUPPORTED_MEDIA_TYPE", "Content-Type", "UNSUPPORTED_MEDIA_TYPE"))
+                .result,
+            ChargeResult::kFailed);
+  EXPECT_EQ(paypal::ParseRefundResponse(401, R"({"error":"invalid_token"})").result,
+            ChargeResult::kFailed);
+  EXPECT_EQ(paypal::ParseRefundResponse(422, "").result, ChargeResult::kFailed);
+  // The request id names another request: this one did nothing.
+  auto reused = paypal::ParseRefundResponse(
+      422, PayPalError("UNPROCESSABLE_ENTITY", "PayPal-Request-Id", "PAYPAL_REQUEST_ID_PREVIOUSLY_USED"));
+  EXPECT_EQ(reused.result, ChargeResult::kFailed);
+  EXPECT_THAT(reused.message, HasSubstr("PAYPAL_REQUEST_ID_PREVIOUSLY_USED"));
+}
+
+TEST(PayPalTransformers, ARefundServerErrorIsUnknownUnlessItSaysNothingWasDone) {
+  EXPECT_EQ(paypal::ParseRefundResponse(500, R"({"name":"INTERNAL_SERVER_ERROR","charged":false})").result,
+            ChargeResult::kFailed);
+  EXPECT_EQ(paypal::ParseRefundResponse(500, R"({"name":"INTERNAL_SERVER_ERROR"})").result,
+            ChargeResult::kUnknown);
+  EXPECT_EQ(paypal::ParseRefundResponse(503, "").result, ChargeResult::kUnknown);
+}
+
+TEST(PayPalTransformers, RefundLookupIsByRequestId) {
+  auto req = paypal::BuildRefundLookupRequest("refund rch/7", Secret("tok"));
+  EXPECT_EQ(req.method(), http::verb::get);
+  EXPECT_EQ(req.target(), "/v2/payments/refunds?paypal_request_id=refund%20rch%2F7");
+  EXPECT_EQ(req[http::field::authorization], "Bearer tok");
+  auto found = paypal::ParseRefundLookupResponse(
+      200, R"({"refunds":[{"id":"REF3","status":"COMPLETED","amount":{"currency_code":"USD","value":"1.00"}}]})");
+  EXPECT_EQ(found.result, ChargeResult::kApproved);
+  EXPECT_EQ(found.provider_reference, "REF3");
+  EXPECT_EQ(paypal::ParseRefundLookupResponse(200, R"({"refunds":[]})").result,
+            ChargeResult::kNotFound);
+  // A capture's list is not a refund's.
+  EXPECT_EQ(paypal::ParseRefundLookupResponse(200, R"({"captures":[]})").result,
+            ChargeResult::kUnknown);
+  EXPECT_EQ(paypal::ParseRefundLookupResponse(503, "").result, ChargeResult::kUnknown);
+  EXPECT_EQ(paypal::ParseRefundLookupResponse(
+                400, PayPalError("INVALID_REQUEST", "paypal_request_id", "MISSING_REQUIRED_PARAMETER"))
+                .result,
+            ChargeResult::kFailed);
 }
 
 class TokenCacheTest : public ::testing::Test {
