@@ -221,8 +221,15 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
     ChargeOutcome captured = co_await where->Capture(OperationOn(r, "capture", deadline));
     if (!ApplyCaptureOutcome(captured, &r)) co_return std::nullopt;
   } else if (found.result == ChargeResult::kApproved && !found.captured) {
-    // An authorisation hold, made only for a review, whose answer was lost.
-    PlaceOnHold(hold_expiry_, &r);
+    // An authorisation hold for a review whose answer was lost: released,
+    // and the recharge FAILED (the buyer pays again). Putting it in review
+    // now would give it a second SETTLED event (PENDING -> PENDING_REVIEW,
+    // then the approval's), and app servers apply one per type.
+    ChargeOutcome voided = co_await where->Void(OperationOn(r, "void", deadline));
+    if (voided.result != ChargeResult::kApproved) co_return std::nullopt;
+    r.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
+    payment->set_decline_code("authorisation_lost");
+    payment->set_message("reconciled: the authorisation's answer was lost; its hold was voided");
   } else if (found.result == ChargeResult::kApproved) {
     r.set_status(recharge::v1::RECHARGE_STATUS_APPROVED);
     payment->set_message("reconciled: the provider holds the charge");

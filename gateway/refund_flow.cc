@@ -14,6 +14,7 @@ using recharge::v1::RefundRechargeRequest;
 
 // Time kept back from the caller's deadline to record the outcome.
 constexpr std::chrono::milliseconds kRecordMargin(100);
+constexpr size_t kMaxReasonBytes = 255;
 
 }  // namespace
 
@@ -26,6 +27,10 @@ asio::awaitable<absl::StatusOr<Recharge>> RefundFlow::Refund(const RefundRecharg
   if (absl::Status s = ValidateId("recharge_id", req.recharge_id(), true); !s.ok()) co_return s;
   if (absl::Status s = ValidateIdempotencyKey(req.idempotency_key()); !s.ok()) co_return s;
   if (absl::Status s = ValidateNote("reason", req.reason()); !s.ok()) co_return s;
+  // What the providers keep with a refund (PayPal's note_to_payer: 255).
+  if (req.reason().size() > kMaxReasonBytes) {
+    co_return absl::InvalidArgumentError(StrCat("reason: at most ", kMaxReasonBytes, " bytes"));
+  }
 
   // The reason is kept (and fingerprinted) with card numbers masked.
   RefundClaim claim;

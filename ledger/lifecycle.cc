@@ -17,10 +17,8 @@ absl::StatusOr<RechargeEventType> EventOf(RechargeStatus from, RechargeStatus to
       }
       break;
     case v1::RECHARGE_STATUS_PENDING:
-      // PENDING_REVIEW: an authorisation hold for review whose answer was
-      // lost, found in place at the provider.
       if (to == v1::RECHARGE_STATUS_APPROVED || to == v1::RECHARGE_STATUS_DECLINED ||
-          to == v1::RECHARGE_STATUS_FAILED || to == v1::RECHARGE_STATUS_PENDING_REVIEW) {
+          to == v1::RECHARGE_STATUS_FAILED) {
         return v1::RECHARGE_EVENT_SETTLED;
       }
       break;

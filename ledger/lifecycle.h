@@ -4,15 +4,15 @@
 //
 //   (new)          -> any first status               DECIDED
 //   PENDING        -> APPROVED | DECLINED | FAILED   SETTLED
-//   PENDING        -> PENDING_REVIEW                 SETTLED (a card hold for
-//                     review whose answer was lost, found in place)
 //   PENDING_REVIEW -> APPROVED | DECLINED            REVIEW_RESOLVED
 //   PENDING_REVIEW -> PENDING                        REVIEW_RESOLVED (approved;
 //                     the payment's outcome follows as SETTLED)
 //   APPROVED       -> REFUNDED                       REFUNDED
 //   APPROVED       -> CHARGED_BACK                   CHARGED_BACK
 //
-// DECLINED, BLOCKED, FAILED, REFUNDED and CHARGED_BACK are final.
+// DECLINED, BLOCKED, FAILED, REFUNDED and CHARGED_BACK are final. No
+// recharge has two events of one type: an app server may apply events once
+// per (recharge_id, type).
 #pragma once
 
 #include <cstdint>

@@ -457,6 +457,8 @@ class Stack:
         self.transport = "plaintext"
         self.limits: str | None = None
         self.log_level: str | None = None  # gateway.yaml log_level (None: the default, info)
+        # gateway.yaml review.hold_expiry (None: the default, 168h).
+        self.review_hold_expiry: str | None = None
         self.card_secret = "sk_test_" + secrets.token_hex(24)
 
     # ------------------------------------------------------------------ paths
@@ -726,6 +728,8 @@ class Stack:
             values["limits"] = self.limits
         if self.log_level is not None:
             values["log_level"] = self.log_level
+        if self.review_hold_expiry is not None:
+            values["review"] = f"\n  hold_expiry: {self.review_hold_expiry}"
         values.update(override)
         lines = ["# Written by tests/e2e/stack.py"]
         for k, v in values.items():
