@@ -198,6 +198,26 @@ class TokenAuthTest(unittest.TestCase):
         other = pb_grpc.RechargeGatewayStub(self.channel(self.stack.app_token))
         self.assertEqual(other.RecordRecharge(card_request(), timeout=RPC_TIMEOUT_S).status, APPROVED)
 
+    def test_refunds_are_open_to_app_and_ops_and_audited(self):
+        app = pb_grpc.RechargeGatewayStub(self.channel(self.stack.app_token))
+        ops_gw = pb_grpc.RechargeGatewayStub(self.channel(self.stack.ops_token))
+        ops = pb_grpc.FraudAdminStub(self.channel(self.stack.ops_token))
+        for who, stub in (("e2e-app", app), ("e2e-ops", ops_gw)):
+            with self.subTest(caller=who):
+                paid = app.RecordRecharge(card_request(), timeout=RPC_TIMEOUT_S)
+                self.assertEqual(paid.status, APPROVED)
+                refunded = stub.RefundRecharge(pb.RefundRechargeRequest(
+                    recharge_id=paid.recharge_id, idempotency_key="rf-" + os.urandom(8).hex(),
+                    reason=f"asked by {who}"), timeout=RPC_TIMEOUT_S)
+                self.assertEqual(refunded.status, pb.RECHARGE_STATUS_REFUNDED)
+                self.assertEqual(refunded.refund.refunded_by, who)
+                events = ops.ListAuditEvents(pb.ListAuditEventsRequest(page_size=100),
+                                             timeout=RPC_TIMEOUT_S).events
+                mine = [e for e in events if e.target == paid.recharge_id]
+                self.assertEqual([(e.caller, e.rpc, e.note, e.outcome, e.detail) for e in mine],
+                                 [(who, "RefundRecharge", f"asked by {who}", "OK",
+                                   "RECHARGE_STATUS_REFUNDED")])
+
     def test_admin_actions_are_audited_in_the_ledger_and_the_log(self):
         ops = pb_grpc.FraudAdminStub(self.channel(self.stack.ops_token))
         seller = "seller-audit-" + os.urandom(4).hex()
