@@ -182,9 +182,12 @@ print()
 # Charge lines only: capture / void / refund lines carry "op" (sandbox/README.md),
 # and a card authorisation hold (captured false) took money only once captured.
 lines = [json.loads(l) for l in open(journal_path) if l.strip()]
-captured_later = {j.get("id") for j in lines if j.get("op") == "capture"}
+# So did an e-wallet redirect payment (PENDING_APPROVAL) only once approved.
+completed_later = {j.get("id") for j in lines if j.get("op") == "capture" or
+                   (j.get("op") == "approve" and j.get("status") == "SUCCESS")}
 journal = [j for j in lines if "op" not in j
-           and (j.get("captured") is not False or j.get("id") in captured_later)]
+           and ((j.get("captured") is not False and j.get("status") != "PENDING_APPROVAL")
+                or j.get("id") in completed_later)]
 succeeded = sum(1 for j in journal if j.get("status") == "succeeded")
 approved = 0
 for p, r in rows.items():

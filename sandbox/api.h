@@ -1,7 +1,9 @@
 // SandboxApi: one provider API of the sandbox (card, PayPal, e-wallet). An
 // API adds its routes to the router, rebuilds its state from its journal
 // records at start-up, and is given the shared services: the journal, its
-// own idempotency store and its ApiConfig (latency / fault injection).
+// own idempotency store, its ApiConfig (latency / fault injection) and, for
+// the asynchronous flows, the WebhookSender (webhooks.h) and the SelfUrl
+// its pages are reached at.
 //
 // Adding an API: a new <name>_api.{h,cc} with a Make<Name>Api factory that
 // returns a SandboxApi, registered in main.cc's API list.
@@ -28,9 +30,10 @@ class SandboxApi {
   virtual std::string_view name() const = 0;
   // Adds the API's routes; requests routed to them count for `api_index`.
   virtual void AddRoutes(Router& router, int api_index) = 0;
-  // Rebuilds one charge, or applies one capture / void / refund ("op"), with
-  // its idempotency entry, from a journal record of this API; records come
-  // in journal order. An error stops start-up.
+  // Rebuilds one charge, or applies one operation on one ("op": capture,
+  // void, refund, authenticate, approve, cancel), with its idempotency
+  // entry, from a journal record of this API; records come in journal
+  // order. An error stops start-up.
   virtual absl::Status Restore(const Json& record) = 0;
 };
 
@@ -76,18 +79,31 @@ asio::awaitable<Response> TakeOrReplay(const ApiConfig& config, IdempotencyStore
   co_return resp;
 }
 
-// Request counters per API and PayPal token grants, for /_sandbox/stats.
+// Request counters per API, PayPal token grants and webhook deliveries, for
+// /_sandbox/stats.
 class Stats {
  public:
   explicit Stats(std::vector<std::string> apis)
       : apis_(std::move(apis)), requests_(apis_.size()) {}
 
+  // Adds the "webhooks" block to the snapshot (webhooks are configured).
+  // REQUIRES: before concurrent use.
+  void EnableWebhookCounters() { webhooks_enabled_ = true; }
+
   void CountRequest(int api_index) {
     requests_[static_cast<size_t>(api_index)].fetch_add(1, std::memory_order_relaxed);
   }
   void CountTokenGrant() { token_grants_.fetch_add(1, std::memory_order_relaxed); }
+  // One delivery attempt of a webhook: delivered (a 2xx) or failed.
+  void CountWebhookAttempt(bool delivered) {
+    webhook_attempts_.fetch_add(1, std::memory_order_relaxed);
+    (delivered ? webhook_delivered_ : webhook_failed_).fetch_add(1, std::memory_order_relaxed);
+  }
+  // A webhook given up after its last attempt failed.
+  void CountWebhookGivenUp() { webhook_given_up_.fetch_add(1, std::memory_order_relaxed); }
 
-  // {"paypal_token_grants":N,"requests":{"card":N,...}}
+  // {"paypal_token_grants":N,"requests":{"card":N,...}}, plus with webhooks
+  // "webhooks":{"attempts","delivered","failed_attempts","given_up"}.
   Json Snapshot() const {
     Json requests = Json::object();
     for (size_t i = 0; i < apis_.size(); ++i) {
@@ -96,11 +112,23 @@ class Stats {
     Json out = Json::object();
     out["paypal_token_grants"] = token_grants_.load(std::memory_order_relaxed);
     out["requests"] = std::move(requests);
+    if (webhooks_enabled_) {
+      Json webhooks = Json::object();
+      webhooks["attempts"] = webhook_attempts_.load(std::memory_order_relaxed);
+      webhooks["delivered"] = webhook_delivered_.load(std::memory_order_relaxed);
+      webhooks["failed_attempts"] = webhook_failed_.load(std::memory_order_relaxed);
+      webhooks["given_up"] = webhook_given_up_.load(std::memory_order_relaxed);
+      out["webhooks"] = std::move(webhooks);
+    }
     return out;
   }
   Json Reset() {
     token_grants_.store(0, std::memory_order_relaxed);
     for (auto& r : requests_) r.store(0, std::memory_order_relaxed);
+    for (auto* counter :
+         {&webhook_attempts_, &webhook_delivered_, &webhook_failed_, &webhook_given_up_}) {
+      counter->store(0, std::memory_order_relaxed);
+    }
     return Snapshot();
   }
 
@@ -108,6 +136,24 @@ class Stats {
   const std::vector<std::string> apis_;
   std::vector<std::atomic<uint64_t>> requests_;
   std::atomic<uint64_t> token_grants_{0};
+  bool webhooks_enabled_ = false;
+  std::atomic<uint64_t> webhook_attempts_{0};
+  std::atomic<uint64_t> webhook_delivered_{0};
+  std::atomic<uint64_t> webhook_failed_{0};
+  std::atomic<uint64_t> webhook_given_up_{0};
+};
+
+// The sandbox's own address, "https://host:port", for the pages an API
+// links to (the 3-D Secure challenge, the wallet approval page): --host
+// (localhost for a wildcard address) and the port it listens on.
+// REQUIRES: Set before serving; read-only afterwards.
+class SelfUrl {
+ public:
+  void Set(std::string url) { url_ = std::move(url); }
+  const std::string& get() const { return url_; }
+
+ private:
+  std::string url_;
 };
 
 }  // namespace recharge::sandbox

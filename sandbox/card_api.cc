@@ -12,6 +12,7 @@
 #include "io/crypto.h"
 #include "io/strings.h"
 #include "sandbox/idempotency.h"
+#include "sandbox/webhooks.h"
 
 namespace recharge::sandbox {
 
@@ -27,6 +28,32 @@ constexpr size_t kMaxMetadataValueLen = 500;
 constexpr size_t kMaxFormFields = 200;
 constexpr size_t kMaxReasonLen = 500;
 constexpr int64_t kMaxAmount = 99'999'999'999;
+constexpr size_t kMaxReturnUrlLen = 2048;
+constexpr std::string_view kMerchantName = "Coin Recharge (sandbox merchant)";
+
+// 3-D Secure test cards (README.md, "3-D Secure").
+constexpr std::string_view kChallengeCard = "4000002760003184";
+constexpr std::string_view kChallengeFailsCard = "4000008400001629";
+constexpr std::string_view kFrictionlessCard = "4000000000003055";
+
+// Whether a charge needs the cardholder's authentication, as journaled in
+// its "three_d_secure" field.
+constexpr std::string_view kChallenge = "challenge";             // the button decides
+constexpr std::string_view kChallengeFails = "challenge_fails";  // fails whatever is pressed
+
+bool RegionRequiresAuthentication(std::string_view region) {
+  return region == "DE" || region == "GB" || region == "IN";
+}
+
+// kChallenge, kChallengeFails, or empty (no challenge: approve at once) for
+// an approving card. REQUIRES: the card does not decline.
+std::string_view ChallengeFor(std::string_view number, const std::optional<std::string>& region) {
+  if (number == kFrictionlessCard) return {};
+  if (number == kChallengeFailsCard) return kChallengeFails;
+  if (number == kChallengeCard) return kChallenge;
+  if (region && RegionRequiresAuthentication(*region)) return kChallenge;
+  return {};
+}
 
 // One charge taken (or rebuilt from the journal); also what is stored under
 // its idempotency key.
@@ -34,11 +61,18 @@ struct Charge final : StoredResult {
   std::string id;
   int64_t amount = 0;
   std::string currency;
-  std::string status;  // "succeeded" | "failed"
+  // "succeeded" | "failed" | "requires_action" (waiting for 3-D Secure) |
+  // "canceled" (voided while requires_action)
+  std::string status;
   std::string decline_code;
   std::string last4;
   std::optional<std::string> idempotency_key;
   double ts = 0;
+  // The create call's optional 3-D Secure parameters, journaled when given.
+  std::optional<std::string> region, notify_url, return_url;
+  // kChallenge / kChallengeFails: the charge was created requires_action
+  // (empty: no challenge). Stays set after the challenge is completed.
+  std::string three_d_secure;
   // SHA-256 over every request parameter (in memory only); empty for a
   // charge rebuilt from the journal, compared on amount/currency/last4.
   std::string fingerprint;
@@ -56,6 +90,8 @@ struct ChargeParams {
   std::string currency;  // upper case
   Secret number;
   bool capture = true;
+  std::optional<std::string> region;  // upper case
+  std::optional<std::string> notify_url, return_url;
   std::string fingerprint;
 };
 
@@ -134,8 +170,13 @@ class ShardedChargeIndex {
 
 class CardApi final : public SandboxApi {
  public:
-  CardApi(Secret secret, Journal& journal, const ApiConfig& config)
-      : secret_(std::move(secret)), journal_(journal), config_(config) {}
+  CardApi(Secret secret, Journal& journal, const ApiConfig& config, WebhookSender& webhooks,
+          const SelfUrl& self_url)
+      : secret_(std::move(secret)),
+        journal_(journal),
+        config_(config),
+        webhooks_(webhooks),
+        self_url_(self_url) {}
 
   std::string_view name() const override { return kApiName; }
 
@@ -149,13 +190,17 @@ class CardApi final : public SandboxApi {
                [this](Request& r) { return CaptureOrVoid(r, "void"); }, api_index);
     router.Add("POST", "/v1/refunds", [this](Request& r) { return CreateRefund(r); }, api_index);
     router.Add("GET", "/v1/refunds", [this](Request& r) { return ListRefunds(r); }, api_index);
+    router.Add("GET", "/3ds/*", [this](Request& r) { return ChallengePage(r); }, api_index);
+    router.Add("POST", "/3ds/*/complete", [this](Request& r) { return CompleteChallenge(r); },
+               api_index);
   }
 
   // Journal lines come in the order they were taken: a charge line, then
-  // the capture / void / refund lines ("op") of that charge.
+  // the authenticate / capture / void / refund lines ("op") of that charge.
   absl::Status Restore(const Json& rec) override {
     if (!rec.contains("op")) return RestoreCharge(rec);
     if (!rec["op"].is_string()) return absl::DataLossError("card journal record: bad op");
+    if (rec["op"] == "authenticate") return RestoreAuthentication(rec);
     return RestoreOperation(rec);
   }
 
@@ -176,10 +221,21 @@ class CardApi final : public SandboxApi {
       }
       charge->ts = rec.at("ts").get<double>();
       if (rec.contains("captured")) charge->capture = rec["captured"].get<bool>();
+      for (auto [name, field] : {std::pair{"region", &charge->region},
+                                 std::pair{"notify_url", &charge->notify_url},
+                                 std::pair{"return_url", &charge->return_url}}) {
+        if (rec.contains(name) && rec[name].is_string()) *field = rec[name].get<std::string>();
+      }
+      if (rec.contains("three_d_secure")) {
+        charge->three_d_secure = rec["three_d_secure"].get<std::string>();
+      }
     } catch (const Json::exception& e) {
       return absl::DataLossError(StrCat("card journal record: ", e.what()));
     }
-    if (charge->status != "succeeded" && charge->status != "failed") {
+    const bool challenged = charge->status == "requires_action";
+    if ((charge->status != "succeeded" && charge->status != "failed" && !challenged) ||
+        challenged != (charge->three_d_secure == kChallenge ||
+                       charge->three_d_secure == kChallengeFails)) {
       return absl::DataLossError(StrCat("card journal record ", charge->id, ": bad status"));
     }
     charge->captured = charge->status == "succeeded" && charge->capture;
@@ -247,6 +303,40 @@ class CardApi final : public SandboxApi {
     charges_.Put(next);
     if (key && !key->empty()) store_.Put(*key, done);
     return absl::OkStatus();
+  }
+
+  // An authenticate line: the 3-D Secure challenge of a requires_action
+  // charge was completed (approved or failed).
+  absl::Status RestoreAuthentication(const Json& rec) {
+    std::string id, result;
+    try {
+      id = rec.at("id").get<std::string>();
+      result = rec.at("result").get<std::string>();
+    } catch (const Json::exception& e) {
+      return absl::DataLossError(StrCat("card journal record: ", e.what()));
+    }
+    std::shared_ptr<const Charge> charge = charges_.Get(id);
+    if (charge == nullptr || charge->status != "requires_action" || charge->voided ||
+        (result != "approved" && result != "failed")) {
+      return absl::DataLossError(
+          StrCat("card journal record: authenticate of charge ", id, ": not awaiting it"));
+    }
+    charges_.Put(Authenticated(*charge, result == "approved"));
+    return absl::OkStatus();
+  }
+
+  // The charge once its challenge is completed: approved, an authorisation
+  // hold (to be captured); failed, a failed charge (authentication_failed).
+  static std::shared_ptr<Charge> Authenticated(const Charge& charge, bool approved) {
+    auto next = std::make_shared<Charge>(charge);
+    if (approved) {
+      next->status = "succeeded";
+      next->captured = false;
+    } else {
+      next->status = "failed";
+      next->decline_code = "authentication_failed";
+    }
+    return next;
   }
 
   // POST /v1/charges: validate, then charge under the key's lock (or replay).
@@ -337,6 +427,117 @@ class CardApi final : public SandboxApi {
     Response resp;
     resp.body = ChargeJson(*charge);
     co_return resp;
+  }
+
+  // GET /3ds/{charge_id}?token=T: the cardholder's challenge page, with an
+  // Approve and a Fail button (each a form POSTing to .../complete).
+  asio::awaitable<Response> ChallengePage(Request& req) {
+    std::vector<std::string> tokens = QueryValues(req.query, "token");
+    std::string_view id = req.path_params.at(0);
+    std::shared_ptr<const Charge> charge =
+        tokens.size() == 1 ? ChallengedCharge(id, tokens[0]) : nullptr;
+    if (charge == nullptr) co_return NotFoundPage();
+    std::string html = StrCat(
+        kHtmlHead, "<title>3-D Secure authentication</title></head><body>\n",
+        "<h1>3-D Secure authentication (psp-sandbox)</h1>\n<dl>\n",
+        "<dt>Merchant</dt><dd id=\"merchant\">", HtmlEscape(kMerchantName), "</dd>\n",
+        "<dt>Amount (minor units)</dt><dd id=\"amount\">", charge->amount, "</dd>\n",
+        "<dt>Currency</dt><dd id=\"currency\">", HtmlEscape(charge->currency), "</dd>\n",
+        "<dt>Card</dt><dd id=\"last4\">**** ", HtmlEscape(charge->last4), "</dd>\n</dl>\n");
+    if (charge->status == "requires_action") {
+      const std::string action = HtmlEscape(StrCat("/3ds/", charge->id, "/complete"));
+      for (auto [result, label] : {std::pair{"approve", "Approve"}, std::pair{"fail", "Fail"}}) {
+        StrAppend(&html, "<form method=\"post\" action=\"", action, "\">",
+                  "<input type=\"hidden\" name=\"token\" value=\"", HtmlEscape(tokens[0]),
+                  "\"><input type=\"hidden\" name=\"result\" value=\"", result,
+                  "\"><button type=\"submit\" id=\"", result, "\">", label,
+                  "</button></form>\n");
+      }
+    } else {
+      StrAppend(&html, "<p id=\"state\">", charge->voided ? "Expired" : "Already completed",
+                ": this authentication cannot be completed any more.</p>\n");
+    }
+    html += "</body></html>\n";
+    co_return Response::Html(200, std::move(html));
+  }
+
+  // POST /3ds/{charge_id}/complete, form token and result=approve|fail:
+  // completes the challenge once, under the charge's lock (racing a void).
+  asio::awaitable<Response> CompleteChallenge(Request& req) {
+    std::optional<FormPairs> form = ParsePageForm(req);
+    if (!form) co_return HtmlPage(400, "Bad request", "The body must be a form (token, result).");
+    std::vector<std::string_view> tokens, results;
+    for (const auto& [k, v] : *form) {
+      if (k == "token") tokens.push_back(v);
+      if (k == "result") results.push_back(v);
+    }
+    const std::string id(req.path_params.at(0));
+    if (tokens.size() != 1 || ChallengedCharge(id, tokens[0]) == nullptr) co_return NotFoundPage();
+    if (results.size() != 1 || (results[0] != "approve" && results[0] != "fail")) {
+      co_return HtmlPage(400, "Bad request", "result must be approve or fail.");
+    }
+
+    IdempotencyStore::Hold charge_lock = co_await charge_locks_.Acquire(id);
+    std::shared_ptr<const Charge> charge = charges_.Get(id);
+    if (charge->voided) {
+      co_return HtmlPage(409, "Expired", "The payment was canceled: this authentication expired.");
+    }
+    if (charge->status != "requires_action") {
+      co_return HtmlPage(409, "Already completed", "This authentication is already completed.");
+    }
+    const bool approved = results[0] == "approve" && charge->three_d_secure != kChallengeFails;
+    std::string line;
+    JsonWriter rec(&line);
+    rec.BeginObject();
+    rec.Key("ts").Double(NowSeconds());
+    rec.Key("api").String(kApiName);
+    rec.Key("op").String("authenticate");
+    rec.Key("id").String(charge->id);
+    rec.Key("idempotency_key");
+    if (charge->idempotency_key) {
+      rec.String(*charge->idempotency_key);
+    } else {
+      rec.Null();
+    }
+    rec.Key("result").String(approved ? "approved" : "failed");
+    rec.EndObject();
+    if (!co_await journal_.AppendLine(std::move(line))) {
+      co_return HtmlPage(500, "Error", "The sandbox could not record the result: try again.");
+    }
+    std::shared_ptr<const Charge> next = Authenticated(*charge, approved);
+    charges_.Put(next);
+    charge_lock.Release();
+
+    if (next->notify_url && webhooks_.enabled()) {
+      const std::string event_id = StrCat("evt_", RandomHex(12));
+      const std::string_view type =
+          approved ? "charge.authenticated" : "charge.authentication_failed";
+      std::string body;
+      JsonWriter w(&body);
+      w.BeginObject();
+      w.Key("id").String(event_id);
+      w.Key("type").String(type);
+      w.Key("created").Int(static_cast<int64_t>(NowSeconds()));
+      w.Key("data").BeginObject().Key("object").Raw(ChargeJson(*next)).EndObject();
+      w.EndObject();
+      webhooks_.Send(kApiName, event_id, std::string(type), *next->notify_url, std::move(body));
+    }
+    co_return HtmlPage(200, approved ? "Authentication approved" : "Authentication failed",
+                   "Done: you may close this page and return to the merchant.");
+  }
+
+  // The charge awaiting (or having had) a challenge with this id and token.
+  std::shared_ptr<const Charge> ChallengedCharge(std::string_view id, std::string_view token) {
+    std::shared_ptr<const Charge> charge = charges_.Get(id);
+    if (charge == nullptr || charge->three_d_secure.empty() ||
+        !ConstantTimeEquals(ChallengeToken(id), token)) {
+      return nullptr;
+    }
+    return charge;
+  }
+
+  static Response NotFoundPage() {
+    return HtmlPage(404, "Not found", "No such authentication, or a wrong token.");
   }
 
   // POST /v1/charges/{id}/capture and /void (`op`): no parameters.
@@ -444,11 +645,13 @@ class CardApi final : public SandboxApi {
   }
 
   // Why `op` cannot be done to the charge as it is now (an error code), or
-  // empty if it can. Capture and void need a hold; a refund a captured charge.
+  // empty if it can. Capture and void need a hold; a refund a captured
+  // charge; a charge awaiting 3-D Secure can only be voided.
   static std::string_view Refusal(std::string_view op, const Charge& c) {
+    if (c.voided) return op == "void" ? "charge_already_voided" : "charge_voided";
+    if (c.status == "requires_action") return op == "void" ? "" : "charge_not_authenticated";
     if (c.status != "succeeded") return "charge_not_authorized";
     if (c.refunded) return op == "refund" ? "charge_already_refunded" : "charge_already_captured";
-    if (c.voided) return op == "void" ? "charge_already_voided" : "charge_voided";
     if (op == "refund") return c.captured ? "" : "charge_not_captured";
     return c.captured ? "charge_already_captured" : "";
   }
@@ -459,6 +662,9 @@ class CardApi final : public SandboxApi {
     if (code == "charge_already_voided") return "The charge's authorisation was already voided.";
     if (code == "charge_voided") return "The charge's authorisation was voided.";
     if (code == "charge_not_captured") return "The charge is an uncaptured hold: void it instead.";
+    if (code == "charge_not_authenticated") {
+      return "The charge is waiting for the cardholder's 3-D Secure authentication.";
+    }
     return "The charge has already been captured.";
   }
 
@@ -467,6 +673,7 @@ class CardApi final : public SandboxApi {
       c.captured = true;
     } else if (op == "void") {
       c.voided = true;
+      if (c.status == "requires_action") c.status = "canceled";  // the challenge expires
     } else {
       c.refunded = true;
     }
@@ -598,9 +805,9 @@ class CardApi final : public SandboxApi {
       return ErrorResponse(400, "invalid_request_error", "parameter_invalid",
                            "Request body is not valid form-encoded UTF-8.");
     }
-    static const std::array<std::string_view, 8> kAllowed = {
+    static const std::array<std::string_view, 11> kAllowed = {
         "amount", "currency", "card[number]", "card[exp_month]", "card[exp_year]", "card[cvc]",
-        "description", "capture"};
+        "description", "capture", "region", "notify_url", "return_url"};
     std::array<std::optional<std::string_view>, kAllowed.size()> raw;  // by kAllowed index
     auto allowed_index = [](std::string_view k) -> int {
       for (size_t i = 0; i < kAllowed.size(); ++i) {
@@ -683,6 +890,36 @@ class CardApi final : public SandboxApi {
     if (!capture.empty() && capture != "true" && capture != "false") {
       return Invalid("capture", "capture must be true or false.");
     }
+    auto given = [&](std::string_view name) {
+      return raw[static_cast<size_t>(allowed_index(name))].has_value();
+    };
+    if (given("region")) {
+      std::string_view region = get("region");
+      if (region.size() != 2 || !std::all_of(region.begin(), region.end(), [](char c) {
+            return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+          })) {
+        return Invalid("region", "region must be a 2-letter ISO 3166 country code.");
+      }
+      out->region = std::string(region);
+      for (char& c : *out->region) {
+        c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      }
+    }
+    if (given("notify_url")) {
+      absl::StatusOr<WebhookUrl> url = ParseWebhookUrl(get("notify_url"));
+      if (!url.ok()) {
+        return Invalid("notify_url", StrCat("notify_url ", url.status().message(), "."));
+      }
+      out->notify_url = std::string(get("notify_url"));
+    }
+    if (given("return_url")) {
+      std::string_view url = get("return_url");
+      if (url.empty() || url.size() > kMaxReturnUrlLen || !IsVisibleAscii(url)) {
+        return Invalid("return_url",
+                       "return_url must be 1-2048 printable ASCII characters without spaces.");
+      }
+      out->return_url = std::string(url);
+    }
 
     out->amount = *amount;
     out->currency = std::string(currency);
@@ -713,9 +950,14 @@ class CardApi final : public SandboxApi {
       same = ConstantTimeEquals(prior.fingerprint, params.fingerprint);
     } else {  // rebuilt from the journal: compare what the journal knows
       std::string_view number = params.number.Reveal();
+      // (A challenged charge's line has "captured":false whatever `capture`
+      // said: it takes money only once approved and captured.)
       same = prior.amount == params.amount && prior.currency == params.currency &&
              prior.last4 == number.substr(number.size() - 4) &&
-             (prior.status == "failed" || prior.capture == params.capture);
+             (prior.status == "failed" || !prior.three_d_secure.empty() ||
+              prior.capture == params.capture) &&
+             prior.region == params.region && prior.notify_url == params.notify_url &&
+             prior.return_url == params.return_url;
     }
     if (!same) return KeyReused();
     Response resp = Render(prior);
@@ -737,21 +979,31 @@ class CardApi final : public SandboxApi {
       decline = "card_declined";
     } else if (number == "4000000000009995") {
       decline = "insufficient_funds";
-    } else if (number.starts_with(kDeclinePrefix)) {
+    } else if (number.starts_with(kDeclinePrefix) && number != kFrictionlessCard) {
       decline = "card_declined";
     }
     auto charge = std::make_shared<Charge>();
     charge->id = StrCat("ch_", RandomHex(12));
     charge->amount = params.amount;
     charge->currency = params.currency;
-    charge->status = decline.empty() ? "succeeded" : "failed";
     charge->decline_code = decline;
     charge->last4 = std::string(number.substr(number.size() - 4));
     charge->idempotency_key = key;
     charge->ts = NowSeconds();
     charge->fingerprint = params.fingerprint;
     charge->capture = params.capture;
-    charge->captured = decline.empty() && params.capture;
+    charge->region = params.region;
+    charge->notify_url = params.notify_url;
+    charge->return_url = params.return_url;
+    if (decline.empty()) charge->three_d_secure = std::string(ChallengeFor(number, params.region));
+    if (!decline.empty()) {
+      charge->status = "failed";
+    } else if (!charge->three_d_secure.empty()) {
+      charge->status = "requires_action";
+    } else {
+      charge->status = "succeeded";
+    }
+    charge->captured = charge->status == "succeeded" && params.capture;
 
     std::string line;
     JsonWriter rec(&line);
@@ -770,7 +1022,18 @@ class CardApi final : public SandboxApi {
     rec.Key("status").String(charge->status);
     rec.Key("decline_code").String(charge->decline_code);
     rec.Key("last4").String(charge->last4);
-    if (charge->status == "succeeded" && !charge->capture) rec.Key("captured").Bool(false);
+    // A challenged charge takes money only once approved and captured: its
+    // line reads as a hold ("captured":false) whatever `capture` said.
+    if ((charge->status == "succeeded" && !charge->capture) ||
+        charge->status == "requires_action") {
+      rec.Key("captured").Bool(false);
+    }
+    for (auto [name, field] : {std::pair{"region", &charge->region},
+                               std::pair{"notify_url", &charge->notify_url},
+                               std::pair{"return_url", &charge->return_url}}) {
+      if (*field) rec.Key(name).String(**field);
+    }
+    if (!charge->three_d_secure.empty()) rec.Key("three_d_secure").String(charge->three_d_secure);
     rec.EndObject();
     // Not journaled means not taken: tell the client truthfully.
     if (!co_await journal_.AppendLine(std::move(line))) co_return InternalError();
@@ -780,8 +1043,14 @@ class CardApi final : public SandboxApi {
     co_return Render(*charge);
   }
 
+  // The challenge page's token: unguessable without the API secret, and
+  // derived (not stored) so that it survives a restart.
+  std::string ChallengeToken(std::string_view charge_id) const {
+    return HexEncode(HmacSha256(secret_, StrCat("3ds\n", charge_id))).substr(0, 32);
+  }
+
   // The charge object of the API (create, retrieve and list answers).
-  static std::string ChargeJson(const Charge& c) {
+  std::string ChargeJson(const Charge& c) const {
     std::string out;
     JsonWriter w(&out);
     w.BeginObject();
@@ -804,6 +1073,20 @@ class CardApi final : public SandboxApi {
     }
     w.Key("created").Int(static_cast<int64_t>(c.ts));
     if (c.status == "failed") w.Key("failure_code").String(c.decline_code);
+    if (c.status == "requires_action") {
+      w.Key("next_action").BeginObject();
+      w.Key("type").String("redirect_to_url");
+      w.Key("redirect_to_url").BeginObject();
+      w.Key("url").String(
+          StrCat(self_url_.get(), "/3ds/", c.id, "?token=", ChallengeToken(c.id)));
+      w.Key("return_url");
+      if (c.return_url) {
+        w.String(*c.return_url);
+      } else {
+        w.Null();
+      }
+      w.EndObject().EndObject();
+    }
     w.EndObject();
     return out;
   }
@@ -837,10 +1120,10 @@ class CardApi final : public SandboxApi {
   }
 
   // The create call's answer: a pure function of the record, so replays
-  // (also after a restart) are byte-identical.
-  static Response Render(const Charge& c) {
+  // (also after a restart on the same address) are byte-identical.
+  Response Render(const Charge& c) const {
     Response resp;
-    if (c.status == "succeeded") {
+    if (c.status == "succeeded" || c.status == "requires_action") {
       resp.body = ChargeJson(c);
       return resp;
     }
@@ -859,6 +1142,8 @@ class CardApi final : public SandboxApi {
   const Secret secret_;
   Journal& journal_;
   const ApiConfig& config_;
+  WebhookSender& webhooks_;
+  const SelfUrl& self_url_;
   IdempotencyStore store_;  // charges, captures, voids and refunds share the keys
   // Used only for its per-key lock: one capture / void / refund of a charge
   // at a time (keyed by charge id; nothing is stored).
@@ -868,8 +1153,9 @@ class CardApi final : public SandboxApi {
 
 }  // namespace
 
-std::unique_ptr<SandboxApi> MakeCardApi(Secret secret, Journal& journal, const ApiConfig& config) {
-  return std::make_unique<CardApi>(std::move(secret), journal, config);
+std::unique_ptr<SandboxApi> MakeCardApi(Secret secret, Journal& journal, const ApiConfig& config,
+                                        WebhookSender& webhooks, const SelfUrl& self_url) {
+  return std::make_unique<CardApi>(std::move(secret), journal, config, webhooks, self_url);
 }
 
 }  // namespace recharge::sandbox

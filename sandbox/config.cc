@@ -13,8 +13,15 @@ namespace {
 constexpr std::string_view kCommon[] = {"latency_ms", "latency_jitter_ms", "error_rate",
                                         "timeout_mode"};
 
+// Top-level only: no per-API copy.
+constexpr std::string_view kGlobal[] = {"webhook_retry_base_ms", "webhook_max_attempts"};
+
 bool IsCommon(std::string_view name) {
   return std::find(std::begin(kCommon), std::end(kCommon), name) != std::end(kCommon);
+}
+
+bool IsGlobal(std::string_view name) {
+  return std::find(std::begin(kGlobal), std::end(kGlobal), name) != std::end(kGlobal);
 }
 
 std::mt19937_64& Rng() {
@@ -49,6 +56,21 @@ absl::StatusOr<Json> Check(const std::string& name, const Json& value) {
     }
     return Json(static_cast<int64_t>(v));
   }
+  if (name == "webhook_retry_base_ms") {
+    if (!integral || v < 1 || v > kMaxLatencyMs) {
+      return absl::InvalidArgumentError(
+          StrCat("webhook_retry_base_ms must be an integer between 1 and ",
+                 static_cast<int64_t>(kMaxLatencyMs)));
+    }
+    return Json(static_cast<int64_t>(v));
+  }
+  if (name == "webhook_max_attempts") {
+    if (!integral || v < 1 || v > static_cast<double>(kMaxWebhookAttempts)) {
+      return absl::InvalidArgumentError(
+          StrCat("webhook_max_attempts must be an integer between 1 and ", kMaxWebhookAttempts));
+    }
+    return Json(static_cast<int64_t>(v));
+  }
   if (name == "latency_ms" || name == "latency_jitter_ms") {
     if (!(v >= 0 && v <= kMaxLatencyMs)) {
       return absl::InvalidArgumentError(
@@ -79,6 +101,9 @@ SandboxConfig::SandboxConfig() {
   values_["latency_jitter_ms"] = 0;
   values_["error_rate"] = 0.0;
   values_["timeout_mode"] = "charge";
+  global_values_ = Json::object();
+  global_values_["webhook_retry_base_ms"] = kDefaultWebhookRetryBaseMs;
+  global_values_["webhook_max_attempts"] = kDefaultWebhookMaxAttempts;
   api_values_ = Json::object();
 }
 
@@ -105,6 +130,7 @@ void SandboxConfig::Publish(const Json& values, ApiConfig& api) {
 absl::StatusOr<Json> SandboxConfig::Update(const Json& changes) {
   std::lock_guard lock(mu_);
   Json top = Json::object();
+  Json global = Json::object();
   std::vector<std::pair<std::string, Json>> blocks;
   std::vector<std::string> unknown;
   for (auto& [key, value] : changes.items()) {
@@ -112,6 +138,10 @@ absl::StatusOr<Json> SandboxConfig::Update(const Json& changes) {
       absl::StatusOr<Json> checked = Check(key, value);
       if (!checked.ok()) return checked.status();
       top[key] = *std::move(checked);
+    } else if (IsGlobal(key)) {
+      absl::StatusOr<Json> checked = Check(key, value);
+      if (!checked.ok()) return checked.status();
+      global[key] = *std::move(checked);
     } else if (api_values_.contains(key)) {
       if (!value.is_object()) return absl::InvalidArgumentError(StrCat(key, " must be an object"));
       const Json& fields = api_values_[key];
@@ -145,12 +175,18 @@ absl::StatusOr<Json> SandboxConfig::Update(const Json& changes) {
   for (auto& [name, block] : blocks) {
     for (auto& [k, v] : block.items()) api_values_[name][k] = v;
   }
+  for (auto& [k, v] : global.items()) global_values_[k] = v;
   for (ApiConfig& api : apis_) Publish(api_values_[api.name()], api);
+  webhook_retry_base_ms_.store(global_values_["webhook_retry_base_ms"].get<int64_t>(),
+                               std::memory_order_relaxed);
+  webhook_max_attempts_.store(global_values_["webhook_max_attempts"].get<int64_t>(),
+                              std::memory_order_relaxed);
   return SnapshotLocked();
 }
 
 Json SandboxConfig::SnapshotLocked() const {
   Json snap = values_;
+  for (auto& [k, v] : global_values_.items()) snap[k] = v;
   for (auto& [name, vals] : api_values_.items()) snap[name] = vals;
   return snap;
 }

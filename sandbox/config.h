@@ -1,7 +1,9 @@
 // SandboxConfig: the latency and fault-injection knobs, changeable at run
 // time through POST /_sandbox/config. Top-level values mean "all APIs";
 // every registered API has its own effective copy (an ApiConfig), plus
-// fields of its own (PayPal's token_ttl_s).
+// fields of its own (PayPal's token_ttl_s). A few fields are global only
+// and have no per-API copy: the webhook retry policy
+// (webhook_retry_base_ms, default 500; webhook_max_attempts, default 12).
 //
 // Update validates a change as a whole and applies all of it or nothing: a
 // top-level field is written to the default and to every API, per-API blocks
@@ -28,6 +30,9 @@ namespace recharge::sandbox {
 inline constexpr double kMaxLatencyMs = 600000;
 inline constexpr int64_t kMaxTokenTtlS = 366 * 86400;
 inline constexpr int64_t kDefaultTokenTtlS = 32400;
+inline constexpr int64_t kDefaultWebhookRetryBaseMs = 500;
+inline constexpr int64_t kDefaultWebhookMaxAttempts = 12;
+inline constexpr int64_t kMaxWebhookAttempts = 100;
 
 // One API's effective settings.
 class ApiConfig {
@@ -67,8 +72,19 @@ class SandboxConfig {
   absl::StatusOr<Json> Update(const Json& changes);
 
   // {"latency_ms","latency_jitter_ms","error_rate","timeout_mode",
+  //  "webhook_retry_base_ms","webhook_max_attempts",
   //  "<api>":{...effective settings...},...}
   Json Snapshot() const;
+
+  // The webhook retry policy (global only), read lock-free: the delay
+  // before the first retry in ms (doubling after each), and the number of
+  // attempts (the first included) before a webhook is given up.
+  int64_t webhook_retry_base_ms() const {
+    return webhook_retry_base_ms_.load(std::memory_order_relaxed);
+  }
+  int64_t webhook_max_attempts() const {
+    return webhook_max_attempts_.load(std::memory_order_relaxed);
+  }
 
  private:
   Json SnapshotLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -76,6 +92,9 @@ class SandboxConfig {
 
   mutable std::mutex mu_;
   Json values_ ABSL_GUARDED_BY(mu_);                // top-level defaults
+  Json global_values_ ABSL_GUARDED_BY(mu_);         // global-only fields
+  std::atomic<int64_t> webhook_retry_base_ms_{kDefaultWebhookRetryBaseMs};
+  std::atomic<int64_t> webhook_max_attempts_{kDefaultWebhookMaxAttempts};
   Json api_values_ ABSL_GUARDED_BY(mu_);            // name -> its values
   std::deque<ApiConfig> apis_ ABSL_GUARDED_BY(mu_);  // stable addresses
 };

@@ -21,7 +21,8 @@ Response SetConfig(SandboxConfig& config, const Request& req) {
 
 }  // namespace
 
-void AddControlRoutes(Router& router, SandboxConfig& config, Stats& stats) {
+void AddControlRoutes(Router& router, SandboxConfig& config, Stats& stats,
+                      const WebhookSender& webhooks) {
   router.Add("GET", "/_sandbox/health", [](Request&) -> asio::awaitable<Response> {
     Json body = Json::object();
     body["ok"] = true;
@@ -38,6 +39,9 @@ void AddControlRoutes(Router& router, SandboxConfig& config, Stats& stats) {
   });
   router.Add("POST", "/_sandbox/stats/reset", [&stats](Request&) -> asio::awaitable<Response> {
     co_return Response::FromJson(200, stats.Reset());
+  });
+  router.Add("GET", "/_sandbox/webhooks", [&webhooks](Request&) -> asio::awaitable<Response> {
+    co_return Response::FromJson(200, webhooks.List());
   });
 }
 

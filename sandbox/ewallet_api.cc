@@ -11,6 +11,7 @@
 #include "io/crypto.h"
 #include "io/strings.h"
 #include "sandbox/idempotency.h"
+#include "sandbox/webhooks.h"
 
 namespace recharge::sandbox {
 namespace {
@@ -21,6 +22,30 @@ constexpr size_t kMaxKeyLen = 255;
 constexpr int64_t kMaxAmount = 99'999'999'999;
 constexpr size_t kMaxReasonLen = 255;
 constexpr std::string_view kBusySuffix = "0005";
+constexpr size_t kMaxReturnUrlLen = 2048;
+
+// Internal payment states; the API shows them as SUCCESS, FAILED,
+// PENDING_APPROVAL and CANCELLED. Payment lines journal the first two as
+// "succeeded" / "failed" (as before the redirect flow), the others and the
+// approve / cancel lines with the API's names.
+constexpr std::string_view kSucceeded = "succeeded";
+constexpr std::string_view kFailed = "failed";
+constexpr std::string_view kPending = "pending_approval";
+constexpr std::string_view kCancelled = "cancelled";
+
+std::string_view ApiStatus(std::string_view status) {
+  if (status == kSucceeded) return "SUCCESS";
+  if (status == kPending) return "PENDING_APPROVAL";
+  if (status == kCancelled) return "CANCELLED";
+  return "FAILED";
+}
+
+// "<prefix><24 upper-case hex>": payment, refund and event ids.
+std::string UpperHexId(std::string_view prefix) {
+  std::string id = StrCat(prefix, RandomHex(12));
+  for (char& c : id) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return id;
+}
 
 struct Provider {
   std::string_view name;
@@ -82,7 +107,7 @@ struct Payment final : StoredResult {
   std::string provider;
   int64_t amount = 0;
   std::string currency;
-  std::string status;  // "succeeded" | "failed"
+  std::string status;  // kSucceeded | kFailed | kPending | kCancelled
   std::string decline_code;
   std::string account_id;  // "****" + last 4 when rebuilt from the journal
   std::string account_id_last4;
@@ -90,14 +115,20 @@ struct Payment final : StoredResult {
   std::string idempotency_key;
   double ts = 0;
   std::string fingerprint;  // empty when rebuilt: compare on the summary
-  // Set once refunded (in full). A refund makes a new Payment (copy on
-  // write): the one stored under the payment's key stays as it was answered.
+  // Set once refunded (in full). A refund, an approval or a cancellation
+  // makes a new Payment (copy on write): the one stored under the payment's
+  // key stays as it was answered.
   std::string refund_id;
+  // The redirect flow: created kPending, approved or cancelled later.
+  bool redirect = false;
+  std::optional<std::string> notify_url, return_url;
 };
 
 struct PaymentParams {
   std::string provider, merchant_ref, account_id, currency;
   int64_t amount = 0;
+  bool redirect = false;  // "flow":"redirect"
+  std::optional<std::string> notify_url, return_url;
   std::string fingerprint;
 };
 
@@ -126,7 +157,16 @@ class PaymentIndex {
   void Put(std::shared_ptr<const Payment> pay) {
     std::string id = StrCat(pay->provider, "\n", pay->id);
     std::lock_guard lock(mu_);
+    if (pay->redirect) providers_[pay->id] = pay->provider;
     payments_[std::move(id)] = std::move(pay);
+  }
+  // A redirect-flow payment by id alone (the approval page has no provider).
+  std::shared_ptr<const Payment> GetRedirect(std::string_view id) {
+    std::lock_guard lock(mu_);
+    auto p = providers_.find(std::string(id));
+    if (p == providers_.end()) return nullptr;
+    auto it = payments_.find(StrCat(p->second, "\n", id));
+    return it == payments_.end() ? nullptr : it->second;
   }
   std::shared_ptr<const Payment> Get(std::string_view provider, std::string_view id) {
     std::string key = StrCat(provider, "\n", id);
@@ -138,12 +178,18 @@ class PaymentIndex {
  private:
   std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<const Payment>> payments_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, std::string> providers_ ABSL_GUARDED_BY(mu_);  // id -> provider
 };
 
 class EwalletApi final : public SandboxApi {
  public:
-  EwalletApi(std::optional<Secret> secret, Journal& journal, const ApiConfig& config)
-      : secret_(std::move(secret)), journal_(journal), config_(config) {}
+  EwalletApi(std::optional<Secret> secret, Journal& journal, const ApiConfig& config,
+             WebhookSender& webhooks, const SelfUrl& self_url)
+      : secret_(std::move(secret)),
+        journal_(journal),
+        config_(config),
+        webhooks_(webhooks),
+        self_url_(self_url) {}
 
   std::string_view name() const override { return kApiName; }
 
@@ -156,12 +202,20 @@ class EwalletApi final : public SandboxApi {
                [this](Request& r) { return RefundPayment(r); }, api_index);
     router.Add("GET", "/ewallet/v1/*/refunds", [this](Request& r) { return LookupRefunds(r); },
                api_index);
+    router.Add("POST", "/ewallet/v1/*/payments/*/cancel",
+               [this](Request& r) { return CancelPayment(r); }, api_index);
+    router.Add("GET", "/ewallet/approve/*", [this](Request& r) { return ApprovalPage(r); },
+               api_index);
+    router.Add("POST", "/ewallet/approve/*/complete",
+               [this](Request& r) { return CompleteApproval(r); }, api_index);
   }
 
   // Journal lines come in the order they were taken: a payment line, then
-  // the refund line ("op":"refund") of that payment, if any.
+  // the approve / cancel line of a redirect payment, then the refund line
+  // ("op":"refund") of that payment, if any.
   absl::Status Restore(const Json& rec) override {
     if (!rec.contains("op")) return RestorePayment(rec);
+    if (rec["op"] == "approve" || rec["op"] == "cancel") return RestoreDecision(rec);
     if (rec["op"] != "refund") return absl::DataLossError("ewallet journal record: bad op");
     return RestoreRefund(rec);
   }
@@ -186,15 +240,50 @@ class EwalletApi final : public SandboxApi {
         pay->idempotency_key = rec["idempotency_key"].get<std::string>();
       }
       pay->ts = rec.at("ts").get<double>();
+      pay->redirect = rec.contains("flow") && rec["flow"] == "redirect";
+      for (auto [name, field] : {std::pair{"notify_url", &pay->notify_url},
+                                 std::pair{"return_url", &pay->return_url}}) {
+        if (rec.contains(name) && rec[name].is_string()) *field = rec[name].get<std::string>();
+      }
     } catch (const Json::exception& e) {
       return absl::DataLossError(StrCat("ewallet journal record: ", e.what()));
     }
-    if (pay->status != "succeeded" && pay->status != "failed") {
+    if (pay->status == "PENDING_APPROVAL") pay->status = kPending;
+    if (pay->redirect ? pay->status != kPending
+                      : (pay->status != kSucceeded && pay->status != kFailed)) {
       return absl::DataLossError(StrCat("ewallet journal record ", pay->id, ": bad status"));
     }
     pay->account_id = StrCat("****", pay->account_id_last4);
     if (!pay->idempotency_key.empty()) store_.Put(StoreKey(pay->provider, pay->idempotency_key), pay);
     payments_.Put(pay);
+    return absl::OkStatus();
+  }
+
+  // An approve / cancel line: its payment must be pending approval.
+  absl::Status RestoreDecision(const Json& rec) {
+    std::string op, provider, id, status, decline_code;
+    try {
+      op = rec.at("op").get<std::string>();
+      provider = rec.at("provider").get<std::string>();
+      id = rec.at("id").get<std::string>();
+      status = rec.at("status").get<std::string>();
+      if (rec.contains("decline_code") && rec["decline_code"].is_string()) {
+        decline_code = rec["decline_code"].get<std::string>();
+      }
+    } catch (const Json::exception& e) {
+      return absl::DataLossError(StrCat("ewallet journal record: ", e.what()));
+    }
+    std::shared_ptr<const Payment> pay = payments_.Get(provider, id);
+    const bool fits = op == "approve" ? (status == "SUCCESS" || status == "FAILED")
+                                      : status == "CANCELLED";
+    if (pay == nullptr || pay->status != kPending || !fits) {
+      return absl::DataLossError(
+          StrCat("ewallet journal record: ", op, " of payment ", id, ": not pending approval"));
+    }
+    auto next = std::make_shared<Payment>(*pay);
+    next->status = status == "SUCCESS" ? kSucceeded : status == "FAILED" ? kFailed : kCancelled;
+    next->decline_code = decline_code;
+    payments_.Put(next);
     return absl::OkStatus();
   }
 
@@ -269,7 +358,10 @@ class EwalletApi final : public SandboxApi {
     }
     Json payments = Json::array();
     if (const auto* pay = dynamic_cast<const Payment*>(prior.get())) {
-      payments.push_back(PaymentObject(*pay));
+      // As it is now: a redirect payment approved or cancelled since. (A
+      // refund does not show in the payment object.)
+      std::shared_ptr<const Payment> now = payments_.Get(pay->provider, pay->id);
+      payments.push_back(PaymentObject(now != nullptr ? *now : *pay));
     }
     co_return ListResponse("payments", std::move(payments), std::move(key));
   }
@@ -313,6 +405,158 @@ class EwalletApi final : public SandboxApi {
       refunds.push_back(RefundObject(*refund));
     }
     co_return ListResponse("refunds", std::move(refunds), std::move(key));
+  }
+
+  // POST /ewallet/v1/{provider}/payments/{payment_id}/cancel (signed; body
+  // empty or {}): cancels a payment pending approval. Idempotent by itself
+  // (no key): cancelling a cancelled payment answers it again.
+  asio::awaitable<Response> CancelPayment(Request& req) {
+    if (std::optional<Response> err = Verify(req)) co_return *std::move(err);
+    const std::string provider(req.path_params.at(0));
+    const std::string payment_id(req.path_params.at(1));
+    if (!ProviderCurrencies(provider)) co_return Code(404, "UNKNOWN_PROVIDER");
+    if (!TrimSpace(req.body).empty()) {
+      Json body = ValidUtf8(req.body) ? Json::parse(req.body, nullptr, false)
+                                      : Json(Json::value_t::discarded);
+      if (body.is_discarded() || !body.is_object()) {
+        co_return Invalid("body", "The body must be empty or a JSON object.");
+      }
+      if (!body.empty()) co_return Invalid(Utf8Prefix(body.begin().key(), 100), "Unknown field.");
+    }
+    if (payments_.Get(provider, payment_id) == nullptr) co_return Code(404, "PAYMENT_NOT_FOUND");
+    if (config_.DropMode()) {
+      co_await SimulateLatency(config_, req);
+      co_return Response::Drop("timeout_mode=drop");
+    }
+    if (!co_await SimulateLatency(config_, req)) co_return Response::Drop("shutting down");
+    if (config_.InjectError()) co_return NotCharged(500, "SYSTEM_ERROR");
+    IdempotencyStore::Hold payment_lock =
+        co_await payment_locks_.Acquire(StoreKey(provider, payment_id));
+    std::shared_ptr<const Payment> pay = payments_.Get(provider, payment_id);
+    if (pay->status == kCancelled) co_return Response::FromJson(200, PaymentObject(*pay));
+    if (pay->status != kPending) co_return Code(409, "ALREADY_COMPLETED");
+    std::shared_ptr<const Payment> next = co_await Decide(*pay, /*approve=*/false);
+    if (next == nullptr) co_return NotCharged(500, "SYSTEM_ERROR");
+    co_return Response::FromJson(200, PaymentObject(*next));
+  }
+
+  // GET /ewallet/approve/{payment_id}?token=T: the account holder's
+  // approval page, with an Approve and a Cancel button (forms POSTing to
+  // .../complete).
+  asio::awaitable<Response> ApprovalPage(Request& req) {
+    std::vector<std::string> tokens = QueryValues(req.query, "token");
+    std::shared_ptr<const Payment> pay =
+        tokens.size() == 1 ? RedirectPayment(req.path_params.at(0), tokens[0]) : nullptr;
+    if (pay == nullptr) co_return NotFoundPage();
+    std::string html = StrCat(
+        kHtmlHead, "<title>Approve payment</title></head><body>\n",
+        "<h1>Approve payment (psp-sandbox ", HtmlEscape(pay->provider), ")</h1>\n<dl>\n",
+        "<dt>Merchant reference</dt><dd id=\"merchant_ref\">", HtmlEscape(pay->merchant_ref),
+        "</dd>\n<dt>Amount (minor units)</dt><dd id=\"amount\">", pay->amount, "</dd>\n",
+        "<dt>Currency</dt><dd id=\"currency\">", HtmlEscape(pay->currency), "</dd>\n",
+        "<dt>Account</dt><dd id=\"account\">****", HtmlEscape(pay->account_id_last4),
+        "</dd>\n</dl>\n");
+    if (pay->status == kPending) {
+      const std::string action = HtmlEscape(StrCat("/ewallet/approve/", pay->id, "/complete"));
+      for (auto [value, label] : {std::pair{"approve", "Approve"}, std::pair{"cancel", "Cancel"}}) {
+        StrAppend(&html, "<form method=\"post\" action=\"", action, "\">",
+                  "<input type=\"hidden\" name=\"token\" value=\"", HtmlEscape(tokens[0]),
+                  "\"><input type=\"hidden\" name=\"action\" value=\"", value,
+                  "\"><button type=\"submit\" id=\"", value, "\">", label,
+                  "</button></form>\n");
+      }
+    } else {
+      StrAppend(&html, "<p id=\"state\">Already completed (", ApiStatus(pay->status),
+                "): this payment cannot be approved any more.</p>\n");
+    }
+    html += "</body></html>\n";
+    co_return Response::Html(200, std::move(html));
+  }
+
+  // POST /ewallet/approve/{payment_id}/complete, form token and
+  // action=approve|cancel: decides the payment once, under its lock.
+  asio::awaitable<Response> CompleteApproval(Request& req) {
+    std::optional<FormPairs> form = ParsePageForm(req);
+    if (!form) co_return HtmlPage(400, "Bad request", "The body must be a form (token, action).");
+    std::vector<std::string_view> tokens, actions;
+    for (const auto& [k, v] : *form) {
+      if (k == "token") tokens.push_back(v);
+      if (k == "action") actions.push_back(v);
+    }
+    std::string_view id = req.path_params.at(0);
+    std::shared_ptr<const Payment> pay =
+        tokens.size() == 1 ? RedirectPayment(id, tokens[0]) : nullptr;
+    if (pay == nullptr) co_return NotFoundPage();
+    if (actions.size() != 1 || (actions[0] != "approve" && actions[0] != "cancel")) {
+      co_return HtmlPage(400, "Bad request", "action must be approve or cancel.");
+    }
+    IdempotencyStore::Hold payment_lock =
+        co_await payment_locks_.Acquire(StoreKey(pay->provider, pay->id));
+    pay = payments_.Get(pay->provider, pay->id);
+    if (pay->status != kPending) {
+      co_return HtmlPage(409, "Already completed",
+                     StrCat("This payment is already completed (", ApiStatus(pay->status), ")."));
+    }
+    std::shared_ptr<const Payment> next = co_await Decide(*pay, actions[0] == "approve");
+    if (next == nullptr) {
+      co_return HtmlPage(500, "Error", "The wallet could not record the decision: try again.");
+    }
+    co_return HtmlPage(200, StrCat("Payment ", ApiStatus(next->status)),
+                   "Done: you may close this page and return to the merchant.");
+  }
+
+  // Approves (the money is taken now, or fails by the account's suffix) or
+  // cancels a pending payment: journals, applies, then notifies. Null: not
+  // journaled, nothing changed. REQUIRES: the payment's lock held, `pay`
+  // pending approval.
+  asio::awaitable<std::shared_ptr<const Payment>> Decide(const Payment& pay, bool approve) {
+    auto next = std::make_shared<Payment>(pay);
+    if (approve) {
+      next->decline_code = std::string(FailureFor(pay.account_id_last4));
+      next->status = next->decline_code.empty() ? kSucceeded : kFailed;
+    } else {
+      next->status = kCancelled;
+    }
+    Json rec = Json::object();
+    rec["ts"] = NowSeconds();
+    rec["api"] = kApiName;
+    rec["op"] = approve ? "approve" : "cancel";
+    rec["provider"] = pay.provider;
+    rec["id"] = pay.id;
+    rec["idempotency_key"] = pay.idempotency_key;
+    rec["amount"] = pay.amount;
+    rec["currency"] = pay.currency;
+    rec["status"] = ApiStatus(next->status);
+    rec["decline_code"] = next->decline_code;
+    if (!co_await journal_.Append(rec)) co_return nullptr;
+    payments_.Put(next);
+    if (next->notify_url && webhooks_.enabled()) {
+      const std::string event_id = UpperHexId("EV-");
+      const std::string type = next->status == kSucceeded ? "payment.succeeded"
+                               : next->status == kFailed  ? "payment.failed"
+                                                          : "payment.cancelled";
+      Json event = Json::object();
+      event["event_id"] = event_id;
+      event["event_type"] = type;
+      event["created_at"] = static_cast<int64_t>(NowSeconds());
+      event["payment"] = PaymentObject(*next);
+      webhooks_.Send(kApiName, event_id, type, *next->notify_url, JsonBytes(event));
+    }
+    co_return next;
+  }
+
+  // The redirect payment with this id and approval token, or null.
+  std::shared_ptr<const Payment> RedirectPayment(std::string_view id, std::string_view token) {
+    if (!secret_) return nullptr;
+    std::shared_ptr<const Payment> pay = payments_.GetRedirect(id);
+    if (pay == nullptr || !ConstantTimeEquals(ApprovalToken(pay->provider, pay->id), token)) {
+      return nullptr;
+    }
+    return pay;
+  }
+
+  static Response NotFoundPage() {
+    return HtmlPage(404, "Not found", "No such payment, or a wrong token.");
   }
 
   // The shared part of the lookups: signature, provider, latency, the one
@@ -410,8 +654,7 @@ class EwalletApi final : public SandboxApi {
       co_return Code(409, refusal);
     }
     auto refund = std::make_shared<PaymentRefund>();
-    refund->id = StrCat("RF-", RandomHex(12));
-    for (char& c : refund->id) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    refund->id = UpperHexId("RF-");
     refund->provider = pay->provider;
     refund->payment_id = pay->id;
     refund->amount = pay->amount;
@@ -492,7 +735,8 @@ class EwalletApi final : public SandboxApi {
       return Invalid("body", "The body must be a JSON object.");
     }
     for (auto& [k, v] : body.items()) {
-      if (k != "merchant_ref" && k != "account_id" && k != "amount" && k != "currency") {
+      if (k != "merchant_ref" && k != "account_id" && k != "amount" && k != "currency" &&
+          k != "flow" && k != "notify_url" && k != "return_url") {
         return Invalid(Utf8Prefix(k, 100), "Unknown field.");
       }
     }
@@ -529,13 +773,40 @@ class EwalletApi final : public SandboxApi {
     if (out->amount <= 0) return Invalid("amount", "amount must be a positive integer in minor units.");
     out->currency = *std::move(currency);
     for (char& c : out->currency) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    out->fingerprint = Sha256(StrCat(out->provider, "\n", out->merchant_ref, "\n", out->account_id,
-                                     "\n", out->amount, "\n", out->currency));
+    if (body.contains("flow")) {
+      if (body["flow"] != "redirect" && body["flow"] != "direct") {
+        return Invalid("flow", "flow must be \"direct\" or \"redirect\".");
+      }
+      out->redirect = body["flow"] == "redirect";
+    }
+    if (body.contains("notify_url")) {
+      absl::StatusOr<WebhookUrl> url = body["notify_url"].is_string()
+                                           ? ParseWebhookUrl(body["notify_url"].get<std::string>())
+                                           : absl::InvalidArgumentError("must be a string");
+      if (!url.ok()) {
+        return Invalid("notify_url", StrCat("notify_url ", url.status().message(), "."));
+      }
+      out->notify_url = body["notify_url"].get<std::string>();
+    }
+    if (body.contains("return_url")) {
+      std::optional<std::string> url = string_field("return_url");
+      if (!url || url->empty() || url->size() > kMaxReturnUrlLen || !AllIn(*url, 0x21, 0x7e)) {
+        return Invalid("return_url",
+                       "return_url must be 1-2048 printable ASCII characters without spaces.");
+      }
+      out->return_url = *std::move(url);
+    }
+    // In memory only. An absent URL hashes apart from any given one.
+    auto opt = [](const std::optional<std::string>& v) { return v ? StrCat("+", *v) : "-"; };
+    out->fingerprint =
+        Sha256(StrCat(out->provider, "\n", out->merchant_ref, "\n", out->account_id, "\n",
+                      out->amount, "\n", out->currency, "\n", out->redirect, "\n",
+                      opt(out->notify_url), "\n", opt(out->return_url)));
     return std::nullopt;
   }
 
   // A key used for a refund is not reusable for a payment.
-  static Response Replay(const StoredResult& stored, const PaymentParams& params) {
+  Response Replay(const StoredResult& stored, const PaymentParams& params) {
     const auto* payment = dynamic_cast<const Payment*>(&stored);
     if (payment == nullptr) return Code(409, "IDEMPOTENCY_CONFLICT");
     const Payment& prior = *payment;
@@ -546,7 +817,9 @@ class EwalletApi final : public SandboxApi {
       std::string_view acct = params.account_id;
       same = prior.provider == params.provider && prior.merchant_ref == params.merchant_ref &&
              prior.amount == params.amount && prior.currency == params.currency &&
-             prior.account_id_last4 == acct.substr(acct.size() - 4);
+             prior.account_id_last4 == acct.substr(acct.size() - 4) &&
+             prior.redirect == params.redirect && prior.notify_url == params.notify_url &&
+             prior.return_url == params.return_url;
     }
     if (!same) return Code(409, "IDEMPOTENCY_CONFLICT");
     Response resp = Render(prior);
@@ -563,13 +836,19 @@ class EwalletApi final : public SandboxApi {
     if (params.account_id.ends_with(kBusySuffix)) co_return NotCharged(503, "SYSTEM_BUSY");
     const std::string_view last4 = std::string_view(params.account_id).substr(params.account_id.size() - 4);
     auto pay = std::make_shared<Payment>();
-    pay->id = StrCat("EW-", RandomHex(12));
-    for (char& c : pay->id) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    pay->id = UpperHexId("EW-");
     pay->provider = params.provider;
     pay->amount = params.amount;
     pay->currency = params.currency;
-    pay->decline_code = std::string(FailureFor(last4));
-    pay->status = pay->decline_code.empty() ? "succeeded" : "failed";
+    pay->redirect = params.redirect;
+    pay->notify_url = params.notify_url;
+    pay->return_url = params.return_url;
+    if (params.redirect) {  // nothing is taken until the account holder approves
+      pay->status = kPending;
+    } else {
+      pay->decline_code = std::string(FailureFor(last4));
+      pay->status = pay->decline_code.empty() ? kSucceeded : kFailed;
+    }
     pay->account_id = params.account_id;
     pay->account_id_last4 = std::string(last4);
     pay->merchant_ref = params.merchant_ref;
@@ -585,39 +864,57 @@ class EwalletApi final : public SandboxApi {
     rec["idempotency_key"] = pay->idempotency_key;
     rec["amount"] = pay->amount;
     rec["currency"] = pay->currency;
-    rec["status"] = pay->status;
+    rec["status"] = pay->redirect ? Json(ApiStatus(pay->status)) : Json(pay->status);
     rec["decline_code"] = pay->decline_code;
     rec["account_id_last4"] = pay->account_id_last4;
     rec["merchant_ref"] = pay->merchant_ref;
+    if (pay->redirect) rec["flow"] = "redirect";
+    if (pay->notify_url) rec["notify_url"] = *pay->notify_url;
+    if (pay->return_url) rec["return_url"] = *pay->return_url;
     if (!co_await journal_.Append(rec)) co_return NotCharged(500, "SYSTEM_ERROR");
     payments_.Put(pay);
     hold.Put(pay);
     co_return Render(*pay);
   }
 
-  static Json PaymentObject(const Payment& pay) {
+  // The payment object. A redirect payment adds "flow":"redirect" and,
+  // while pending approval, where the account holder approves it.
+  Json PaymentObject(const Payment& pay) const {
     Json obj = Json::object();
     obj["payment_id"] = pay.id;
     obj["provider"] = pay.provider;
-    if (pay.status == "succeeded") {
-      obj["status"] = "SUCCESS";
-    } else {
-      obj["status"] = "FAILED";
-      obj["failure_code"] = pay.decline_code;
-    }
+    obj["status"] = ApiStatus(pay.status);
+    if (pay.status == kFailed) obj["failure_code"] = pay.decline_code;
     obj["amount"] = pay.amount;
     obj["currency"] = pay.currency;
     obj["account_id"] = pay.account_id;
     obj["merchant_ref"] = pay.merchant_ref;
+    if (pay.redirect) obj["flow"] = "redirect";
+    if (pay.status == kPending) {
+      const std::string approval_url = StrCat(self_url_.get(), "/ewallet/approve/", pay.id,
+                                              "?token=", ApprovalToken(pay.provider, pay.id));
+      obj["approval_url"] = approval_url;
+      obj["deep_link"] = StrCat(pay.provider, "://pay?payment_id=", pay.id);
+      obj["qr_payload"] = approval_url;
+    }
     return obj;
   }
 
+  // The approval page's token: unguessable without the API secret, and
+  // derived (not stored) so that it survives a restart.
+  std::string ApprovalToken(std::string_view provider, std::string_view payment_id) const {
+    return HexEncode(HmacSha256(*secret_, StrCat("approve\n", provider, "\n", payment_id)))
+        .substr(0, 32);
+  }
+
   // The create call's answer (a function of the record).
-  static Response Render(const Payment& pay) { return Response::FromJson(200, PaymentObject(pay)); }
+  Response Render(const Payment& pay) const { return Response::FromJson(200, PaymentObject(pay)); }
 
   const std::optional<Secret> secret_;
   Journal& journal_;
   const ApiConfig& config_;
+  WebhookSender& webhooks_;
+  const SelfUrl& self_url_;
   IdempotencyStore store_;  // payments and refunds share the (per-provider) keys
   // Used only for its per-key lock: one refund of a payment at a time (keyed
   // by provider and payment id; nothing is stored).
@@ -628,8 +925,9 @@ class EwalletApi final : public SandboxApi {
 }  // namespace
 
 std::unique_ptr<SandboxApi> MakeEwalletApi(std::optional<Secret> secret, Journal& journal,
-                                           const ApiConfig& config) {
-  return std::make_unique<EwalletApi>(std::move(secret), journal, config);
+                                           const ApiConfig& config, WebhookSender& webhooks,
+                                           const SelfUrl& self_url) {
+  return std::make_unique<EwalletApi>(std::move(secret), journal, config, webhooks, self_url);
 }
 
 }  // namespace recharge::sandbox

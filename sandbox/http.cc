@@ -21,6 +21,14 @@ Response Response::FromJson(int status, const Json& body,
   return r;
 }
 
+Response Response::Html(int status, std::string html) {
+  Response r;
+  r.status = status;
+  r.body = std::move(html);
+  r.content_type = "text/html; charset=utf-8";
+  return r;
+}
+
 Response Response::Drop(std::string reason) {
   Response r;
   r.drop = true;
@@ -376,6 +384,14 @@ std::vector<std::string> QueryValues(std::string_view query, std::string_view na
   return out;
 }
 
+std::optional<FormPairs> ParsePageForm(const Request& req) {
+  if (MediaType(req.header("Content-Type")) != "application/x-www-form-urlencoded" ||
+      !ValidUtf8(req.body) || req.body.size() > 4096) {
+    return std::nullopt;
+  }
+  return ParseForm(req.body, /*strict_utf8=*/true);
+}
+
 bool LuhnValid(std::string_view digits) {
   int total = 0;
   for (size_t i = 0; i < digits.size(); ++i) {
@@ -436,6 +452,34 @@ std::string IsoTime(double ts) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
+}
+
+std::string HtmlEscape(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out.push_back(c);
+    }
+  }
+  return out;
+}
+
+Response HtmlPage(int status, std::string_view title, std::string_view message) {
+  std::string html(kHtmlHead);
+  html += "<title>";
+  html += HtmlEscape(title);
+  html += "</title></head><body>\n<h1 id=\"title\">";
+  html += HtmlEscape(title);
+  html += "</h1>\n<p id=\"message\">";
+  html += HtmlEscape(message);
+  html += "</p>\n</body></html>\n";
+  return Response::Html(status, std::move(html));
 }
 
 std::string MediaType(std::optional<std::string_view> content_type) {

@@ -48,7 +48,8 @@ struct Request {
 
 struct Response {
   int status = 200;
-  std::string body;  // always JSON (Content-Type: application/json)
+  std::string body;  // JSON unless content_type says otherwise
+  std::string content_type = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;  // extra headers
   // What the access log shows as the idempotency key (never card data or a
   // secret); nullopt: the server picks it from the request.
@@ -61,6 +62,8 @@ struct Response {
 
   static Response FromJson(int status, const Json& body,
                            std::vector<std::pair<std::string, std::string>> headers = {});
+  // A small HTML page (the sandbox's 3-D Secure and wallet approval pages).
+  static Response Html(int status, std::string html);
   static Response Drop(std::string reason);
 };
 
@@ -149,6 +152,9 @@ using FormPairs = std::vector<std::pair<std::string, std::string>>;
 std::optional<FormPairs> ParseForm(std::string_view text, bool strict_utf8);
 // All values of `name` in a query string.
 std::vector<std::string> QueryValues(std::string_view query, std::string_view name);
+// The form a page's button posts (the sandbox's HTML pages): form-encoded
+// UTF-8 of at most 4 KiB, or nullopt.
+std::optional<FormPairs> ParsePageForm(const Request& req);
 
 // The Luhn check over a string of ASCII digits.
 bool LuhnValid(std::string_view digits);
@@ -172,6 +178,15 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b);
 double NowSeconds();
 // "2024-05-01T12:00:00Z" for int(ts).
 std::string IsoTime(double ts);
+
+// `text` escaped for HTML text and attribute values (& < > " ').
+std::string HtmlEscape(std::string_view text);
+// The start of every HTML page of the sandbox, up to the <title>.
+inline constexpr std::string_view kHtmlHead =
+    "<!doctype html>\n<html><head><meta charset=\"utf-8\">";
+// A page with a title (<h1 id="title">) and one message (<p id="message">):
+// the answers and errors of the sandbox's pages.
+Response HtmlPage(int status, std::string_view title, std::string_view message);
 
 // Lower-cased media type of a Content-Type value ("Application/JSON; x" ->
 // "application/json").

@@ -1,6 +1,7 @@
 // Journal: the append-only JSON-lines file of every charge the sandbox took
-// and every capture, void and refund of one (those lines carry "op"), one
-// compact JSON object a line. Tests and the gateway's tooling reconcile
+// and every operation on one -- capture, void, refund, a 3-D Secure
+// authentication, a wallet approval or cancellation (those lines carry
+// "op") -- one compact JSON object a line. Tests and the gateway's tooling reconcile
 // the ledger against it, and the sandbox rebuilds its idempotency store from
 // it at start-up.
 //

@@ -7,13 +7,16 @@
 //   psp-sandbox --host 127.0.0.1 --port 8443 --cert CERT.pem --key KEY.pem
 //       --journal PATH.jsonl --card-secret-file FILE
 //       [--paypal-credentials-file FILE] [--ewallet-secret-file FILE]
+//       [--webhook-secret-file FILE] [--webhook-ca-file FILE]
 //       [--latency-ms 0] [--latency-jitter-ms 0] [--error-rate 0.0]
 //       [--port-file FILE] [--threads N]
 //
 // --port 0 binds a free port; --port-file then tells it (written atomically,
 // "PORT\n", once listening). --threads: io threads, one per core by default.
 // --paypal-credentials-file / --ewallet-secret-file enable those APIs
-// (without them their paths answer 404). Start-up errors exit with 2;
+// (without them their paths answer 404). --webhook-secret-file enables
+// signed webhooks (webhooks.h), verifying the receivers' certificates
+// against --webhook-ca-file (default: the system's store). Start-up errors exit with 2;
 // SIGTERM/SIGINT stop cleanly (exit 0) with the journal complete.
 // The APIs: card_api.h, paypal_api.h, ewallet_api.h; control: control_api.h.
 #include <fcntl.h>
@@ -46,6 +49,7 @@
 #include "sandbox/journal.h"
 #include "sandbox/paypal_api.h"
 #include "sandbox/server.h"
+#include "sandbox/webhooks.h"
 
 namespace recharge::sandbox {
 namespace {
@@ -54,6 +58,7 @@ constexpr char kUsage[] =
     "usage: psp-sandbox --cert CERT.pem --key KEY.pem --journal PATH.jsonl\n"
     "                   --card-secret-file FILE [--host 127.0.0.1] [--port 8443]\n"
     "                   [--paypal-credentials-file FILE] [--ewallet-secret-file FILE]\n"
+    "                   [--webhook-secret-file FILE] [--webhook-ca-file FILE]\n"
     "                   [--latency-ms 0] [--latency-jitter-ms 0] [--error-rate 0.0]\n"
     "                   [--port-file FILE] [--threads N]\n";
 
@@ -62,6 +67,7 @@ struct Flags {
   int port = 8443;
   std::string cert, key, journal, card_secret_file;
   std::string paypal_credentials_file, ewallet_secret_file, port_file;
+  std::string webhook_secret_file, webhook_ca_file;
   double latency_ms = 0, latency_jitter_ms = 0, error_rate = 0;
   int threads = 0;
 };
@@ -94,8 +100,8 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
   std::map<std::string, std::string> values;
   static const char* const kKnown[] = {
       "host", "port", "cert", "key", "journal", "card-secret-file", "paypal-credentials-file",
-      "ewallet-secret-file", "latency-ms", "latency-jitter-ms", "error-rate", "port-file",
-      "threads"};
+      "ewallet-secret-file", "webhook-secret-file", "webhook-ca-file", "latency-ms",
+      "latency-jitter-ms", "error-rate", "port-file", "threads"};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -141,6 +147,8 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
     if (name == "card-secret-file") flags->card_secret_file = value;
     if (name == "paypal-credentials-file") flags->paypal_credentials_file = value;
     if (name == "ewallet-secret-file") flags->ewallet_secret_file = value;
+    if (name == "webhook-secret-file") flags->webhook_secret_file = value;
+    if (name == "webhook-ca-file") flags->webhook_ca_file = value;
     if (name == "port-file") flags->port_file = value;
     if (name == "port" && !ParseInt(value, 0, 65535, &flags->port)) return bad(name, value);
     if (name == "threads" && !ParseInt(value, 1, 1024, &flags->threads)) return bad(name, value);
@@ -193,9 +201,18 @@ int Main(int argc, char** argv) {
     if (!secret.ok()) return Fail(StrCat("cannot read e-wallet secret: ", secret.status().message()));
     ewallet_secret = *std::move(secret);
   }
+  std::optional<Secret> webhook_secret;
+  if (!flags.webhook_secret_file.empty()) {
+    absl::StatusOr<Secret> secret = ReadSecretFile(flags.webhook_secret_file);
+    if (!secret.ok()) {
+      return Fail(StrCat("cannot read webhook secret: ", secret.status().message()));
+    }
+    webhook_secret = *std::move(secret);
+  }
   std::vector<std::string> redact = {std::string(card_secret->Reveal())};
   if (ewallet_secret) redact.emplace_back(ewallet_secret->Reveal());
   if (paypal) redact.emplace_back(paypal->client_secret.Reveal());
+  if (webhook_secret) redact.emplace_back(webhook_secret->Reveal());
 
   // 2. Runtime config (command-line values apply to every API).
   SandboxConfig config;
@@ -208,22 +225,31 @@ int Main(int argc, char** argv) {
     if (!applied.ok()) return Fail(StrCat(applied.status().message()));
   }
 
-  // 3. The APIs, and their state rebuilt from the journal.
+  // 3. Webhooks, the APIs, and their state rebuilt from the journal.
+  Stats stats({"card", "paypal", "ewallet"});
+  const bool webhooks_enabled = webhook_secret.has_value();
+  absl::StatusOr<std::unique_ptr<WebhookSender>> webhooks = WebhookSender::Create(
+      std::move(webhook_secret), flags.webhook_ca_file, config, stats, redact);
+  if (!webhooks.ok()) {
+    return Fail(StrCat("cannot set up webhooks: ", webhooks.status().message()));
+  }
+  SelfUrl self_url;  // set once listening
   Journal journal(flags.journal);
   const bool paypal_enabled = paypal.has_value();
   const bool ewallet_enabled = ewallet_secret.has_value();
   std::vector<std::unique_ptr<SandboxApi>> apis;
-  apis.push_back(MakeCardApi(*std::move(card_secret), journal, config.Register("card")));
-  Stats stats({"card", "paypal", "ewallet"});
+  apis.push_back(MakeCardApi(*std::move(card_secret), journal, config.Register("card"),
+                             **webhooks, self_url));
   {
     Json extra = Json::object();
     extra["token_ttl_s"] = kDefaultTokenTtlS;
     apis.push_back(MakePaypalApi(std::move(paypal), journal, config.Register("paypal", extra), stats));
   }
-  apis.push_back(MakeEwalletApi(std::move(ewallet_secret), journal, config.Register("ewallet")));
+  apis.push_back(MakeEwalletApi(std::move(ewallet_secret), journal, config.Register("ewallet"),
+                                **webhooks, self_url));
 
   Router router;
-  AddControlRoutes(router, config, stats);
+  AddControlRoutes(router, config, stats, **webhooks);
   for (size_t i = 0; i < apis.size(); ++i) apis[i]->AddRoutes(router, static_cast<int>(i));
 
   ServerOptions options;
@@ -267,6 +293,12 @@ int Main(int argc, char** argv) {
   if (absl::Status s = server.Listen(); !s.ok()) {
     return Fail(StrCat("cannot listen on ", flags.host, ":", flags.port, ": ", s.message()));
   }
+  {
+    std::string host = flags.host;
+    if (host == "0.0.0.0" || host == "::" || host.empty()) host = "localhost";
+    if (host.find(':') != std::string::npos) host = StrCat("[", host, "]");
+    self_url.Set(StrCat("https://", host, ":", server.port()));
+  }
   if (!flags.port_file.empty()) {
     if (absl::Status s = WritePortFile(flags.port_file, server.port()); !s.ok()) {
       return Fail(StrCat("cannot write port file: ", s.message()));
@@ -275,6 +307,7 @@ int Main(int argc, char** argv) {
   std::string enabled = "card";
   if (paypal_enabled) enabled += ",paypal";
   if (ewallet_enabled) enabled += ",ewallet";
+  if (webhooks_enabled) enabled += "; webhooks";
   LogInfo("listening",
           {{"msg", server.Sanitize(StrCat("listening on https://", flags.host, ":", server.port(),
                                           " (apis ", enabled, "; journal ", flags.journal, ", ",
@@ -286,7 +319,8 @@ int Main(int argc, char** argv) {
   // A log line per request: written in batches, not one write(2) each.
   EnableBufferedLogging(std::chrono::milliseconds(5));
   server.Run();
-  journal.Close();  // everything appended is on disk
+  (*webhooks)->Stop();  // pending deliveries and retries are abandoned
+  journal.Close();      // everything appended is on disk
   StopBufferedLogging();
   LogInfo("stopped");
   return 0;

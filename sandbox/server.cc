@@ -399,7 +399,8 @@ asio::awaitable<void> Server::Impl::Serve(Worker& worker, tcp::socket socket) {
         out.clear();
         StrAppend(&out, "HTTP/1.1 ", resp.status, " ", http::obsolete_reason(http::int_to_status(static_cast<unsigned>(resp.status))),
                   "\r\nServer: psp-sandbox/1.0\r\nDate: ", HttpDate(),
-                  "\r\nContent-Type: application/json\r\nContent-Length: ", resp.body.size(),
+                  "\r\nContent-Type: ", resp.content_type,
+                  "\r\nContent-Length: ", resp.body.size(),
                   "\r\nCache-Control: no-store\r\n");
         for (const auto& [name, value] : resp.headers) StrAppend(&out, name, ": ", value, "\r\n");
         if (close) out += "Connection: close\r\n";

@@ -277,11 +277,17 @@ class Proc:
 
 def charges_taken(lines: list[dict]) -> list[dict]:
     """The charge lines of a sandbox journal that took money: every charge
-    line (no "op"), except a card authorisation hold (captured false) that
-    no capture line captured since. A capture line's "id" is its charge's."""
-    captured_later = {r.get("id") for r in lines if r.get("op") == "capture"}
+    line (no "op"), except a card authorisation hold or 3-D Secure charge
+    (captured false) that no capture line captured since, and an e-wallet
+    redirect payment (PENDING_APPROVAL) that no approve line with status
+    SUCCESS completed since. An op line's "id" is its payment's
+    (sandbox/README.md)."""
+    completed_later = {r.get("id") for r in lines
+                       if r.get("op") == "capture" or
+                       (r.get("op") == "approve" and r.get("status") == "SUCCESS")}
     return [r for r in lines if "op" not in r
-            and (r.get("captured") is not False or r.get("id") in captured_later)]
+            and ((r.get("captured") is not False and r.get("status") != "PENDING_APPROVAL")
+                 or r.get("id") in completed_later)]
 
 class Sandbox:
     """One PSP sandbox process (the psp-sandbox binary, $SANDBOX_BIN) over HTTPS, with its
