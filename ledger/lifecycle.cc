@@ -17,6 +17,7 @@ absl::StatusOr<RechargeEventType> EventOf(RechargeStatus from, RechargeStatus to
       }
       break;
     case v1::RECHARGE_STATUS_PENDING:
+    case v1::RECHARGE_STATUS_REQUIRES_ACTION:
       if (to == v1::RECHARGE_STATUS_APPROVED || to == v1::RECHARGE_STATUS_DECLINED ||
           to == v1::RECHARGE_STATUS_FAILED) {
         return v1::RECHARGE_EVENT_SETTLED;

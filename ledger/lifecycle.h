@@ -4,6 +4,8 @@
 //
 //   (new)          -> any first status               DECIDED
 //   PENDING        -> APPROVED | DECLINED | FAILED   SETTLED
+//   REQUIRES_ACTION-> APPROVED | DECLINED | FAILED   SETTLED (the buyer acted,
+//                     or the action expired)
 //   PENDING_REVIEW -> APPROVED | DECLINED            REVIEW_RESOLVED
 //   PENDING_REVIEW -> PENDING                        REVIEW_RESOLVED (approved;
 //                     the payment's outcome follows as SETTLED)
