@@ -67,7 +67,10 @@ DEFAULT_VERSION = "2026-12-02.1"
 FLAG_SELLER_RULES = {"seller-shared-cards", "seller-few-addresses", "seller-few-devices",
                      "seller-linked", "seller-decline-share", "seller-chargebacks"}
 DEGRADED_BOUND_S = 3.0          # loose bound on a degraded answer (redis timeout: 50ms)
-SANDBOX_SPECIAL = {CARD_APPROVE, CARD_DECLINE, CARD_NSF}
+# The sandbox's test cards with their own behaviour (sandbox/README.md):
+# never handed out as an ordinary approving or declining card.
+SANDBOX_SPECIAL = {CARD_APPROVE, CARD_DECLINE, CARD_NSF,
+                   "4000000000003055", "4000002760003184", "4000008400001629"}
 
 _used_cards: set[str] = set()
 _ip_counter = itertools.count(1)
