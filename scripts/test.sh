@@ -37,7 +37,7 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     cmake -S tests/fuzz -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
   fi
   cmake --build build/fuzz -j "${BUILD_JOBS:-$(nproc)}"
-  for target in rule_parser_fuzz rule_expression_fuzz recharge_request_fuzz; do
+  for target in rule_parser_fuzz rule_expression_fuzz recharge_request_fuzz webhook_fuzz; do
     corpus="build/fuzz/corpus-$target"
     mkdir -p "$corpus"
     seeds="tests/fuzz/corpus/${target%_fuzz}"

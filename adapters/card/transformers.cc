@@ -262,4 +262,27 @@ ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
   return FromChargeObject(j["data"][0]);
 }
 
+absl::StatusOr<ProviderNotification> ParseNotification(std::string_view body) {
+  const json j = ParseJson(body);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("body: not a JSON object");
+  ProviderNotification out;
+  out.event_id = JsonString(j, "id");
+  out.event_type = JsonString(j, "type");
+  if (out.event_id.empty()) return absl::InvalidArgumentError("id: missing");
+  if (out.event_type.empty()) return absl::InvalidArgumentError("type: missing");
+  auto data = j.find("data");
+  if (data == j.end() || !data->is_object()) return absl::InvalidArgumentError("data: missing");
+  auto object = data->find("object");
+  if (object == data->end() || !object->is_object()) {
+    return absl::InvalidArgumentError("data.object: missing");
+  }
+  out.outcome = FromChargeObject(*object);
+  out.idempotency_key = JsonString(*object, "idempotency_key");
+  if (out.outcome.provider_reference.empty()) return absl::InvalidArgumentError("data.object.id: missing");
+  if (out.idempotency_key.empty()) {
+    return absl::InvalidArgumentError("data.object.idempotency_key: missing");
+  }
+  return out;
+}
+
 }  // namespace recharge::card

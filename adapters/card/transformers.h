@@ -6,7 +6,9 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/statusor.h"
 #include "adapters/payment_adapter.h"
+#include "adapters/webhook_signature.h"
 #include "io/https_client.h"
 
 namespace recharge::card {
@@ -41,6 +43,13 @@ ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body);
 ChargeOutcome ParseChargeResponse(int http_status, std::string_view body);
 // Maps the answer to a lookup; an empty list is kNotFound.
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body);
+// A webhook body (its signature checked already):
+//   {"id":"evt_…","type":"charge.authenticated"|"charge.authentication_failed",
+//    "created":…,"data":{"object":<charge>}}
+// The outcome is the charge's (an authenticated charge is an uncaptured
+// hold: kApproved, captured false); idempotency_key is the charge's.
+// INVALID_ARGUMENT naming the field that is missing or malformed.
+absl::StatusOr<ProviderNotification> ParseNotification(std::string_view body);
 
 std::string FormEncode(std::string_view value);
 

@@ -235,4 +235,26 @@ ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body) 
   return FromRefund(j["refunds"][0]);
 }
 
+absl::StatusOr<ProviderNotification> ParseNotification(std::string_view body) {
+  const json j = ParseJson(body);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("body: not a JSON object");
+  ProviderNotification out;
+  out.event_id = JsonString(j, "event_id");
+  out.event_type = JsonString(j, "event_type");
+  if (out.event_id.empty()) return absl::InvalidArgumentError("event_id: missing");
+  if (out.event_type.empty()) return absl::InvalidArgumentError("event_type: missing");
+  auto payment = j.find("payment");
+  if (payment == j.end() || !payment->is_object()) return absl::InvalidArgumentError("payment: missing");
+  out.outcome = FromPayment(*payment);
+  if (JsonString(*payment, "status") == "CANCELLED") {
+    out.outcome.result = ChargeResult::kFailed;
+    out.outcome.decline_code = "cancelled";
+    out.outcome.message = "the buyer cancelled the payment";
+  }
+  out.recharge_id = JsonString(*payment, "merchant_ref");
+  if (out.outcome.provider_reference.empty()) return absl::InvalidArgumentError("payment.payment_id: missing");
+  if (out.recharge_id.empty()) return absl::InvalidArgumentError("payment.merchant_ref: missing");
+  return out;
+}
+
 }  // namespace recharge::ewallet

@@ -11,7 +11,9 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/statusor.h"
 #include "adapters/payment_adapter.h"
+#include "adapters/webhook_signature.h"
 #include "io/https_client.h"
 
 namespace recharge::ewallet {
@@ -41,6 +43,13 @@ http::request<http::string_body> BuildRefundLookupRequest(std::string_view idemp
 
 ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body);
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body);
+// A webhook body (its signature checked already):
+//   {"event_id":"EV-…","event_type":"payment.succeeded"|"payment.failed"|
+//    "payment.cancelled","created_at":…,"payment":<payment>}
+// The outcome is the payment's; CANCELLED (the buyer cancelled, nothing
+// taken) is kFailed with decline_code "cancelled". recharge_id is the
+// payment's merchant_ref. INVALID_ARGUMENT naming what is wrong.
+absl::StatusOr<ProviderNotification> ParseNotification(std::string_view body);
 // The answer to a refund: status REFUNDED is kApproved with the refund_id; a
 // 409 naming why the payment cannot be refunded (ALREADY_REFUNDED,
 // PAYMENT_NOT_REFUNDABLE) is kDeclined with that code; a 5xx is kUnknown
