@@ -54,4 +54,15 @@ std::string StrJoin(const Container& items, std::string_view sep) {
   return out;
 }
 
+// The first `n` characters of UTF-8 `text`, cut at a character boundary
+// (a provider's limit in characters, e.g. 255 for a refund reason).
+inline std::string_view FirstChars(std::string_view text, size_t n) {
+  size_t count = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const bool starts_char = (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
+    if (starts_char && count++ == n) return text.substr(0, i);
+  }
+  return text;
+}
+
 }  // namespace recharge

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "adapters/json_fields.h"
+#include "adapters/lookup_list.h"
 
 #include "io/strings.h"
 
@@ -191,19 +192,7 @@ ChargeOutcome ParseRefundResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body) {
-  ChargeOutcome out;
-  json j = ParseJson(body);
-  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("data") ||
-      !j["data"].is_array()) {
-    out.result = http_status >= 500 ? ChargeResult::kUnknown : ChargeResult::kFailed;
-    out.message = StrCat("refund lookup failed (HTTP ", http_status, ")");
-    return out;
-  }
-  if (j["data"].empty()) {
-    out.result = ChargeResult::kNotFound;
-    return out;
-  }
-  return FromRefundObject(j["data"][0]);
+  return ParseLookupList(http_status, body, "data", "refund lookup", FromRefundObject);
 }
 
 ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
@@ -247,19 +236,7 @@ ChargeOutcome ParseChargeResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
-  ChargeOutcome out;
-  json j = ParseJson(body);
-  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("data") ||
-      !j["data"].is_array()) {
-    out.result = http_status >= 500 ? ChargeResult::kUnknown : ChargeResult::kFailed;
-    out.message = StrCat("lookup failed (HTTP ", http_status, ")");
-    return out;
-  }
-  if (j["data"].empty()) {
-    out.result = ChargeResult::kNotFound;
-    return out;
-  }
-  return FromChargeObject(j["data"][0]);
+  return ParseLookupList(http_status, body, "data", "lookup", FromChargeObject);
 }
 
 absl::StatusOr<ProviderNotification> ParseNotification(std::string_view body) {

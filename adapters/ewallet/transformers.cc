@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/json_fields.h"
+#include "adapters/lookup_list.h"
 
 #include "adapters/card/transformers.h"
 #include "io/crypto.h"
@@ -16,16 +17,6 @@ using nlohmann::json;
 // The wallets keep a refund reason of at most 255 characters and refuse a
 // longer one.
 constexpr size_t kMaxReasonChars = 255;
-
-// The first `n` characters of UTF-8 `text` (cut at a character boundary).
-std::string_view FirstChars(std::string_view text, size_t n) {
-  size_t count = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const bool starts_char = (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
-    if (starts_char && count++ == n) return text.substr(0, i);
-  }
-  return text;
-}
 
 void Sign(http::request<http::string_body>& req, const Secret& secret, int64_t timestamp) {
   req.set("X-Timestamp", std::to_string(timestamp));
@@ -144,19 +135,7 @@ ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
-  ChargeOutcome out;
-  json j = ParseJson(body);
-  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("payments") ||
-      !j["payments"].is_array()) {
-    out.result = ChargeResult::kUnknown;
-    out.message = StrCat("wallet lookup failed (HTTP ", http_status, ")");
-    return out;
-  }
-  if (j["payments"].empty()) {
-    out.result = ChargeResult::kNotFound;
-    return out;
-  }
-  return FromPayment(j["payments"][0]);
+  return ParseLookupList(http_status, body, "payments", "wallet lookup", FromPayment);
 }
 
 namespace {
@@ -219,20 +198,7 @@ ChargeOutcome ParseRefundResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body) {
-  ChargeOutcome out;
-  json j = ParseJson(body);
-  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("refunds") ||
-      !j["refunds"].is_array()) {
-    out.result = http_status == 200 || http_status >= 500 ? ChargeResult::kUnknown
-                                                          : ChargeResult::kFailed;
-    out.message = StrCat("wallet refund lookup failed (HTTP ", http_status, ")");
-    return out;
-  }
-  if (j["refunds"].empty()) {
-    out.result = ChargeResult::kNotFound;
-    return out;
-  }
-  return FromRefund(j["refunds"][0]);
+  return ParseLookupList(http_status, body, "refunds", "wallet refund lookup", FromRefund);
 }
 
 absl::StatusOr<ProviderNotification> ParseNotification(std::string_view body) {

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/json_fields.h"
+#include "adapters/lookup_list.h"
 
 #include "adapters/card/transformers.h"
 #include "adapters/money.h"
@@ -27,16 +28,6 @@ std::string IssueOf(const json& j) {
 // PayPal keeps a note_to_payer of at most 255 characters and refuses a
 // longer one.
 constexpr size_t kMaxNoteChars = 255;
-
-// The first `n` characters of UTF-8 `text` (cut at a character boundary).
-std::string_view FirstChars(std::string_view text, size_t n) {
-  size_t count = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const bool starts_char = (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
-    if (starts_char && count++ == n) return text.substr(0, i);
-  }
-  return text;
-}
 
 std::string TrimLine(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
@@ -192,31 +183,21 @@ ChargeOutcome ParseCaptureResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
-  ChargeOutcome out;
-  json j = ParseJson(body);
-  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("captures") ||
-      !j["captures"].is_array()) {
-    out.result = ChargeResult::kUnknown;
-    out.message = StrCat("PayPal lookup failed (HTTP ", http_status, ")");
+  return ParseLookupList(http_status, body, "captures", "PayPal lookup", [](const json& c) {
+    ChargeOutcome out;
+    out.provider_reference = JsonString(c, "id");
+    const std::string status = JsonString(c, "status");
+    if (status == "COMPLETED") {
+      out.result = ChargeResult::kApproved;
+    } else if (status == "DECLINED" || status == "FAILED") {
+      out.result = ChargeResult::kDeclined;
+      out.decline_code = JsonString(c, "issue");
+    } else {
+      out.result = ChargeResult::kUnknown;
+      out.message = StrCat("capture in state \"", status, "\"");
+    }
     return out;
-  }
-  if (j["captures"].empty()) {
-    out.result = ChargeResult::kNotFound;
-    return out;
-  }
-  const json& c = j["captures"][0];
-  out.provider_reference = JsonString(c, "id");
-  const std::string status = JsonString(c, "status");
-  if (status == "COMPLETED") {
-    out.result = ChargeResult::kApproved;
-  } else if (status == "DECLINED" || status == "FAILED") {
-    out.result = ChargeResult::kDeclined;
-    out.decline_code = JsonString(c, "issue");
-  } else {
-    out.result = ChargeResult::kUnknown;
-    out.message = StrCat("capture in state \"", status, "\"");
-  }
-  return out;
+  });
 }
 
 namespace {
@@ -278,20 +259,7 @@ ChargeOutcome ParseRefundResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseRefundLookupResponse(int http_status, std::string_view body) {
-  ChargeOutcome out;
-  json j = ParseJson(body);
-  if (http_status != 200 || j.is_discarded() || !j.is_object() || !j.contains("refunds") ||
-      !j["refunds"].is_array()) {
-    out.result = http_status == 200 || http_status >= 500 ? ChargeResult::kUnknown
-                                                          : ChargeResult::kFailed;
-    out.message = StrCat("PayPal refund lookup failed (HTTP ", http_status, ")");
-    return out;
-  }
-  if (j["refunds"].empty()) {
-    out.result = ChargeResult::kNotFound;
-    return out;
-  }
-  return FromRefundObject(j["refunds"][0]);
+  return ParseLookupList(http_status, body, "refunds", "PayPal refund lookup", FromRefundObject);
 }
 
 }  // namespace recharge::paypal
