@@ -123,8 +123,11 @@ std::optional<ChargeOutcome> OperationFailure(int http_status, const json& j) {
   }
   const std::string code = error != nullptr ? JsonString(*error, "code") : "";
   // A refusal that names its reason (already captured, voided, not
-  // captured...) is the provider's answer on the payment: kDeclined.
-  out.result = http_status == 400 && !code.empty() ? ChargeResult::kDeclined : ChargeResult::kFailed;
+  // captured...) is the provider's answer on the payment: kDeclined. A key
+  // reused for other parameters says nothing about the payment: this
+  // request did nothing (kFailed), as the PayPal and e-wallet parsers say.
+  const bool about_payment = http_status == 400 && !code.empty() && code != "idempotency_key_reused";
+  out.result = about_payment ? ChargeResult::kDeclined : ChargeResult::kFailed;
   out.decline_code = code;
   out.message = StrCat("provider refused (HTTP ", http_status, code.empty() ? "" : ": ", code, ")");
   return out;

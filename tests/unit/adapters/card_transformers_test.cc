@@ -134,6 +134,11 @@ TEST(CardTransformers, ARefusedOperationIsDeclinedWithTheProvidersCode) {
   EXPECT_EQ(ParseHoldResponse("void", 500, R"({"error":{"type":"api_error"}})").result,
             ChargeResult::kUnknown);
   EXPECT_EQ(ParseHoldResponse("void", 200, "not json").result, ChargeResult::kUnknown);
+  // A key reused for another request: nothing done, not a verdict on the payment.
+  auto reused = ParseRefundResponse(400,
+      R"({"error":{"type":"idempotency_error","code":"idempotency_key_reused"}})");
+  EXPECT_EQ(reused.result, ChargeResult::kFailed);
+  EXPECT_EQ(reused.decline_code, "idempotency_key_reused");
 }
 
 TEST(CardTransformers, ARefundIsAFullRefundOfTheChargeByKey) {
