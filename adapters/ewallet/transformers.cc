@@ -24,6 +24,32 @@ void Sign(http::request<http::string_body>& req, const Secret& secret, int64_t t
                                    std::string(req.target()), req.body()));
 }
 
+// A signed JSON POST under an idempotency key. A string that is not UTF-8
+// must not throw: its bad bytes become U+FFFD.
+http::request<http::string_body> SignedPost(std::string target, std::string_view idempotency_key,
+                                            const json& body, const Secret& secret,
+                                            int64_t timestamp) {
+  http::request<http::string_body> req{http::verb::post, std::move(target), 11};
+  req.set(http::field::content_type, "application/json");
+  req.set("X-Idempotency-Key", std::string(idempotency_key));
+  req.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  Sign(req, secret, timestamp);
+  return req;
+}
+
+// A signed lookup: GET /ewallet/v1/{provider}/{what}?idempotency_key=K.
+http::request<http::string_body> SignedLookup(std::string_view provider, std::string_view what,
+                                              std::string_view idempotency_key,
+                                              const Secret& secret, int64_t timestamp) {
+  http::request<http::string_body> req{
+      http::verb::get,
+      StrCat("/ewallet/v1/", card::FormEncode(provider), "/", what,
+             "?idempotency_key=", card::FormEncode(idempotency_key)),
+      11};
+  Sign(req, secret, timestamp);
+  return req;
+}
+
 ChargeOutcome FromPayment(const json& p) {
   ChargeOutcome out;
   out.provider_reference = JsonString(p, "payment_id");
@@ -51,61 +77,36 @@ std::string Signature(const Secret& secret, int64_t timestamp, std::string_view 
 http::request<http::string_body> BuildPaymentRequest(const ChargeRequest& request,
                                                      std::string_view provider,
                                                      const Secret& secret, int64_t timestamp) {
-  http::request<http::string_body> req{
-      http::verb::post, StrCat("/ewallet/v1/", card::FormEncode(provider), "/payments"), 11};
-  req.set(http::field::content_type, "application/json");
-  req.set("X-Idempotency-Key", request.idempotency_key);
   json body = {{"merchant_ref", request.recharge_id},
                {"account_id", request.wallet_account},
                {"amount", request.minor_units},
                {"currency", request.currency}};
-  req.body() = body.dump();
-  Sign(req, secret, timestamp);
-  return req;
+  return SignedPost(StrCat("/ewallet/v1/", card::FormEncode(provider), "/payments"),
+                    request.idempotency_key, body, secret, timestamp);
 }
 
 http::request<http::string_body> BuildLookupRequest(std::string_view idempotency_key,
                                                     std::string_view provider,
                                                     const Secret& secret, int64_t timestamp) {
-  http::request<http::string_body> req{
-      http::verb::get,
-      StrCat("/ewallet/v1/", card::FormEncode(provider),
-             "/payments?idempotency_key=", card::FormEncode(idempotency_key)),
-      11};
-  Sign(req, secret, timestamp);
-  return req;
+  return SignedLookup(provider, "payments", idempotency_key, secret, timestamp);
 }
 
 http::request<http::string_body> BuildRefundRequest(const PaymentOperation& op,
                                                     std::string_view provider,
                                                     const Secret& secret, int64_t timestamp) {
-  http::request<http::string_body> req{
-      http::verb::post,
-      StrCat("/ewallet/v1/", card::FormEncode(provider), "/payments/",
-             card::FormEncode(op.provider_reference), "/refunds"),
-      11};
-  req.set(http::field::content_type, "application/json");
-  req.set("X-Idempotency-Key", op.idempotency_key);
   json body = {{"amount", op.minor_units}};
   // A longer reason is cut, the same way on every retry (the key's replay
   // compares the reason).
   if (!op.reason.empty()) body["reason"] = FirstChars(op.reason, kMaxReasonChars);
-  // A reason that is not UTF-8 must not throw: its bad bytes become U+FFFD.
-  req.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
-  Sign(req, secret, timestamp);
-  return req;
+  return SignedPost(StrCat("/ewallet/v1/", card::FormEncode(provider), "/payments/",
+                           card::FormEncode(op.provider_reference), "/refunds"),
+                    op.idempotency_key, body, secret, timestamp);
 }
 
 http::request<http::string_body> BuildRefundLookupRequest(std::string_view idempotency_key,
                                                           std::string_view provider,
                                                           const Secret& secret, int64_t timestamp) {
-  http::request<http::string_body> req{
-      http::verb::get,
-      StrCat("/ewallet/v1/", card::FormEncode(provider),
-             "/refunds?idempotency_key=", card::FormEncode(idempotency_key)),
-      11};
-  Sign(req, secret, timestamp);
-  return req;
+  return SignedLookup(provider, "refunds", idempotency_key, secret, timestamp);
 }
 
 ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
