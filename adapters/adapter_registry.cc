@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "io/strings.h"
+
 namespace recharge {
 
 std::string_view ChargeResultName(ChargeResult r) {
@@ -12,6 +14,7 @@ std::string_view ChargeResultName(ChargeResult r) {
     case ChargeResult::kFailed: return "failed";
     case ChargeResult::kUnknown: return "unknown";
     case ChargeResult::kNotFound: return "not_found";
+    case ChargeResult::kRequiresAction: return "requires_action";
   }
   return "?";
 }
@@ -37,6 +40,12 @@ asio::awaitable<ChargeOutcome> PaymentAdapter::Refund(const PaymentOperation&) {
 asio::awaitable<ChargeOutcome> PaymentAdapter::LookupRefund(std::string_view,
                                                             std::chrono::steady_clock::time_point) {
   co_return NotSupported(name(), "refund lookup");
+}
+
+absl::StatusOr<ProviderNotification> PaymentAdapter::ReadNotification(
+    const InboundNotification&) const {
+  return absl::NotFoundError(
+      StrCat("adapter ", name(), " takes no notifications"));
 }
 
 absl::Status CheckAdapterKeys(const ConfigNode& config, std::initializer_list<std::string_view> own) {

@@ -11,10 +11,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "absl/status/statusor.h"
 #include "io/asio.h"
 #include "io/secret.h"
 
@@ -64,6 +66,20 @@ enum class ChargeResult {
   kFailed,    // a definite error before money moved; safe to try another instance
   kUnknown,   // ambiguous (timeout, connection cut after sending): may have charged
   kNotFound,  // Lookup only: the provider has no charge under that key
+  // The buyer must act first (a 3-D Secure challenge, a wallet approval):
+  // nothing charged yet; ChargeOutcome::next_action says what to show. The
+  // outcome comes later, by notification or Lookup.
+  kRequiresAction,
+};
+
+// What the buyer is sent to do (the contract's NextAction).
+struct NextActionInfo {
+  enum class Type { kRedirect, kDeepLink, kQr };
+  Type type = Type::kRedirect;
+  std::string url;  // the page, deep link or QR payload (no secret)
+  // The adapter instance's action_expiry after the charge was made: not
+  // completed by then, the payment is cancelled and the recharge FAILED.
+  std::chrono::system_clock::time_point expires_at;
 };
 
 std::string_view ChargeResultName(ChargeResult r);
@@ -76,6 +92,25 @@ struct ChargeOutcome {
   // kApproved: false for an authorisation hold not captured (yet); a
   // captured payment, or any other result, is true.
   bool captured = true;
+  // kRequiresAction: what the buyer must do.
+  std::optional<NextActionInfo> next_action;
+};
+
+// What a provider's notification (webhook) says about one of its payments.
+struct ProviderNotification {
+  std::string event_id;         // the provider's id for this notification (a resend keeps it)
+  std::string event_type;       // as the provider names it, e.g. "charge.authenticated"
+  std::string idempotency_key;  // the payment's idempotency key, when the provider says it
+  std::string recharge_id;      // our reference, when the provider echoes it (merchant_ref)
+  ChargeOutcome outcome;        // the payment as the notification shows it
+};
+
+// A notification as it arrived: the raw body (signatures cover its exact
+// bytes) and a case-insensitive header lookup.
+struct InboundNotification {
+  std::string_view body;
+  std::function<std::optional<std::string_view>(std::string_view)> header;
+  std::chrono::system_clock::time_point received_at;
 };
 
 class PaymentAdapter {
@@ -103,6 +138,13 @@ class PaymentAdapter {
   // What the provider holds under a refund's idempotency key, like Lookup.
   virtual asio::awaitable<ChargeOutcome> LookupRefund(
       std::string_view idempotency_key, std::chrono::steady_clock::time_point deadline);
+
+  // Provider notifications. Checks a notification's signature (UNAUTHENTICATED
+  // naming the failed check: no or bad signature, stale timestamp) and reads
+  // it (INVALID_ARGUMENT naming the field). Adapters that take none answer
+  // NOT_FOUND. Pure: no I/O.
+  virtual absl::StatusOr<ProviderNotification> ReadNotification(
+      const InboundNotification& notification) const;
 };
 
 }  // namespace recharge

@@ -174,8 +174,9 @@ asio::awaitable<Router::Routed> Router::Charge(const Route& route,
       continue;
     }
     ChargeOutcome outcome = co_await instance->adapter->Charge(request);
-    const bool healthy =
-        outcome.result == ChargeResult::kApproved || outcome.result == ChargeResult::kDeclined;
+    const bool healthy = outcome.result == ChargeResult::kApproved ||
+                         outcome.result == ChargeResult::kDeclined ||
+                         outcome.result == ChargeResult::kRequiresAction;
     instance->breaker->Record(healthy, CircuitBreaker::Clock::now());
     if (outcome.result != ChargeResult::kFailed) {
       routed.outcome = std::move(outcome);

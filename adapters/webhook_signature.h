@@ -38,13 +38,4 @@ absl::Status VerifyWebhookSignature(const Secret& secret, std::string_view heade
                                     std::string_view body, std::chrono::system_clock::time_point now,
                                     std::chrono::seconds tolerance);
 
-// What a provider's notification says about one of its payments.
-struct ProviderNotification {
-  std::string event_id;         // the provider's id for this notification (a resend keeps it)
-  std::string event_type;       // as the provider names it, e.g. "charge.authenticated"
-  std::string idempotency_key;  // the payment's idempotency key, when the provider says it
-  std::string recharge_id;      // our reference, when the provider echoes it (merchant_ref)
-  ChargeOutcome outcome;        // the payment as the notification shows it
-};
-
 }  // namespace recharge

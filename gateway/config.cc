@@ -164,7 +164,7 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   if (absl::Status s = root->CheckKeys({"listen", "io_threads", "shutdown_grace", "catalogue",
                                         "adapters", "ledger", "redis", "fingerprint_key_file",
                                         "recovery", "fraud", "transport", "tls", "callers",
-                                        "limits", "log_level", "review"});
+                                        "limits", "log_level", "review", "webhooks"});
       !s.ok()) {
     return s;
   }
@@ -255,6 +255,31 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
     CONFIG_ASSIGN(c.review_hold_expiry, review.GetDuration("hold_expiry", c.review_hold_expiry));
     if (c.review_hold_expiry < std::chrono::seconds(1)) {
       return review.Child("hold_expiry").Error("must be at least 1s");
+    }
+  }
+  if (root->Has("webhooks")) {
+    ConfigNode wh = root->Child("webhooks");
+    if (absl::Status s = wh.CheckKeys({"listen", "cert_file", "key_file", "max_body_bytes",
+                                       "max_connections", "rate_per_second", "rate_burst"});
+        !s.ok()) {
+      return s;
+    }
+    CONFIG_ASSIGN(c.webhook_listen, wh.GetString("listen", c.webhook_listen));
+    if (!c.webhook_listen.empty() && c.webhook_listen.find(':') == std::string::npos) {
+      return wh.Child("listen").Error("must be host:port (or empty: no webhook port)");
+    }
+    CONFIG_ASSIGN(c.webhook_cert_file, wh.GetString("cert_file", c.webhook_cert_file));
+    CONFIG_ASSIGN(c.webhook_key_file, wh.GetString("key_file", c.webhook_key_file));
+    CONFIG_ASSIGN(c.webhook_max_body_bytes,
+                  wh.GetInt("max_body_bytes", c.webhook_max_body_bytes, 1024, 16 << 20));
+    CONFIG_ASSIGN(c.webhook_max_connections,
+                  wh.GetInt("max_connections", c.webhook_max_connections, 1, 100'000));
+    CONFIG_ASSIGN(c.webhook_rate_per_second,
+                  wh.GetInt("rate_per_second", c.webhook_rate_per_second, 1, 1'000'000));
+    CONFIG_ASSIGN(c.webhook_rate_burst,
+                  wh.GetInt("rate_burst", c.webhook_rate_per_second * 2, 1, 1'000'000));
+    if (!c.webhook_listen.empty() && (c.webhook_cert_file.empty() || c.webhook_key_file.empty())) {
+      return wh.Error("cert_file and key_file are required: providers call over HTTPS");
     }
   }
   // Last, so that a file missing callers still reports its other errors.

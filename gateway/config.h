@@ -48,6 +48,15 @@ struct GatewayConfig {
   std::chrono::milliseconds recovery_interval{5'000};
   std::chrono::milliseconds recovery_settle_after{15'000};
   std::chrono::milliseconds review_hold_expiry{7 * 24 * 3'600'000};
+  // Inbound provider notifications (webhooks): an HTTPS port of their own.
+  // Empty listen (no `webhooks` section): no port, notifications refused.
+  std::string webhook_listen;
+  std::string webhook_cert_file;
+  std::string webhook_key_file;
+  int64_t webhook_max_body_bytes = 64 * 1024;
+  int64_t webhook_max_connections = 256;
+  int64_t webhook_rate_per_second = 200;
+  int64_t webhook_rate_burst = 400;
 
   static absl::StatusOr<GatewayConfig> Load(const std::string& path);
 };

@@ -137,7 +137,31 @@ void ApplyChargeOutcome(const ChargeOutcome& outcome, const std::string& adapter
     case ChargeResult::kUnknown:
       recharge->set_status(recharge::v1::RECHARGE_STATUS_PENDING);
       break;
+    case ChargeResult::kRequiresAction:
+      recharge->set_status(recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION);
+      if (outcome.next_action) *recharge->mutable_next_action() = ToProto(*outcome.next_action);
+      break;
   }
+}
+
+recharge::v1::NextAction ToProto(const NextActionInfo& action) {
+  recharge::v1::NextAction out;
+  switch (action.type) {
+    case NextActionInfo::Type::kRedirect:
+      out.set_type(recharge::v1::NEXT_ACTION_TYPE_REDIRECT);
+      break;
+    case NextActionInfo::Type::kDeepLink:
+      out.set_type(recharge::v1::NEXT_ACTION_TYPE_DEEP_LINK);
+      break;
+    case NextActionInfo::Type::kQr:
+      out.set_type(recharge::v1::NEXT_ACTION_TYPE_QR);
+      break;
+  }
+  out.set_url(action.url);
+  *out.mutable_expires_at() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::microseconds>(action.expires_at.time_since_epoch())
+          .count());
+  return out;
 }
 
 void PlaceOnHold(std::chrono::milliseconds hold_expiry, Recharge* recharge) {
@@ -194,6 +218,9 @@ RecordRechargeResponse ResponseOf(const Recharge& recharge) {
   if (recharge.status() == recharge::v1::RECHARGE_STATUS_APPROVED) r.set_coins_credited(recharge.coins());
   *r.mutable_fraud() = recharge.fraud();
   *r.mutable_payment() = recharge.payment();
+  if (recharge.status() == recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION) {
+    *r.mutable_next_action() = recharge.next_action();
+  }
   return r;
 }
 
@@ -407,6 +434,7 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   response.set_status(recharge.status());
   *response.mutable_fraud() = assessment;
   *response.mutable_payment() = recharge.payment();
+  if (recharge.has_next_action()) *response.mutable_next_action() = recharge.next_action();
 
   if (DebugLogging()) {
     std::string hits;

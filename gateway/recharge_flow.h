@@ -64,9 +64,11 @@ std::string RequestFingerprint(const recharge::v1::RecordRechargeRequest& reques
 // A new recharge id, "rch_" and 24 random hex digits.
 std::string NewRechargeId();
 
-// Writes a charge's outcome into the recharge (status, payment, coins).
+// Writes a charge's outcome into the recharge (status, payment, coins; the
+// next action of one that requires the buyer's).
 void ApplyChargeOutcome(const ChargeOutcome& outcome, const std::string& adapter,
                         Recharge* recharge);
+recharge::v1::NextAction ToProto(const NextActionInfo& action);
 // Makes an authorised (uncaptured) card recharge a review on hold:
 // PENDING_REVIEW, hold_expires_at = created_at + `hold_expiry`.
 void PlaceOnHold(std::chrono::milliseconds hold_expiry, Recharge* recharge);

@@ -3,6 +3,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <google/protobuf/util/time_util.h>
 
+#include "gateway/provider_actions.h"
 #include "gateway/recharge_flow.h"
 #include "io/log.h"
 #include "io/strings.h"
@@ -38,7 +39,14 @@ asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
     LogWarn("reconcile_list_failed", {{"error", std::string(list.status().message())}});
     co_return report;
   }
+  const auto now = std::chrono::system_clock::now();
   for (const UnresolvedRecharge& u : *list) {
+    // A buyer's action is settled by the provider's notification; only one
+    // past its expiry is looked up here (then cancelled if still waiting).
+    if (!u.started && u.recharge.status() == recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION &&
+        !ActionPastExpiry(u.recharge, now)) {
+      continue;
+    }
     ++report.examined;
     const auto deadline = std::chrono::steady_clock::now() + kLookupTimeout;
     std::optional<RecordRechargeResponse> settled = co_await Resolve(u, deadline);
@@ -160,8 +168,51 @@ asio::awaitable<void> Reconciler::Run(std::chrono::milliseconds interval) {
   }
 }
 
+asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::SettleWaiting(
+    const Recharge& waiting, std::chrono::steady_clock::time_point deadline) {
+  PaymentAdapter* adapter = router_.Find(waiting.payment().adapter());
+  if (adapter == nullptr) {
+    LogWarn("action_settle_no_adapter", {{"recharge_id", waiting.recharge_id()},
+                                         {"adapter", waiting.payment().adapter()}});
+    co_return std::nullopt;
+  }
+  ChargeOutcome found = co_await adapter->Lookup(waiting.idempotency_key(), deadline);
+  std::optional<Recharge> next =
+      co_await SettleAction(waiting, found, *adapter, hold_expiry_, deadline);
+  if (!next && ActionPastExpiry(waiting, std::chrono::system_clock::now())) {
+    if (found.result == ChargeResult::kNotFound) {
+      next = ActionExpired(waiting);  // nothing to cancel
+    } else if (found.result == ChargeResult::kRequiresAction) {
+      // Still waiting for the buyer: cancel it (a 3-D Secure charge is
+      // voided, a wallet payment cancelled), under the recharge's one void key.
+      ChargeOutcome cancelled = co_await adapter->Void(OperationOn(waiting, "void", deadline));
+      if (cancelled.result == ChargeResult::kApproved) {
+        next = ActionExpired(waiting);
+      } else {
+        // Completed meanwhile (kDeclined: the next round's lookup settles
+        // it), or the provider could not be asked: try again later.
+        LogInfo("action_cancel_refused", {{"recharge_id", waiting.recharge_id()},
+                                          {"result", std::string(ChargeResultName(cancelled.result))},
+                                          {"decline_code", cancelled.decline_code}});
+      }
+    }
+  }
+  if (!next) co_return std::nullopt;
+  RecordRechargeResponse response = ResponseOf(*next);
+  absl::StatusOr<bool> moved =
+      co_await ledger_.Transition(*next, response, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION);
+  if (!moved.ok() || !*moved) co_return std::nullopt;
+  LogInfo("reconciled", {{"recharge_id", next->recharge_id()},
+                         {"status", recharge::v1::RechargeStatus_Name(next->status())},
+                         {"was", "requires_action"}});
+  co_return response;
+}
+
 asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
     const UnresolvedRecharge& u, std::chrono::steady_clock::time_point deadline) {
+  if (!u.started && u.recharge.status() == recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION) {
+    co_return co_await SettleWaiting(u.recharge, deadline);
+  }
   std::string provider;
   const std::string method = MethodOf(u.recharge, &provider);
   absl::StatusOr<const Router::Route*> route =
@@ -198,6 +249,22 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
   for (PaymentAdapter* adapter : order) {
     ChargeOutcome o = co_await adapter->Lookup(u.idempotency_key, deadline);
     if (o.result == ChargeResult::kNotFound) continue;
+    if (o.result == ChargeResult::kRequiresAction) {
+      // The process died before the caller saw the action: nobody will
+      // complete it. Cancel it; the recharge FAILS (action_lost) below.
+      Recharge lost = u.recharge;
+      lost.mutable_payment()->set_provider_reference(o.provider_reference);
+      ChargeOutcome cancelled = co_await adapter->Void(OperationOn(lost, "void", deadline));
+      if (cancelled.result != ChargeResult::kApproved) {
+        incomplete = true;
+        continue;
+      }
+      found.result = ChargeResult::kFailed;
+      found.provider_reference = o.provider_reference;
+      found.decline_code = "action_lost";
+      where = adapter;
+      break;
+    }
     if (o.result != ChargeResult::kApproved && o.result != ChargeResult::kDeclined) {
       incomplete = true;
       continue;
@@ -236,6 +303,10 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
   } else if (found.result == ChargeResult::kDeclined) {
     r.set_status(recharge::v1::RECHARGE_STATUS_DECLINED);
     payment->set_message("reconciled: the provider declined the charge");
+  } else if (found.result == ChargeResult::kFailed) {
+    r.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
+    payment->set_message(
+        "reconciled: the buyer's action was never shown (the gateway stopped); it was cancelled");
   } else {
     r.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
     payment->set_message("reconciled: the provider holds no charge under this key");

@@ -4,7 +4,10 @@
 // with the adapter's Lookup(idempotency key). It never charges anew; it
 // finishes what a decision started: the capture of a card hold whose review
 // was approved (the answer lost), and the void of a hold whose review was
-// not resolved within review.hold_expiry (DECLINED review_expired).
+// not resolved within review.hold_expiry (DECLINED review_expired), and the
+// end of a buyer's action (REQUIRES_ACTION) that was never notified: past
+// its expires_at it asks the provider, and cancels the payment if it is
+// still waiting (FAILED action_expired).
 //
 // A key is only resolved once it is older than `settle_after` (longer than
 // any adapter timeout), so a request still travelling to the provider cannot
@@ -53,6 +56,10 @@ class Reconciler {
   // Voids the holds of reviews past hold_expires_at (DECLINED review_expired).
   asio::awaitable<void> ExpireHolds(Report* report);
   asio::awaitable<bool> ExpireHold(Recharge held);
+  // A REQUIRES_ACTION recharge: settled by the provider's lookup, or past
+  // its expires_at cancelled and FAILED action_expired.
+  asio::awaitable<std::optional<RecordRechargeResponse>> SettleWaiting(
+      const Recharge& waiting, std::chrono::steady_clock::time_point deadline);
 
   LedgerStore& ledger_;
   const Router& router_;

@@ -123,6 +123,7 @@ asio::awaitable<absl::StatusOr<Recharge>> RefundFlow::Refund(const RefundRecharg
           StrCat("the refund could not be made (", outcome.message, "); nothing was refunded, retry"));
     case ChargeResult::kUnknown:
     case ChargeResult::kNotFound:
+    case ChargeResult::kRequiresAction:  // no refund asks the buyer; treat as unknown
       break;
   }
   co_return absl::UnavailableError(

@@ -131,6 +131,19 @@ struct StartedRefund {
   std::chrono::system_clock::time_point started_at;
 };
 
+// A provider notification (webhook), named by where it came from (the
+// adapter instance) and the provider's own event id: a resend has the same.
+struct NotificationRef {
+  std::string source;    // adapter instance, e.g. "gcash-ph"
+  std::string event_id;  // the provider's
+};
+
+enum class NotificationApplied {
+  kApplied,   // the recharge moved; the notification is recorded
+  kReplay,    // this notification was recorded before: nothing changed
+  kNoChange,  // the recharge was no longer in `from`: recorded, nothing changed
+};
+
 class LedgerStore {
  public:
   virtual ~LedgerStore() = default;
@@ -153,8 +166,21 @@ class LedgerStore {
                                                            RecordRechargeResponse response,
                                                            recharge::v1::RechargeStatus from) = 0;
 
+  // Transition() on a provider's notification: records `ref` in the same
+  // transaction, so that the change, its event and the notification are
+  // kept together or not at all, and a resent notification changes nothing.
+  virtual asio::awaitable<absl::StatusOr<NotificationApplied>> TransitionOnNotification(
+      NotificationRef ref, Recharge next, RecordRechargeResponse response,
+      recharge::v1::RechargeStatus from) = 0;
+  // True if `ref` was recorded by TransitionOnNotification.
+  virtual asio::awaitable<absl::StatusOr<bool>> NotificationSeen(NotificationRef ref) = 0;
+
   // NOT_FOUND if there is no such recharge.
   virtual asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) = 0;
+  // The recharge of an idempotency key (kept while its key is: at least
+  // ledger.key_retention, and for as long as the recharge is PENDING or
+  // REQUIRES_ACTION). NOT_FOUND if there is none.
+  virtual asio::awaitable<absl::StatusOr<Recharge>> GetRechargeByKey(std::string idempotency_key) = 0;
 
   // Newest first by creation time (a recharge recovered after a crash takes
   // its place by when it was made, not when it was recorded). `user_id`
@@ -177,7 +203,8 @@ class LedgerStore {
   virtual asio::awaitable<absl::StatusOr<AuditPage>> ListAudit(int page_size,
                                                                std::optional<int64_t> before_seq) = 0;
 
-  // Keys `started` before `started_before`, and every PENDING recharge.
+  // Keys `started` before `started_before`, and every PENDING and
+  // REQUIRES_ACTION recharge.
   virtual asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(
       std::chrono::system_clock::time_point started_before) = 0;
 

@@ -22,6 +22,9 @@ absl::StatusOr<RechargeEventType> EventOf(RechargeStatus from, RechargeStatus to
           to == v1::RECHARGE_STATUS_FAILED) {
         return v1::RECHARGE_EVENT_SETTLED;
       }
+      if (from == v1::RECHARGE_STATUS_REQUIRES_ACTION && to == v1::RECHARGE_STATUS_PENDING_REVIEW) {
+        return v1::RECHARGE_EVENT_ACTION_COMPLETED;
+      }
       break;
     case v1::RECHARGE_STATUS_PENDING_REVIEW:
       if (to == v1::RECHARGE_STATUS_APPROVED || to == v1::RECHARGE_STATUS_DECLINED ||

@@ -6,6 +6,8 @@
 //   PENDING        -> APPROVED | DECLINED | FAILED   SETTLED
 //   REQUIRES_ACTION-> APPROVED | DECLINED | FAILED   SETTLED (the buyer acted,
 //                     or the action expired)
+//   REQUIRES_ACTION-> PENDING_REVIEW                 ACTION_COMPLETED (a card the
+//                     rules sent to review, authenticated and now held)
 //   PENDING_REVIEW -> APPROVED | DECLINED            REVIEW_RESOLVED
 //   PENDING_REVIEW -> PENDING                        REVIEW_RESOLVED (approved;
 //                     the payment's outcome follows as SETTLED)

@@ -30,6 +30,29 @@ ChargeOutcome FromChargeObject(const json& charge) {
     out.result = ChargeResult::kDeclined;
     out.decline_code = JsonString(charge, "failure_code");
     out.message = "the card was declined";
+  } else if (status == "requires_action") {
+    // 3-D Secure: the buyer must pass the issuer's challenge first.
+    const json* redirect = nullptr;
+    if (auto next = charge.find("next_action"); next != charge.end() && next->is_object()) {
+      if (auto r = next->find("redirect_to_url"); r != next->end() && r->is_object()) {
+        redirect = &*r;
+      }
+    }
+    const std::string url = redirect != nullptr ? JsonString(*redirect, "url") : "";
+    if (url.empty()) {
+      out.result = ChargeResult::kUnknown;
+      out.message = "requires_action without a redirect URL";
+      return out;
+    }
+    out.result = ChargeResult::kRequiresAction;
+    out.captured = false;
+    out.next_action = NextActionInfo{NextActionInfo::Type::kRedirect, url, {}};
+    out.message = "3-D Secure authentication required";
+  } else if (status == "canceled") {
+    // Voided while waiting for its challenge: nothing was charged.
+    out.result = ChargeResult::kFailed;
+    out.decline_code = "canceled";
+    out.message = "the charge was cancelled before it was authenticated";
   } else {
     out.result = ChargeResult::kUnknown;
     out.message = StrCat("charge in unexpected state \"", status, "\"");
@@ -56,7 +79,8 @@ std::string FormEncode(std::string_view value) {
 }
 
 http::request<http::string_body> BuildChargeRequest(const ChargeRequest& request,
-                                                    const Secret& api_key) {
+                                                    const Secret& api_key,
+                                                    std::string_view notify_url) {
   http::request<http::string_body> req{http::verb::post, "/v1/charges", 11};
   req.set(http::field::authorization, StrCat("Bearer ", api_key.Reveal()));
   req.set(http::field::content_type, "application/x-www-form-urlencoded");
@@ -73,6 +97,10 @@ http::request<http::string_body> BuildChargeRequest(const ChargeRequest& request
   if (!request.description.empty()) {
     StrAppend(&body, "&description=", FormEncode(request.description));
   }
+  // The issuer decides on 3-D Secure by the buyer's region, and says how
+  // the challenge ended at notify_url.
+  if (!request.region.empty()) StrAppend(&body, "&region=", FormEncode(request.region));
+  if (!notify_url.empty()) StrAppend(&body, "&notify_url=", FormEncode(notify_url));
   StrAppend(&body, "&metadata%5Brecharge_id%5D=", FormEncode(request.recharge_id));
   req.body() = std::move(body);
   return req;

@@ -14,9 +14,11 @@
 namespace recharge::card {
 
 // POST /v1/charges with the card fields form-encoded and the secret key as a
-// bearer token.
+// bearer token; the region (3-D Secure is decided by it) and, when given,
+// the URL the provider notifies when a challenge ends.
 http::request<http::string_body> BuildChargeRequest(const ChargeRequest& request,
-                                                    const Secret& api_key);
+                                                    const Secret& api_key,
+                                                    std::string_view notify_url = {});
 // GET /v1/charges?idempotency_key=...
 http::request<http::string_body> BuildLookupRequest(std::string_view idempotency_key,
                                                     const Secret& api_key);

@@ -50,7 +50,8 @@ http::request<http::string_body> SignedLookup(std::string_view provider, std::st
   return req;
 }
 
-ChargeOutcome FromPayment(const json& p) {
+ChargeOutcome FromPayment(const json& p,
+                          NextActionInfo::Type action = NextActionInfo::Type::kRedirect) {
   ChargeOutcome out;
   out.provider_reference = JsonString(p, "payment_id");
   const std::string status = JsonString(p, "status");
@@ -60,6 +61,23 @@ ChargeOutcome FromPayment(const json& p) {
     out.result = ChargeResult::kDeclined;
     out.decline_code = JsonString(p, "failure_code");
     out.message = "the wallet refused the payment";
+  } else if (status == "CANCELLED") {
+    out.result = ChargeResult::kFailed;
+    out.decline_code = "cancelled";
+    out.message = "the payment was cancelled before it was approved";
+  } else if (status == "PENDING_APPROVAL") {
+    const char* field = action == NextActionInfo::Type::kDeepLink ? "deep_link"
+                        : action == NextActionInfo::Type::kQr     ? "qr_payload"
+                                                                  : "approval_url";
+    const std::string url = JsonString(p, field);
+    if (url.empty()) {
+      out.result = ChargeResult::kUnknown;
+      out.message = StrCat("PENDING_APPROVAL without ", field);
+      return out;
+    }
+    out.result = ChargeResult::kRequiresAction;
+    out.next_action = NextActionInfo{action, url, {}};
+    out.message = "waiting for the account holder's approval in the wallet";
   } else {
     out.result = ChargeResult::kUnknown;
     out.message = StrCat("payment in state \"", status, "\"");
@@ -76,11 +94,16 @@ std::string Signature(const Secret& secret, int64_t timestamp, std::string_view 
 
 http::request<http::string_body> BuildPaymentRequest(const ChargeRequest& request,
                                                      std::string_view provider,
-                                                     const Secret& secret, int64_t timestamp) {
+                                                     const Secret& secret, int64_t timestamp,
+                                                     const PaymentFlow& flow) {
   json body = {{"merchant_ref", request.recharge_id},
                {"account_id", request.wallet_account},
                {"amount", request.minor_units},
                {"currency", request.currency}};
+  if (flow.redirect) {
+    body["flow"] = "redirect";
+    if (!flow.notify_url.empty()) body["notify_url"] = flow.notify_url;
+  }
   return SignedPost(StrCat("/ewallet/v1/", card::FormEncode(provider), "/payments"),
                     request.idempotency_key, body, secret, timestamp);
 }
@@ -109,7 +132,50 @@ http::request<http::string_body> BuildRefundLookupRequest(std::string_view idemp
   return SignedLookup(provider, "refunds", idempotency_key, secret, timestamp);
 }
 
-ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
+http::request<http::string_body> BuildCancelRequest(const PaymentOperation& op,
+                                                    std::string_view provider,
+                                                    const Secret& secret, int64_t timestamp) {
+  return SignedPost(StrCat("/ewallet/v1/", card::FormEncode(provider), "/payments/",
+                           card::FormEncode(op.provider_reference), "/cancel"),
+                    op.idempotency_key, json::object(), secret, timestamp);
+}
+
+ChargeOutcome ParseCancelResponse(int http_status, std::string_view body) {
+  ChargeOutcome out;
+  json j = ParseJson(body);
+  const bool object = !j.is_discarded() && j.is_object();
+  const std::string code = object ? JsonString(j, "code") : "";
+  if (http_status == 200 && object) {
+    out.provider_reference = JsonString(j, "payment_id");
+    const std::string status = JsonString(j, "status");
+    if (status == "CANCELLED") {
+      out.result = ChargeResult::kApproved;
+    } else {
+      out.result = ChargeResult::kDeclined;
+      out.decline_code = status.empty() ? "ALREADY_COMPLETED" : status;
+      out.message = StrCat("the payment is ", status, ", not cancelled");
+    }
+    return out;
+  }
+  if (http_status == 200 || http_status >= 500) {
+    out.result = object && SaysNotCharged(j) ? ChargeResult::kFailed : ChargeResult::kUnknown;
+    out.message = StrCat("wallet error ", http_status, code.empty() ? "" : " " + code);
+    return out;
+  }
+  if (http_status == 409 && code == "ALREADY_COMPLETED") {
+    out.result = ChargeResult::kDeclined;
+    out.decline_code = code;
+    out.message = "the payment was completed before it could be cancelled";
+    return out;
+  }
+  out.result = ChargeResult::kFailed;
+  out.message = StrCat("wallet rejected the cancel (HTTP ", http_status,
+                       code.empty() ? "" : ": " + code, ")");
+  return out;
+}
+
+ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body,
+                                   NextActionInfo::Type action) {
   ChargeOutcome out;
   json j = ParseJson(body);
   const bool object = !j.is_discarded() && j.is_object();
@@ -119,7 +185,7 @@ ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
       out.message = "unreadable payment response";
       return out;
     }
-    return FromPayment(j);
+    return FromPayment(j, action);
   }
   if (http_status >= 500) {
     const bool not_charged = SaysNotCharged(j);
@@ -136,7 +202,8 @@ ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body) {
 }
 
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body) {
-  return ParseLookupList(http_status, body, "payments", "wallet lookup", FromPayment);
+  return ParseLookupList(http_status, body, "payments", "wallet lookup",
+                         [](const json& p) { return FromPayment(p); });
 }
 
 namespace {
@@ -213,11 +280,6 @@ absl::StatusOr<ProviderNotification> ParseNotification(std::string_view body) {
   auto payment = j.find("payment");
   if (payment == j.end() || !payment->is_object()) return absl::InvalidArgumentError("payment: missing");
   out.outcome = FromPayment(*payment);
-  if (JsonString(*payment, "status") == "CANCELLED") {
-    out.outcome.result = ChargeResult::kFailed;
-    out.outcome.decline_code = "cancelled";
-    out.outcome.message = "the buyer cancelled the payment";
-  }
   out.recharge_id = JsonString(*payment, "merchant_ref");
   if (out.outcome.provider_reference.empty()) return absl::InvalidArgumentError("payment.payment_id: missing");
   if (out.recharge_id.empty()) return absl::InvalidArgumentError("payment.merchant_ref: missing");

@@ -21,9 +21,22 @@ namespace recharge::ewallet {
 std::string Signature(const Secret& secret, int64_t timestamp, std::string_view method,
                       std::string_view target, std::string_view body);
 
+// How a payment is made: `direct` debits the account at once (the answer is
+// final); `redirect` creates it PENDING_APPROVAL, the account holder approves
+// or cancels it in the wallet (approval_url, deep_link, qr_payload) and the
+// wallet notifies notify_url.
+struct PaymentFlow {
+  bool redirect = false;
+  std::string notify_url;  // redirect only; empty: no notification
+  // Which of the wallet's three ways the buyer is sent: approval_url
+  // (kRedirect), deep_link (kDeepLink) or qr_payload (kQr).
+  NextActionInfo::Type action = NextActionInfo::Type::kRedirect;
+};
+
 http::request<http::string_body> BuildPaymentRequest(const ChargeRequest& request,
                                                      std::string_view provider,
-                                                     const Secret& secret, int64_t timestamp);
+                                                     const Secret& secret, int64_t timestamp,
+                                                     const PaymentFlow& flow = {});
 http::request<http::string_body> BuildLookupRequest(std::string_view idempotency_key,
                                                     std::string_view provider,
                                                     const Secret& secret, int64_t timestamp);
@@ -41,7 +54,21 @@ http::request<http::string_body> BuildRefundLookupRequest(std::string_view idemp
                                                           std::string_view provider,
                                                           const Secret& secret, int64_t timestamp);
 
-ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body);
+// POST /ewallet/v1/{provider}/payments/{op.provider_reference}/cancel: gives
+// up a payment still pending approval (an expired action).
+http::request<http::string_body> BuildCancelRequest(const PaymentOperation& op,
+                                                    std::string_view provider,
+                                                    const Secret& secret, int64_t timestamp);
+// The cancel's answer: kApproved once CANCELLED (again, if it was); a
+// payment completed meanwhile is kDeclined ("ALREADY_COMPLETED", or its
+// status); 5xx kUnknown unless it says nothing was done; other 4xx kFailed.
+ChargeOutcome ParseCancelResponse(int http_status, std::string_view body);
+
+// A payment's answer or a lookup's: SUCCESS kApproved, FAILED kDeclined,
+// CANCELLED kFailed "cancelled" (nothing taken), PENDING_APPROVAL
+// kRequiresAction with `action`'s link as next_action (expires_at unset).
+ChargeOutcome ParsePaymentResponse(int http_status, std::string_view body,
+                                   NextActionInfo::Type action = NextActionInfo::Type::kRedirect);
 ChargeOutcome ParseLookupResponse(int http_status, std::string_view body);
 // A webhook body (its signature checked already):
 //   {"event_id":"EV-…","event_type":"payment.succeeded"|"payment.failed"|

@@ -40,7 +40,10 @@ CREATE TABLE IF NOT EXISTS recharges (
 );
 CREATE INDEX IF NOT EXISTS recharges_user ON recharges (user_id, created_at, seq);
 CREATE INDEX IF NOT EXISTS recharges_created ON recharges (created_at, seq);
-CREATE INDEX IF NOT EXISTS recharges_pending ON recharges (status) WHERE status = 6;
+-- PENDING (6) and REQUIRES_ACTION (9): the reconciler's work. (Ledgers made
+-- before REQUIRES_ACTION had an index of PENDING alone.)
+DROP INDEX IF EXISTS recharges_pending;
+CREATE INDEX IF NOT EXISTS recharges_unresolved ON recharges (status) WHERE status IN (6, 9);
 CREATE INDEX IF NOT EXISTS recharges_status ON recharges (status, created_at, seq);
 CREATE TABLE IF NOT EXISTS decision_log (
   seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -83,6 +86,16 @@ CREATE TABLE IF NOT EXISTS refunds (
   updated_at       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refunds_started ON refunds (created_at) WHERE state = 'started';
+-- Provider notifications (webhooks) that changed, or were checked against,
+-- a recharge: recorded in the transaction of the change, so a resent one
+-- is known and changes nothing.
+CREATE TABLE IF NOT EXISTS provider_notifications (
+  source       TEXT NOT NULL,       -- adapter instance
+  event_id     TEXT NOT NULL,       -- the provider's
+  recharge_id  TEXT NOT NULL,
+  at           INTEGER NOT NULL,    -- unix microseconds
+  PRIMARY KEY (source, event_id)
+);
 -- Named counters of the ledger itself: events_purged_through (the seq of
 -- the newest event purged; a cursor before it has lost events).
 CREATE TABLE IF NOT EXISTS ledger_meta (
@@ -722,6 +735,28 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> SqliteLedgerStore::Compl
   co_return co_await Submit<absl::StatusOr<RecordRechargeResponse>, Route::kWrite>(std::move(body));
 }
 
+absl::StatusOr<bool> SqliteLedgerStore::MoveRecharge(Db& db, const std::string& id, const std::string& key,
+                                  int status, const std::string& record,
+                                  const std::string& response, int from,
+                                  recharge::v1::RechargeEventType type) {
+  {
+    LEDGER_PREPARE(update,
+                   "UPDATE recharges SET status = ?1, record = ?2"
+                   " WHERE recharge_id = ?3 AND status = ?4");
+    LEDGER_RETURN_IF_ERROR(update.Int(1, status).Blob(2, record).Text(3, id).Int(4, from).Run());
+  }
+  if (db.Changes() == 0) return false;
+  const int64_t now = NowMicros();
+  {
+    LEDGER_PREPARE(key_update,
+                   "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
+                   " WHERE key = ?3");
+    LEDGER_RETURN_IF_ERROR(key_update.Blob(1, response).Int(2, now).Text(3, key).Run());
+  }
+  LEDGER_RETURN_IF_ERROR(AppendEvent(db, type, id, record, now));
+  return true;
+}
+
 asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::Transition(
     Recharge next, RecordRechargeResponse response, recharge::v1::RechargeStatus from) {
   absl::StatusOr<recharge::v1::RechargeEventType> event = EventOf(from, next.status());
@@ -729,24 +764,43 @@ asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::Transition(
   auto body = [id = next.recharge_id(), key = next.idempotency_key(), status = next.status(),
                record = next.SerializeAsString(), response = response.SerializeAsString(),
                from, type = *event](Db& db) -> absl::StatusOr<bool> {
-    {
-      LEDGER_PREPARE(update,
-                     "UPDATE recharges SET status = ?1, record = ?2"
-                     " WHERE recharge_id = ?3 AND status = ?4");
-      LEDGER_RETURN_IF_ERROR(update.Int(1, status).Blob(2, record).Text(3, id).Int(4, from).Run());
-    }
-    if (db.Changes() == 0) return false;
-    const int64_t now = NowMicros();
-    {
-      LEDGER_PREPARE(key_update,
-                     "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
-                     " WHERE key = ?3");
-      LEDGER_RETURN_IF_ERROR(key_update.Blob(1, response).Int(2, now).Text(3, key).Run());
-    }
-    LEDGER_RETURN_IF_ERROR(AppendEvent(db, type, id, record, now));
-    return true;
+    return MoveRecharge(db, id, key, status, record, response, from, type);
   };
   co_return co_await Submit<absl::StatusOr<bool>, Route::kWrite>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<NotificationApplied>> SqliteLedgerStore::TransitionOnNotification(
+    NotificationRef ref, Recharge next, RecordRechargeResponse response,
+    recharge::v1::RechargeStatus from) {
+  absl::StatusOr<recharge::v1::RechargeEventType> event = EventOf(from, next.status());
+  if (!event.ok()) co_return event.status();
+  auto body = [ref = std::move(ref), id = next.recharge_id(), key = next.idempotency_key(),
+               status = next.status(), record = next.SerializeAsString(),
+               response = response.SerializeAsString(), from,
+               type = *event](Db& db) -> absl::StatusOr<NotificationApplied> {
+    {
+      LEDGER_PREPARE(insert,
+                     "INSERT OR IGNORE INTO provider_notifications"
+                     " (source, event_id, recharge_id, at) VALUES (?1, ?2, ?3, ?4)");
+      LEDGER_RETURN_IF_ERROR(
+          insert.Text(1, ref.source).Text(2, ref.event_id).Text(3, id).Int(4, NowMicros()).Run());
+    }
+    if (db.Changes() == 0) return NotificationApplied::kReplay;
+    absl::StatusOr<bool> moved = MoveRecharge(db, id, key, status, record, response, from, type);
+    if (!moved.ok()) return moved.status();
+    return *moved ? NotificationApplied::kApplied : NotificationApplied::kNoChange;
+  };
+  co_return co_await Submit<absl::StatusOr<NotificationApplied>, Route::kWrite>(std::move(body));
+}
+
+asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::NotificationSeen(NotificationRef ref) {
+  auto body = [ref = std::move(ref)](Db& db) -> absl::StatusOr<bool> {
+    LEDGER_PREPARE(select,
+                   "SELECT 1 FROM provider_notifications WHERE source = ?1 AND event_id = ?2");
+    select.Text(1, ref.source).Text(2, ref.event_id);
+    return select.Step();
+  };
+  co_return co_await Submit<absl::StatusOr<bool>, Route::kRead>(std::move(body));
 }
 
 asio::awaitable<absl::StatusOr<RefundBegin>> SqliteLedgerStore::BeginRefund(RefundClaim claim) {
@@ -936,6 +990,22 @@ asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::st
   co_return co_await Submit<absl::StatusOr<Recharge>, Route::kRead>(std::move(body));
 }
 
+asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRechargeByKey(std::string key) {
+  auto body = [key = std::move(key)](Db& db) -> absl::StatusOr<Recharge> {
+    LEDGER_PREPARE(select,
+                   "SELECT r.record FROM idempotency_keys k"
+                   " JOIN recharges r ON r.recharge_id = k.recharge_id WHERE k.key = ?1");
+    select.Text(1, key);
+    absl::StatusOr<bool> row = select.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return absl::NotFoundError("idempotency_key: no recharge under this key");
+    Recharge r;
+    if (!select.ParseCol(0, &r)) return absl::DataLossError("ledger: stored recharge does not parse");
+    return r;
+  };
+  co_return co_await Submit<absl::StatusOr<Recharge>, Route::kRead>(std::move(body));
+}
+
 asio::awaitable<absl::StatusOr<RechargePage>> SqliteLedgerStore::ListRecharges(
     std::string user_id, int page_size, std::optional<RechargeCursor> cursor) {
   auto body = [user_id = std::move(user_id), page_size,
@@ -983,7 +1053,7 @@ asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> SqliteLedgerSto
       }
     }
     LEDGER_PREPARE(pending,
-                   "SELECT idempotency_key, record FROM recharges WHERE status = 6"
+                   "SELECT idempotency_key, record FROM recharges WHERE status IN (6, 9)"
                    " ORDER BY seq");
     for (;;) {
       absl::StatusOr<bool> row = pending.Step();
@@ -1145,12 +1215,13 @@ asio::awaitable<absl::StatusOr<int64_t>> SqliteLedgerStore::PurgeKeys(
   const int64_t cutoff = UnixMicros(before);
   auto body =
       [cutoff](Db& db) -> absl::StatusOr<int64_t> {
-        // A key whose recharge is still PENDING is kept: forgetting it would
-        // let a retry charge a second time.
+        // A key whose recharge is still PENDING or REQUIRES_ACTION is kept:
+        // forgetting it would let a retry charge a second time (and a card
+        // notification finds its recharge by the key).
         LEDGER_PREPARE(purge,
                        "DELETE FROM idempotency_keys WHERE state = 'completed'"
                        " AND created_at < ?1 AND recharge_id NOT IN"
-                       " (SELECT recharge_id FROM recharges WHERE status = 6)");
+                       " (SELECT recharge_id FROM recharges WHERE status IN (6, 9))");
         LEDGER_RETURN_IF_ERROR(purge.Int(1, cutoff).Run());
         return db.Changes();
       };

@@ -69,7 +69,12 @@ class SqliteLedgerStore final : public LedgerStore {
       recharge::v1::RechargeStatus status, int page_size,
       std::optional<RechargeCursor> cursor) override;
   asio::awaitable<absl::StatusOr<std::string>> GetDecisionInputs(std::string recharge_id) override;
+  asio::awaitable<absl::StatusOr<NotificationApplied>> TransitionOnNotification(
+      NotificationRef ref, Recharge next, RecordRechargeResponse response,
+      recharge::v1::RechargeStatus from) override;
+  asio::awaitable<absl::StatusOr<bool>> NotificationSeen(NotificationRef ref) override;
   asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) override;
+  asio::awaitable<absl::StatusOr<Recharge>> GetRechargeByKey(std::string idempotency_key) override;
   asio::awaitable<absl::StatusOr<RechargePage>> ListRecharges(
       std::string user_id, int page_size, std::optional<RechargeCursor> cursor) override;
   asio::awaitable<absl::StatusOr<std::vector<UnresolvedRecharge>>> ListUnresolved(
@@ -106,6 +111,13 @@ class SqliteLedgerStore final : public LedgerStore {
   static absl::Status AppendEvent(Db& db, recharge::v1::RechargeEventType type,
                                   std::string_view recharge_id, std::string_view record,
                                   int64_t at_us);
+  // The writes of a Transition, inside the caller's transaction: the
+  // recharge if it is in `from`, its key's stored response, the change's
+  // event. False (nothing written) if it was not in `from`.
+  static absl::StatusOr<bool> MoveRecharge(Db& db, const std::string& id, const std::string& key,
+                                           int status, const std::string& record,
+                                           const std::string& response, int from,
+                                           recharge::v1::RechargeEventType type);
   // The seq of the newest event purged (0: none yet).
   static absl::StatusOr<int64_t> PurgedThrough(Db& db);
   // The newest event's seq, or the last purged one's; 0 if there was none.

@@ -167,3 +167,40 @@ TEST(CardTransformers, ARefundIsAFullRefundOfTheChargeByKey) {
 
 }  // namespace
 }  // namespace recharge::card
+
+namespace recharge::card {
+namespace {
+
+TEST(CardTransformers, ChargeRequestCarriesTheRegionAndWhereToNotify) {
+  ChargeRequest r = Request();
+  r.region = "DE";
+  auto req = BuildChargeRequest(r, Secret("sk"), "https://127.0.0.1:8444/webhooks/card-primary");
+  EXPECT_THAT(req.body(), HasSubstr("&region=DE"));
+  EXPECT_THAT(req.body(),
+              HasSubstr("&notify_url=https%3A%2F%2F127.0.0.1%3A8444%2Fwebhooks%2Fcard-primary"));
+  EXPECT_THAT(BuildChargeRequest(Request(), Secret("sk")).body(),
+              ::testing::Not(HasSubstr("notify_url")));
+}
+
+TEST(CardTransformers, AChallengedChargeRequiresActionWithItsPage) {
+  ChargeOutcome o = ParseChargeResponse(
+      200, R"({"id":"ch_9","status":"requires_action","captured":false,
+               "next_action":{"type":"redirect_to_url",
+                              "redirect_to_url":{"url":"https://psp/3ds/ch_9?token=t","return_url":null}}})");
+  EXPECT_EQ(o.result, ChargeResult::kRequiresAction);
+  EXPECT_EQ(o.provider_reference, "ch_9");
+  EXPECT_FALSE(o.captured);
+  ASSERT_TRUE(o.next_action.has_value());
+  EXPECT_EQ(o.next_action->type, NextActionInfo::Type::kRedirect);
+  EXPECT_EQ(o.next_action->url, "https://psp/3ds/ch_9?token=t");
+  // Without a page to send the buyer to, nothing can be said: unknown.
+  EXPECT_EQ(ParseChargeResponse(200, R"({"id":"ch_9","status":"requires_action"})").result,
+            ChargeResult::kUnknown);
+  // Voided while waiting: nothing charged.
+  ChargeOutcome canceled = ParseLookupResponse(200, R"({"data":[{"id":"ch_9","status":"canceled"}]})");
+  EXPECT_EQ(canceled.result, ChargeResult::kFailed);
+  EXPECT_EQ(canceled.decline_code, "canceled");
+}
+
+}  // namespace
+}  // namespace recharge::card

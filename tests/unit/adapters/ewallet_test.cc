@@ -178,3 +178,71 @@ TEST(EWalletTransformers, RefundLookupIsSignedAndByKey) {
 
 }  // namespace
 }  // namespace recharge
+
+namespace recharge {
+namespace {
+
+TEST(EWalletTransformers, ARedirectPaymentAsksForTheFlowAndTheNotification) {
+  ChargeRequest r;
+  r.idempotency_key = "key-r";
+  r.recharge_id = "rch_r";
+  r.wallet_account = "09171234567";
+  r.minor_units = 5500;
+  r.currency = "PHP";
+  ewallet::PaymentFlow flow;
+  flow.redirect = true;
+  flow.notify_url = "https://127.0.0.1:8444/webhooks/gcash-ph";
+  auto req = ewallet::BuildPaymentRequest(r, "gcash", Secret("s"), 1700000000, flow);
+  EXPECT_THAT(req.body(), HasSubstr(R"("flow":"redirect")"));
+  EXPECT_THAT(req.body(), HasSubstr(R"("notify_url":"https://127.0.0.1:8444/webhooks/gcash-ph")"));
+  EXPECT_THAT(ewallet::BuildPaymentRequest(r, "gcash", Secret("s"), 1700000000).body(),
+              ::testing::Not(HasSubstr("flow")));
+}
+
+TEST(EWalletTransformers, APendingApprovalRequiresActionWithTheConfiguredLink) {
+  const std::string body =
+      R"({"payment_id":"P1","status":"PENDING_APPROVAL","approval_url":"https://psp/approve/P1",
+          "deep_link":"gcash://pay?payment_id=P1","qr_payload":"https://psp/approve/P1?qr"})";
+  ChargeOutcome page = ewallet::ParsePaymentResponse(200, body);
+  EXPECT_EQ(page.result, ChargeResult::kRequiresAction);
+  ASSERT_TRUE(page.next_action.has_value());
+  EXPECT_EQ(page.next_action->type, NextActionInfo::Type::kRedirect);
+  EXPECT_EQ(page.next_action->url, "https://psp/approve/P1");
+  ChargeOutcome link = ewallet::ParsePaymentResponse(200, body, NextActionInfo::Type::kDeepLink);
+  EXPECT_EQ(link.next_action->url, "gcash://pay?payment_id=P1");
+  ChargeOutcome qr = ewallet::ParsePaymentResponse(200, body, NextActionInfo::Type::kQr);
+  EXPECT_EQ(qr.next_action->url, "https://psp/approve/P1?qr");
+  EXPECT_EQ(ewallet::ParsePaymentResponse(200, R"({"payment_id":"P1","status":"PENDING_APPROVAL"})")
+                .result,
+            ChargeResult::kUnknown);
+  ChargeOutcome cancelled =
+      ewallet::ParseLookupResponse(200, R"({"payments":[{"payment_id":"P1","status":"CANCELLED"}]})");
+  EXPECT_EQ(cancelled.result, ChargeResult::kFailed);
+  EXPECT_EQ(cancelled.decline_code, "cancelled");
+}
+
+TEST(EWalletTransformers, CancellingAPendingPaymentIsASignedPostOnIt) {
+  PaymentOperation op;
+  op.idempotency_key = "rch_r:void";
+  op.provider_reference = "P1";
+  const Secret secret("s");
+  auto req = ewallet::BuildCancelRequest(op, "gcash", secret, 1700000000);
+  EXPECT_EQ(req.target(), "/ewallet/v1/gcash/payments/P1/cancel");
+  EXPECT_EQ(req["X-Signature"], ewallet::Signature(secret, 1700000000, "POST",
+                                                   "/ewallet/v1/gcash/payments/P1/cancel", req.body()));
+  EXPECT_EQ(ewallet::ParseCancelResponse(200, R"({"payment_id":"P1","status":"CANCELLED"})").result,
+            ChargeResult::kApproved);
+  ChargeOutcome completed = ewallet::ParseCancelResponse(409, R"({"code":"ALREADY_COMPLETED"})");
+  EXPECT_EQ(completed.result, ChargeResult::kDeclined);
+  EXPECT_EQ(completed.decline_code, "ALREADY_COMPLETED");
+  EXPECT_EQ(ewallet::ParseCancelResponse(200, R"({"payment_id":"P1","status":"SUCCESS"})").result,
+            ChargeResult::kDeclined);
+  EXPECT_EQ(ewallet::ParseCancelResponse(502, "").result, ChargeResult::kUnknown);
+  EXPECT_EQ(ewallet::ParseCancelResponse(500, R"({"code":"SYSTEM_ERROR","charged":false})").result,
+            ChargeResult::kFailed);
+  EXPECT_EQ(ewallet::ParseCancelResponse(404, R"({"code":"PAYMENT_NOT_FOUND"})").result,
+            ChargeResult::kFailed);
+}
+
+}  // namespace
+}  // namespace recharge

@@ -5,7 +5,9 @@
 
 #include "adapters/card/transformers.h"
 #include "adapters/ewallet/transformers.h"
+#include "adapters/notifications.h"
 #include "adapters/webhook_signature.h"
+#include "io/config_node.h"
 #include "io/crypto.h"
 #include "io/strings.h"
 
@@ -127,6 +129,75 @@ TEST(EWalletNotification, SucceededCancelledAndFailedPayments) {
                             .status().message()).find("merchant_ref"), std::string::npos);
   EXPECT_NE(std::string(ewallet::ParseNotification("[]").status().message()).find("body"),
             std::string::npos);
+}
+
+}  // namespace
+}  // namespace recharge
+
+namespace recharge {
+namespace {
+
+absl::StatusOr<NotificationSettings> SettingsFrom(const std::string& yaml) {
+  absl::StatusOr<ConfigNode> node = ConfigNode::LoadString(yaml, "adapters.yaml");
+  if (!node.ok()) return node.status();
+  return NotificationSettings::FromConfig(*node);
+}
+
+InboundNotification Inbound(const std::string& body, const std::string& signature,
+                            system_clock::time_point at) {
+  InboundNotification n;
+  n.body = body;
+  n.header = [signature](std::string_view name) -> std::optional<std::string_view> {
+    if (name == "Sandbox-Signature" && !signature.empty()) return std::string_view(signature);
+    return std::nullopt;
+  };
+  n.received_at = at;
+  return n;
+}
+
+TEST(NotificationSettings, ANotifyUrlNeedsASecretAndAnHttpsRoute) {
+  auto no_secret = SettingsFrom("notify_url: https://127.0.0.1:8444/webhooks/gcash-ph\n");
+  ASSERT_FALSE(no_secret.ok());
+  EXPECT_NE(no_secret.status().message().find("notify_url"), std::string_view::npos)
+      << no_secret.status();
+  ::setenv("RECHARGE_UNIT_WEBHOOK_SECRET", "whsec_unit_env_secret", 1);
+  auto plain_http = SettingsFrom(
+      "notify_url: http://127.0.0.1:8444/webhooks/x\nwebhook_secret_env: RECHARGE_UNIT_WEBHOOK_SECRET\n");
+  EXPECT_FALSE(plain_http.ok());
+  auto unset_env = SettingsFrom("webhook_secret_env: RECHARGE_UNIT_NO_SUCH_VARIABLE\n");
+  ASSERT_FALSE(unset_env.ok());
+  EXPECT_NE(unset_env.status().message().find("RECHARGE_UNIT_NO_SUCH_VARIABLE"),
+            std::string_view::npos);
+  auto defaults = SettingsFrom("{}\n");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->action_expiry, std::chrono::minutes(15));
+  EXPECT_EQ(defaults->tolerance, std::chrono::minutes(5));
+  EXPECT_TRUE(defaults->notify_url.empty());
+}
+
+TEST(NotificationSettings, VerifiesWithTheInstancesSecretWithinItsTolerance) {
+  ::setenv("RECHARGE_UNIT_WEBHOOK_SECRET", "whsec_unit_env_secret", 1);
+  auto s = SettingsFrom(
+      "notify_url: https://127.0.0.1:8444/webhooks/gcash-ph\n"
+      "webhook_secret_env: RECHARGE_UNIT_WEBHOOK_SECRET\n"
+      "webhook_tolerance: 60s\naction_expiry: 2m\n");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->action_expiry, std::chrono::minutes(2));
+  const std::string body = R"({"event_id":"EV-1"})";
+  const Secret secret("whsec_unit_env_secret");
+  EXPECT_TRUE(s->Verify(Inbound(body, Sign(body, kT, secret), kNow), "Sandbox-Signature").ok());
+  // Another secret, a stale timestamp, no header: 401s, nothing read.
+  EXPECT_TRUE(absl::IsUnauthenticated(
+      s->Verify(Inbound(body, Sign(body, kT, kSecret), kNow), "Sandbox-Signature")));
+  EXPECT_TRUE(absl::IsUnauthenticated(
+      s->Verify(Inbound(body, Sign(body, kT, secret), kNow + seconds(61)), "Sandbox-Signature")));
+  absl::Status missing = s->Verify(Inbound(body, "", kNow), "Sandbox-Signature");
+  EXPECT_TRUE(absl::IsUnauthenticated(missing));
+  EXPECT_NE(missing.message().find("Sandbox-Signature"), std::string_view::npos);
+  // An instance without a secret takes no notification at all.
+  auto none = SettingsFrom("{}\n");
+  EXPECT_TRUE(absl::IsUnauthenticated(
+      none->Verify(Inbound(body, Sign(body, kT, secret), kNow), "Sandbox-Signature")));
 }
 
 }  // namespace

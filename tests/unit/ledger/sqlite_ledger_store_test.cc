@@ -645,5 +645,74 @@ TEST_F(LedgerTest, ReleasedRefundFreesTheKeyAndTheRecharge) {
   EXPECT_TRUE(Run(store_->ListStartedRefunds(std::chrono::system_clock::now() + std::chrono::seconds(1)))->empty());
 }
 
+
+TEST_F(LedgerTest, ANotificationChangesTheRechargeOnceWithOneEvent) {
+  KeyClaim c = Claim("waiting-1", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
+  // A waiting recharge is the reconciler's, and found by its key.
+  auto unresolved = Run(store_->ListUnresolved(std::chrono::system_clock::now()));
+  ASSERT_TRUE(unresolved.ok());
+  ASSERT_EQ(unresolved->size(), 1u);
+  EXPECT_EQ((*unresolved)[0].recharge.status(), recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION);
+  auto by_key = Run(store_->GetRechargeByKey("waiting-1"));
+  ASSERT_TRUE(by_key.ok()) << by_key.status();
+  EXPECT_EQ(by_key->recharge_id(), "rch_waiting-1");
+  EXPECT_EQ(Run(store_->GetRechargeByKey("no-such-key")).status().code(),
+            absl::StatusCode::kNotFound);
+
+  const NotificationRef ref{"gcash-ph", "EV-1"};
+  EXPECT_FALSE(*Run(store_->NotificationSeen(ref)));
+  Recharge approved = Done(c, RECHARGE_STATUS_APPROVED).recharge;
+  RecordRechargeResponse response;
+  response.set_recharge_id(approved.recharge_id());
+  response.set_status(RECHARGE_STATUS_APPROVED);
+  auto first = Run(store_->TransitionOnNotification(ref, approved, response,
+                                                    recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, NotificationApplied::kApplied);
+  EXPECT_TRUE(*Run(store_->NotificationSeen(ref)));
+  // The same notification again: nothing changes, no second event.
+  auto again = Run(store_->TransitionOnNotification(ref, approved, response,
+                                                    recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, NotificationApplied::kReplay);
+  // Another notification for the settled recharge: recorded, nothing changes.
+  Recharge failed = Done(c, recharge::v1::RECHARGE_STATUS_FAILED).recharge;
+  auto other = Run(store_->TransitionOnNotification({"gcash-ph", "EV-2"}, failed, response,
+                                                    recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION));
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(*other, NotificationApplied::kNoChange);
+  // The same event id from another instance is another notification.
+  EXPECT_FALSE(*Run(store_->NotificationSeen({"dana-id", "EV-1"})));
+
+  EXPECT_EQ(Run(store_->GetRecharge("rch_waiting-1"))->status(), RECHARGE_STATUS_APPROVED);
+  auto events = Run(store_->ListEvents(0, 100));
+  ASSERT_EQ(events->size(), 2u);  // DECIDED, then one SETTLED
+  EXPECT_EQ((*events)[1].event.type(), recharge::v1::RECHARGE_EVENT_SETTLED);
+  EXPECT_EQ(Run(store_->Begin(c))->stored.status(), RECHARGE_STATUS_APPROVED);
+  EXPECT_TRUE(Run(store_->ListUnresolved(std::chrono::system_clock::now()))->empty());
+}
+
+TEST_F(LedgerTest, AnArrowTheMachineRefusesRecordsNoNotification) {
+  KeyClaim c = Claim("waiting-2", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
+  Recharge refunded = Done(c, recharge::v1::RECHARGE_STATUS_REFUNDED).recharge;
+  auto refused = Run(store_->TransitionOnNotification(
+      {"card-primary", "evt_1"}, refunded, RecordRechargeResponse(),
+      recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(*Run(store_->NotificationSeen({"card-primary", "evt_1"})));
+}
+
+TEST_F(LedgerTest, PurgeKeepsTheKeysOfWaitingRecharges) {
+  KeyClaim c = Claim("purge-waiting", "fp");
+  ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
+  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
+  EXPECT_EQ(*Run(store_->PurgeKeys(std::chrono::system_clock::now() + std::chrono::seconds(1))), 0);
+  EXPECT_TRUE(Run(store_->GetRechargeByKey("purge-waiting")).ok());
+}
+
 }  // namespace
 }  // namespace recharge
