@@ -12,6 +12,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
@@ -36,7 +37,9 @@
 #include "gateway/recharge_flow.h"
 #include "gateway/server_tls.h"
 #include "gateway/service.h"
+#include "gateway/webhook_intake.h"
 #include "io/asio.h"
+#include "io/https_listener.h"
 #include "io/log.h"
 #include "io/redis_client.h"
 #include "io/strings.h"
@@ -177,6 +180,44 @@ int Main(int argc, char** argv) {
                  .trust_client_certificates = config->transport == Transport::kMtls});
   EventFeed feed(io, **ledger, {});
   RefundFlow refunds(**ledger, **router, reconciler);
+  // Provider notifications: their own HTTPS port, handled on the io threads.
+  WebhookIntake intake(**ledger, **router, config->review_hold_expiry);
+  std::unique_ptr<HttpsListener> webhooks;
+  if (!config->webhook_listen.empty()) {
+    const size_t colon = config->webhook_listen.rfind(':');
+    std::string host = config->webhook_listen.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    int port = 0;
+    if (!absl::SimpleAtoi(config->webhook_listen.substr(colon + 1), &port) || port < 0 ||
+        port > 65535) {
+      return Fail(absl::InvalidArgumentError(
+          StrCat("webhooks.listen: bad port in \"", config->webhook_listen, "\"")));
+    }
+    HttpsListener::Options options;
+    options.host = host;
+    options.port = static_cast<uint16_t>(port);
+    options.cert_file = config->webhook_cert_file;
+    options.key_file = config->webhook_key_file;
+    options.max_body_bytes = static_cast<size_t>(config->webhook_max_body_bytes);
+    options.max_connections = static_cast<int>(config->webhook_max_connections);
+    options.rate_per_second = static_cast<double>(config->webhook_rate_per_second);
+    options.rate_burst = static_cast<double>(config->webhook_rate_burst);
+    absl::StatusOr<std::unique_ptr<HttpsListener>> started = HttpsListener::Start(
+        io, std::move(options),
+        [&intake](const HttpRequestView& request) { return intake.Handle(request); });
+    if (!started.ok()) {
+      work.reset();
+      io.stop();
+      for (std::thread& t : pool) t.join();
+      return Fail(absl::Status(started.status().code(),
+                               StrCat("webhooks: ", started.status().message())));
+    }
+    webhooks = *std::move(started);
+    LogInfo("webhooks_listening", {{"listen", config->webhook_listen},
+                                   {"port", std::to_string(webhooks->port())}});
+  }
   RechargeGatewayService gateway(gate, flow, refunds, **ledger, *catalogue, feed);
   FraudAdminService fraud_admin(gate, engine.get(), **ledger, **router);
 
@@ -237,8 +278,13 @@ int Main(int argc, char** argv) {
   server->GetHealthCheckService()->SetServingStatus(false);
   gateway.StartDraining();
   feed.Shutdown();  // watchers end now, told to resume from their cursor
+  if (webhooks) webhooks->Stop();  // notifications in progress finish; new ones are refused
   server->Shutdown(std::chrono::system_clock::now() + config->shutdown_grace);
   server->Wait();
+  if (webhooks) {
+    // Unanswered notifications are sent again by the provider.
+    (void)webhooks->WaitDrained(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+  }
   work.reset();
   io.stop();
   for (std::thread& t : pool) t.join();

@@ -19,7 +19,7 @@ for name in app ops; do
     (umask 077; echo "dev-$name-$(openssl rand -hex 24)" > "$f")
   fi
 done
-for name in card_api_key fingerprint.key ewallet_secret; do
+for name in card_api_key fingerprint.key ewallet_secret webhook_secret; do
   f="$VARDIR/secrets/$name"
   if [ ! -s "$f" ]; then
     (umask 077; openssl rand -hex 32 > "$f")

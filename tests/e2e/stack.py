@@ -60,9 +60,12 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import hmac
+import html
 import http.client
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -73,6 +76,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -289,6 +293,7 @@ def charges_taken(lines: list[dict]) -> list[dict]:
             and ((r.get("captured") is not False and r.get("status") != "PENDING_APPROVAL")
                  or r.get("id") in completed_later)]
 
+
 class Sandbox:
     """One PSP sandbox process (the psp-sandbox binary, $SANDBOX_BIN) over HTTPS, with its
     journal, port file and log in `directory`. Can be stopped and started
@@ -296,8 +301,11 @@ class Sandbox:
 
     def __init__(self, name: str, directory: Path, certs: Path, card_secret_file: Path,
                  card_secret: str, paypal_credentials_file: Path | None = None,
-                 ewallet_secret_file: Path | None = None, log_path: Path | None = None):
+                 ewallet_secret_file: Path | None = None, log_path: Path | None = None,
+                 webhook_secret_file: Path | None = None):
         self.name = name
+        # Signed webhooks to the gateway (trusting certs/ca.pem); None: none sent.
+        self.webhook_secret_file = webhook_secret_file
         self.dir = directory
         self.certs = certs
         self.card_secret_file = card_secret_file
@@ -334,6 +342,9 @@ class Sandbox:
             argv += ["--paypal-credentials-file", str(self.paypal_credentials_file)]
         if self.ewallet_secret_file is not None:
             argv += ["--ewallet-secret-file", str(self.ewallet_secret_file)]
+        if self.webhook_secret_file is not None:
+            argv += ["--webhook-secret-file", str(self.webhook_secret_file),
+                     "--webhook-ca-file", str(self.certs / "ca.pem")]
         self.proc = Proc(self.name, argv, self.log_path)
 
         def ready():
@@ -373,6 +384,43 @@ class Sandbox:
             return r.status, json.loads(raw) if raw else None
         finally:
             c.close()
+
+    def press(self, url: str, button: str) -> tuple[int, str]:
+        """What a buyer does on one of the sandbox's pages (a 3-D Secure
+        challenge, a wallet approval): GETs `url`, finds the form whose
+        submit button has id `button` (approve, fail, cancel), and POSTs its
+        fields as the browser would. Returns (status, page text)."""
+        parts = urllib.parse.urlsplit(url)
+        assert parts.port == self.port, f"{url} is not a page of {self.name}"
+        c = http.client.HTTPSConnection("127.0.0.1", self.port, context=self._ctx, timeout=15)
+        try:
+            c.request("GET", f"{parts.path}?{parts.query}")
+            r = c.getresponse()
+            page = r.read().decode()
+            if r.status != 200:
+                return r.status, page
+            for form in re.findall(r'<form method="post" action="([^"]+)">(.*?)</form>', page, re.S):
+                action, inner = form
+                if f'id="{button}"' not in inner:
+                    continue
+                fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"',
+                                         inner))
+                c.request("POST", html.unescape(action),
+                          body=urllib.parse.urlencode({k: html.unescape(v)
+                                                       for k, v in fields.items()}),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+                r = c.getresponse()
+                return r.status, r.read().decode()
+            raise AssertionError(f"no {button!r} button on {url}:\n{page}")
+        finally:
+            c.close()
+
+    def webhooks(self) -> list[dict]:
+        """GET /_sandbox/webhooks: every webhook sent (body, attempts, delivered)."""
+        status, body = self.request("GET", "/_sandbox/webhooks")
+        if status != 200:
+            raise AssertionError(f"{self.name} webhooks: HTTP {status} {body}")
+        return body["webhooks"]
 
     def config(self, **changes) -> dict:
         """POST /_sandbox/config: top-level fields, or per-API blocks such as
@@ -415,8 +463,15 @@ class Stack:
 
     def __init__(self, name: str, *, card_timeout: str = "5s", recovery_interval: str = "5s",
                  settle_after: str = "15s", shutdown_grace: str = "10s", io_threads: int = 2,
-                 paypal: bool = False, ewallet: bool = False):
+                 paypal: bool = False, ewallet: bool = False, webhooks: bool = False):
         self.name = name
+        # Provider notifications: the gateway's webhook port (gateway.yaml
+        # `webhooks`, on a port kept across gateway restarts) and the
+        # sandbox sending signed webhooks to it. Adapters opt in with
+        # notify_lines(instance).
+        self.webhooks = webhooks
+        self.webhook_secret = "whsec_e2e_" + secrets.token_hex(24)
+        self.webhook_port = 0
         # The sandbox's PayPal / e-wallet APIs (off: those paths answer 404).
         self.paypal = paypal
         self.ewallet = ewallet
@@ -490,6 +545,45 @@ class Stack:
         return self.secrets_dir / "ewallet_secret"
 
     @property
+    def webhook_secret_file(self) -> Path:
+        return self.secrets_dir / "webhook_secret"
+
+    def notify_lines(self, instance: str, action_expiry: str | None = None) -> str:
+        """The adapters.yaml lines (4-space indent) that have `instance` send
+        notify_url to the gateway's webhook route and check signatures."""
+        text = (f"    notify_url: https://127.0.0.1:{self.webhook_port}/webhooks/{instance}\n"
+                f"    webhook_secret_file: {self.webhook_secret_file}\n")
+        if action_expiry is not None:
+            text += f"    action_expiry: {action_expiry}\n"
+        return text
+
+    def webhook_request(self, instance: str, body: bytes, headers: dict | None = None,
+                        method: str = "POST", timeout: float = 10.0) -> tuple[int, dict | str]:
+        """Sends a request to the gateway's webhook port; (status, JSON body or text)."""
+        ctx = ssl.create_default_context(cafile=str(self.certs / "ca.pem"))
+        conn = http.client.HTTPSConnection("127.0.0.1", self.webhook_port, context=ctx,
+                                           timeout=timeout)
+        try:
+            conn.request(method, f"/webhooks/{instance}", body=body,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+            resp = conn.getresponse()
+            data = resp.read().decode("utf-8", "replace")
+            try:
+                return resp.status, json.loads(data)
+            except ValueError:
+                return resp.status, data
+        finally:
+            conn.close()
+
+    def sign_webhook(self, body: bytes, timestamp: int | None = None,
+                     secret: str | None = None) -> str:
+        """A Sandbox-Signature header value for `body`."""
+        t = int(time.time()) if timestamp is None else timestamp
+        mac = hmac.new((secret or self.webhook_secret).encode(), f"{t}.".encode() + body,
+                       hashlib.sha256).hexdigest()
+        return f"t={t},v1={mac}"
+
+    @property
     def journal_path(self) -> Path:
         return self.tmp / "sandbox" / "journal.jsonl"
 
@@ -536,6 +630,9 @@ class Stack:
                                    f"{self.paypal_client_id}\n{self.paypal_client_secret}\n")
             if self.ewallet:
                 self._write_secret(self.ewallet_secret_file, self.ewallet_secret + "\n")
+            if self.webhooks:
+                self._write_secret(self.webhook_secret_file, self.webhook_secret + "\n")
+                self.webhook_port = free_port()
             self._start_redis()
             self._start_sandbox()
             self.write_configs()
@@ -664,7 +761,8 @@ class Stack:
         journal and log under <tmp>/<name>/."""
         return Sandbox(name, self.tmp / name, self.certs, self.card_secret_file, self.card_secret,
                        self.paypal_credentials_file if self.paypal else None,
-                       self.ewallet_secret_file if self.ewallet else None)
+                       self.ewallet_secret_file if self.ewallet else None,
+                       webhook_secret_file=self.webhook_secret_file if self.webhooks else None)
 
     def _start_sandbox(self) -> None:
         if self.psp is None:
@@ -673,7 +771,9 @@ class Stack:
                                self.card_secret,
                                self.paypal_credentials_file if self.paypal else None,
                                self.ewallet_secret_file if self.ewallet else None,
-                               log_path=self.tmp / "log" / "sandbox.log")
+                               log_path=self.tmp / "log" / "sandbox.log",
+                               webhook_secret_file=(self.webhook_secret_file if self.webhooks
+                                                    else None))
         self.psp.start(self.sandbox_port)
         self.sandbox = self.psp.proc
         self.sandbox_port = self.psp.port
@@ -736,6 +836,10 @@ class Stack:
             values["log_level"] = self.log_level
         if self.review_hold_expiry is not None:
             values["review"] = f"\n  hold_expiry: {self.review_hold_expiry}"
+        if self.webhooks:
+            values["webhooks"] = (f"\n  listen: 127.0.0.1:{self.webhook_port}"
+                                  f"\n  cert_file: {self.certs / 'server.pem'}"
+                                  f"\n  key_file: {self.certs / 'server.key'}")
         values.update(override)
         lines = ["# Written by tests/e2e/stack.py"]
         for k, v in values.items():
