@@ -68,7 +68,10 @@ export GATEWAY_TRANSPORT=plaintext
 BENCH_TOKEN=$(openssl rand -hex 24)
 RECHARGE_DEV_APP_TOKEN_SHA256=$(printf '%s' "$BENCH_TOKEN" | sha256sum | cut -d' ' -f1)
 export RECHARGE_DEV_APP_TOKEN_SHA256
-sed -e "s#var/#$B/#g" configs/adapters.yaml > "$B/adapters.yaml"
+# The wallets that shipped with `flow: redirect` wait for a person to approve
+# on the wallet's page: the bench pays them directly (flow: direct), as the
+# GCash share of the mix always did.
+sed -e "s#var/#$B/#g" -e "s#flow: redirect#flow: direct#" configs/adapters.yaml > "$B/adapters.yaml"
 
 free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -98,8 +101,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-export REDIS_PORT GATEWAY_PORT SANDBOX_PORT
+export REDIS_PORT GATEWAY_PORT SANDBOX_PORT WEBHOOK_PORT
 REDIS_PORT=$(free_port)
+WEBHOOK_PORT=$(free_port)
 ECHO_PORT=$(free_port)
 ECHO_REDIS_PORT=$(free_port)
 GATEWAY_PORT=$(free_port)

@@ -9,7 +9,7 @@ the event feed printed as it happens (docs/lifecycle.md):
      captured: APPROVED, coins credited) and approve again
      (FAILED_PRECONDITION); another held card is rejected (the hold voided:
      DECLINED review_rejected);
-  3. an approved card, PayPal and GCash recharge are refunded (REFUNDED; the
+  3. an approved card, PayPal and GrabPay recharge are refunded (REFUNDED; the
      same refund key again gives the same answer, replayed); a DECLINED
      recharge cannot be refunded (FAILED_PRECONDITION);
   4. a chargeback on an approved recharge (CHARGED_BACK).
@@ -81,11 +81,13 @@ def paypal():
         client=pb.ClientContext(ip="198.51.100.77", device_id=f"dev-{uuid.uuid4().hex[:10]}"))
 
 
-def gcash():
+def grabpay():
+    """A GrabPay recharge (SG, SGD 1.38): a wallet the shipped config debits
+    directly (GCash and the others ask the buyer first: regional_walkthrough.py)."""
     return pb.RecordRechargeRequest(
         idempotency_key=f"walk-{uuid.uuid4().hex}", user_id=f"user-{uuid.uuid4().hex[:10]}",
-        package_id="coins_65", amount=pb.Money(currency="PHP", minor_units=5500), region="PH",
-        ewallet=pb.EWallet(provider="gcash", account_id=f"acct-{uuid.uuid4().hex[:8]}-0001"),
+        package_id="coins_65", amount=pb.Money(currency="SGD", minor_units=138), region="SG",
+        ewallet=pb.EWallet(provider="grabpay", account_id=f"acct-{uuid.uuid4().hex[:8]}-0001"),
         client=pb.ClientContext(ip="198.51.100.78", device_id=f"dev-{uuid.uuid4().hex[:10]}"))
 
 
@@ -181,8 +183,8 @@ def main() -> int:
               rejected.status == pb.RECHARGE_STATUS_DECLINED and
               rejected.payment.decline_code == "review_rejected")
 
-        print("3. refunds of an approved card, PayPal and GCash recharge")
-        for what, req in (("card", card()), ("paypal", paypal()), ("gcash", gcash())):
+        print("3. refunds of an approved card, PayPal and GrabPay recharge")
+        for what, req in (("card", card()), ("paypal", paypal()), ("grabpay", grabpay())):
             paid = gw.RecordRecharge(req, timeout=10, metadata=app)
             key = f"refund-{uuid.uuid4().hex}"
             refund = pb.RefundRechargeRequest(recharge_id=paid.recharge_id, idempotency_key=key,

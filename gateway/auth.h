@@ -20,6 +20,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "io/token_bucket.h"
+#include "io/token_bucket.h"
 
 namespace recharge {
 
@@ -34,24 +36,6 @@ using RoleSet = uint32_t;
 std::optional<Role> ParseRole(std::string_view name);
 // "app", "ops", "app,ops" ("none" for the empty set).
 std::string RoleNames(RoleSet roles);
-
-// A token bucket: `burst` calls at once, refilled at `per_second`.
-class TokenBucket {
- public:
-  using Clock = std::chrono::steady_clock;
-  TokenBucket(double per_second, double burst);
-  // Takes one token if there is one.
-  bool TryTake(Clock::time_point now);
-  double per_second() const { return per_second_; }
-  double burst() const { return burst_; }
-
- private:
-  const double per_second_;
-  const double burst_;
-  std::mutex mu_;
-  double tokens_ ABSL_GUARDED_BY(mu_);
-  Clock::time_point last_ ABSL_GUARDED_BY(mu_);
-};
 
 struct CallerConfig {
   std::string name;

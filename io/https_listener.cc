@@ -23,6 +23,7 @@
 #include "absl/base/thread_annotations.h"
 #include "io/log.h"
 #include "io/strings.h"
+#include "io/token_bucket.h"
 
 namespace recharge {
 namespace beast = boost::beast;
@@ -55,34 +56,6 @@ std::string FormatMs(Clock::duration d) {
   std::snprintf(buf, sizeof buf, "%.1f", std::chrono::duration<double, std::milli>(d).count());
   return buf;
 }
-
-// The listener's token bucket: `burst` requests at once, refilled at
-// `per_second`; no limit when per_second is 0. (gateway/auth.h has the same
-// for the gRPC callers, in a layer io/ cannot use.)
-class RequestBucket {
- public:
-  RequestBucket(double per_second, double burst)
-      : per_second_(per_second), burst_(burst), tokens_(burst), last_(Clock::now()) {}
-
-  bool TryTake() {
-    if (per_second_ == 0) return true;
-    std::lock_guard<std::mutex> lock(mu_);
-    const Clock::time_point now = Clock::now();
-    const double refill = std::chrono::duration<double>(now - last_).count() * per_second_;
-    tokens_ = std::min(burst_, tokens_ + refill);
-    last_ = now;
-    if (tokens_ < 1.0) return false;
-    tokens_ -= 1.0;
-    return true;
-  }
-
- private:
-  const double per_second_;
-  const double burst_;
-  std::mutex mu_;
-  double tokens_ ABSL_GUARDED_BY(mu_);
-  Clock::time_point last_ ABSL_GUARDED_BY(mu_);
-};
 
 }  // namespace
 
@@ -120,7 +93,7 @@ class HttpsListener::Core : public std::enable_shared_from_this<Core> {
   ssl::context ssl_context;
   tcp::acceptor acceptor;  // used on its strand only, once listening
   uint16_t port = 0;
-  RequestBucket bucket;
+  TokenBucket bucket;  // unused when options.rate_per_second is 0 (no limit)
 
  private:
   asio::io_context& ioc_;
@@ -366,7 +339,7 @@ asio::awaitable<void> HttpsListener::Connection::Serve(std::shared_ptr<Connectio
       answer = Refusal(431, "header_too_large");
     } else if (ec) {
       answer = Refusal(400, "bad_request");
-    } else if (!core.bucket.TryTake()) {
+    } else if (core.options.rate_per_second > 0 && !core.bucket.TryTake(Clock::now())) {
       limited = true;
       answer = Refusal(429, "rate_limited");
     } else {

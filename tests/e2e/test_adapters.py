@@ -55,6 +55,16 @@ RECOVERY_INTERVAL = "200ms"  # gateway recovery.interval
 TOKEN_TTL_S = 4             # sandbox paypal.token_ttl_s in the token test
 TOKEN_PREFIX = "A21AA"      # every sandbox PayPal access token starts with it
 ADAPTERS_YAML = REPO / "configs" / "adapters.yaml"
+# The instances the shipped file sends through the wallet's redirect flow
+# (REQUIRES_ACTION; their approvals: tests/e2e/test_regional.py).
+REDIRECT_INSTANCES = {name for name, inst in yaml.safe_load(ADAPTERS_YAML.read_text())
+                      ["instances"].items() if inst.get("flow") == "redirect"}
+
+
+def shipped_adapters_direct() -> str:
+    """configs/adapters.yaml with every wallet paying directly (flow: direct):
+    for the tests of the direct API's answers and declines."""
+    return ADAPTERS_YAML.read_text().replace("flow: redirect", "flow: direct")
 ADAPTERS_MD = REPO / "docs" / "adapters.md"
 
 
@@ -138,6 +148,8 @@ class AdaptersTest(unittest.TestCase):
         for f in (cls.stack.card_secret_file, cls.stack.paypal_credentials_file,
                   cls.stack.ewallet_secret_file):
             shutil.copy(f, tmp / "var" / "secrets" / f.name)
+        # The shipped instances check provider notifications with this secret.
+        (tmp / "var" / "secrets" / "webhook_secret").write_text("whsec_adapters_e2e\n")
         cls.stack.extra_env["SANDBOX_PORT"] = str(cls.stack.sandbox_port)
         # A wrong e-wallet signing secret for the bad-signature test.
         cls.wrong_ewallet_secret = "ews_wrong_" + uuid.uuid4().hex
@@ -308,9 +320,24 @@ class AdaptersTest(unittest.TestCase):
              "kakaopay", "KR", "KRW"),
             ("card US", card_request(new_key("card")), "card-primary", "card", None, "US", "USD"),
         ]
+        self.assertTrue({"gcash-ph", "dana-id", "paytm-in", "momo-vn",
+                         "kakaopay-kr"} <= REDIRECT_INSTANCES, REDIRECT_INSTANCES)
         for what, req, instance, api, provider, region, currency in cases:
             with self.subTest(what):
                 resp = self.record(req)
+                if instance in REDIRECT_INSTANCES:
+                    # The buyer approves in the wallet first: nothing taken yet.
+                    self.assert_status(resp, pb.RECHARGE_STATUS_REQUIRES_ACTION, what)
+                    self.assertEqual(resp.coins_credited, 0)
+                    self.assertEqual(resp.payment.adapter, instance)
+                    self.assertEqual(resp.next_action.type, pb.NEXT_ACTION_TYPE_REDIRECT)
+                    self.assertIn("/ewallet/approve/", resp.next_action.url)
+                    self.assert_one_charge(self.stack.journal(ops=True), req.idempotency_key,
+                                           api, price(region, currency), currency,
+                                           status="PENDING_APPROVAL", provider=provider)
+                    self.assertEqual([r for r in self.stack.journal()
+                                      if r.get("idempotency_key") == req.idempotency_key], [])
+                    continue
                 self.assert_status(resp, APPROVED, what)
                 self.assertFalse(resp.replayed)
                 self.assertEqual(resp.coins_credited, COINS)
@@ -335,10 +362,11 @@ class AdaptersTest(unittest.TestCase):
     def test_02_declines_map_provider_codes_and_refusals_charge_nothing(self):
         """PayPal INSTRUMENT_DECLINED / ORDER_NOT_APPROVED and wallet
         INSUFFICIENT_BALANCE / ACCOUNT_BLOCKED come back DECLINED with the
-        provider's code (journaled as failed, no coins). A wallet asked outside
-        its regions or currencies (GCash for US/USD...) is INVALID_ARGUMENT
-        naming ewallet.provider, with nothing stored or sent."""
-        self.start_gateway(ADAPTERS_YAML.read_text())
+        provider's code (journaled as failed, no coins), wallets paying
+        directly. A wallet asked outside its regions or currencies (GCash for
+        US/USD...) is INVALID_ARGUMENT naming ewallet.provider, with nothing
+        stored or sent."""
+        self.start_gateway(shipped_adapters_direct())
         declines = [
             ("paypal DECLINED", paypal_request("DECLINED"), "paypal-main", "paypal",
              "INSTRUMENT_DECLINED", None, "US", "USD"),
@@ -791,7 +819,7 @@ class AdaptersTest(unittest.TestCase):
         section = doc.split("## Example: a provider through config alone", 1)[1]
         snippet = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
         self.assertEqual(snippet["instances"]["toypay-us"]["provider"], "toypay")
-        config = yaml.safe_load(ADAPTERS_YAML.read_text())
+        config = yaml.safe_load(shipped_adapters_direct())
         config["instances"].update(snippet["instances"])
         config["routes"].extend(snippet["routes"])
         self.start_gateway("# configs/adapters.yaml + the docs/adapters.md ToyPay example\n" +
