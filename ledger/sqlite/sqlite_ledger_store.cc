@@ -878,37 +878,21 @@ asio::awaitable<absl::StatusOr<bool>> SqliteLedgerStore::CompleteRefund(std::str
                record = refunded.SerializeAsString(),
                response = RefundedResponse(refunded).SerializeAsString(),
                type = *event](Db& db) -> absl::StatusOr<bool> {
-    const int64_t now = NowMicros();
-    {
-      LEDGER_PREPARE(update,
-                     "UPDATE recharges SET status = ?1, record = ?2"
-                     " WHERE recharge_id = ?3 AND status = ?4");
-      LEDGER_RETURN_IF_ERROR(update.Int(1, status)
-                                 .Blob(2, record)
-                                 .Text(3, id)
-                                 .Int(4, recharge::v1::RECHARGE_STATUS_APPROVED)
-                                 .Run());
-    }
-    if (db.Changes() == 0) {
+    absl::StatusOr<bool> moved = MoveRecharge(db, id, record_key, status, record, response,
+                                              recharge::v1::RECHARGE_STATUS_APPROVED, type);
+    if (!moved.ok()) return moved.status();
+    if (!*moved) {
       LEDGER_PREPARE(release,
                      "DELETE FROM refunds WHERE idempotency_key = ?1 AND state = 'started'");
       LEDGER_RETURN_IF_ERROR(release.Text(1, key).Run());
       return false;
     }
-    {
-      LEDGER_PREPARE(done,
-                     "UPDATE refunds SET state = 'completed', answer = ?1, updated_at = ?2"
-                     " WHERE idempotency_key = ?3 AND state = 'started'");
-      LEDGER_RETURN_IF_ERROR(done.Blob(1, record).Int(2, now).Text(3, key).Run());
-      if (db.Changes() == 0) return absl::FailedPreconditionError("ledger: refund was not claimed");
-    }
-    {
-      LEDGER_PREPARE(key_update,
-                     "UPDATE idempotency_keys SET response = ?1, updated_at = ?2"
-                     " WHERE key = ?3");
-      LEDGER_RETURN_IF_ERROR(key_update.Blob(1, response).Int(2, now).Text(3, record_key).Run());
-    }
-    LEDGER_RETURN_IF_ERROR(AppendEvent(db, type, id, record, now));
+    LEDGER_PREPARE(done,
+                   "UPDATE refunds SET state = 'completed', answer = ?1, updated_at = ?2"
+                   " WHERE idempotency_key = ?3 AND state = 'started'");
+    LEDGER_RETURN_IF_ERROR(done.Blob(1, record).Int(2, NowMicros()).Text(3, key).Run());
+    // Undone with the rest of this operation: the recharge stays APPROVED.
+    if (db.Changes() == 0) return absl::FailedPreconditionError("ledger: refund was not claimed");
     return true;
   };
   co_return co_await Submit<absl::StatusOr<bool>, Route::kWrite>(std::move(body));
