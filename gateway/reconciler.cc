@@ -250,8 +250,9 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
     ChargeOutcome o = co_await adapter->Lookup(u.idempotency_key, deadline);
     if (o.result == ChargeResult::kNotFound) continue;
     if (o.result == ChargeResult::kRequiresAction) {
-      // The process died before the caller saw the action: nobody will
-      // complete it. Cancel it; the recharge FAILS (action_lost) below.
+      // The caller never saw the action (the answer timed out, or the
+      // process died before recording it): nobody will complete it. Cancel
+      // it; the recharge FAILS (action_lost) below.
       Recharge lost = u.recharge;
       lost.mutable_payment()->set_provider_reference(o.provider_reference);
       ChargeOutcome cancelled = co_await adapter->Void(OperationOn(lost, "void", deadline));
@@ -306,7 +307,7 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::Resolve(
   } else if (found.result == ChargeResult::kFailed) {
     r.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
     payment->set_message(
-        "reconciled: the buyer's action was never shown (the gateway stopped); it was cancelled");
+        "reconciled: the buyer's action was never shown (its answer was lost); it was cancelled");
   } else {
     r.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
     payment->set_message("reconciled: the provider holds no charge under this key");
