@@ -143,7 +143,7 @@ int Main(int argc, char** argv) {
     LogWarn("fraud_rules_not_configured", {{"policy", "allow-all"}});
   }
 
-  Reconciler reconciler(**ledger, **router, config->recovery_settle_after,
+  Reconciler reconciler(**ledger, **router, *fraud, config->recovery_settle_after,
                         config->review_hold_expiry);
   RechargeFlow flow(*catalogue, **ledger, **router, *fraud, reconciler, *std::move(fingerprint_key),
                     std::make_shared<AsyncSemaphore>(
@@ -181,7 +181,7 @@ int Main(int argc, char** argv) {
   EventFeed feed(io, **ledger, {});
   RefundFlow refunds(**ledger, **router, reconciler);
   // Provider notifications: their own HTTPS port, handled on the io threads.
-  WebhookIntake intake(**ledger, **router, config->review_hold_expiry);
+  WebhookIntake intake(**ledger, **router, *fraud, config->review_hold_expiry);
   std::unique_ptr<HttpsListener> webhooks;
   if (!config->webhook_listen.empty()) {
     const size_t colon = config->webhook_listen.rfind(':');

@@ -69,6 +69,18 @@ asio::awaitable<std::optional<Recharge>> SettleAction(const Recharge& waiting,
   co_return std::nullopt;
 }
 
+asio::awaitable<void> CountLateDecline(LedgerStore& ledger, FraudFilter& fraud,
+                                       std::string recharge_id) {
+  absl::StatusOr<std::string> inputs = co_await ledger.GetDecisionInputs(recharge_id);
+  std::optional<FraudInput> input =
+      inputs.ok() ? FraudInput::FromJson(*inputs) : std::optional<FraudInput>();
+  if (!input) {
+    LogWarn("late_decline_not_counted", {{"recharge_id", recharge_id}});
+    co_return;
+  }
+  fraud.OnDeclined(*input, co_await asio::this_coro::executor);
+}
+
 Recharge ActionExpired(Recharge waiting) {
   waiting.set_status(recharge::v1::RECHARGE_STATUS_FAILED);
   waiting.mutable_payment()->set_decline_code("action_expired");

@@ -22,6 +22,7 @@
 #include <optional>
 
 #include "adapters/payment_adapter.h"
+#include "fraud/fraud_filter.h"
 #include "io/asio.h"
 #include "ledger/ledger_store.h"
 
@@ -38,6 +39,13 @@ asio::awaitable<std::optional<Recharge>> SettleAction(
 // `waiting` after its action expired and its payment was cancelled:
 // FAILED action_expired.
 Recharge ActionExpired(Recharge waiting);
+
+// Counts a decline the provider gave later (a failed 3-D Secure challenge)
+// against the fraud counters declared `on: decline`, as RecordRecharge does
+// for a decline it answers at once, from the inputs recorded with the
+// recharge's decision. Nothing when they cannot be read.
+asio::awaitable<void> CountLateDecline(LedgerStore& ledger, FraudFilter& fraud,
+                                       std::string recharge_id);
 
 // True once `r`'s next action is past its expires_at.
 bool ActionPastExpiry(const Recharge& r, std::chrono::system_clock::time_point now);

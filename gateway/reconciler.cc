@@ -27,9 +27,13 @@ std::string MethodOf(const Recharge& r, std::string* provider) {
 
 }  // namespace
 
-Reconciler::Reconciler(LedgerStore& ledger, const Router& router,
+Reconciler::Reconciler(LedgerStore& ledger, const Router& router, FraudFilter& fraud,
                        std::chrono::milliseconds settle_after, std::chrono::milliseconds hold_expiry)
-    : ledger_(ledger), router_(router), settle_after_(settle_after), hold_expiry_(hold_expiry) {}
+    : ledger_(ledger),
+      router_(router),
+      fraud_(fraud),
+      settle_after_(settle_after),
+      hold_expiry_(hold_expiry) {}
 
 asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
   Report report;
@@ -205,6 +209,9 @@ asio::awaitable<std::optional<RecordRechargeResponse>> Reconciler::SettleWaiting
   LogInfo("reconciled", {{"recharge_id", next->recharge_id()},
                          {"status", recharge::v1::RechargeStatus_Name(next->status())},
                          {"was", "requires_action"}});
+  if (next->status() == recharge::v1::RECHARGE_STATUS_DECLINED) {
+    co_await CountLateDecline(ledger_, fraud_, next->recharge_id());
+  }
   co_return response;
 }
 

@@ -21,6 +21,7 @@
 #include <optional>
 
 #include "adapters/router.h"
+#include "fraud/fraud_filter.h"
 #include "ledger/ledger_store.h"
 
 namespace recharge {
@@ -30,8 +31,9 @@ class Reconciler {
   // `hold_expiry`: how long a card authorisation hold waits for its review
   // (review.hold_expiry); then RunOnce voids it and declines the recharge
   // (review_expired).
-  Reconciler(LedgerStore& ledger, const Router& router, std::chrono::milliseconds settle_after,
-             std::chrono::milliseconds hold_expiry);
+  // A late decline it records (a failed challenge) is counted by `fraud`.
+  Reconciler(LedgerStore& ledger, const Router& router, FraudFilter& fraud,
+             std::chrono::milliseconds settle_after, std::chrono::milliseconds hold_expiry);
 
   struct Report {
     int examined = 0;
@@ -63,6 +65,7 @@ class Reconciler {
 
   LedgerStore& ledger_;
   const Router& router_;
+  FraudFilter& fraud_;
   std::chrono::milliseconds settle_after_;
   std::chrono::milliseconds hold_expiry_;
 };

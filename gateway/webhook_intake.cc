@@ -78,9 +78,11 @@ asio::awaitable<HttpAnswer> WebhookIntake::Handle(const HttpRequestView& request
     co_return Result("ignored", "no recharge for this payment");
   }
   if (!found.ok()) {
-    Note(LogError, "webhook_ledger_unavailable", instance, n, n.recharge_id,
+    // The ledger, or a recharge whose outcome is not recorded yet: the
+    // provider sends it again.
+    Note(LogWarn, "webhook_not_yet", instance, n, n.recharge_id,
          std::string(found.status().message()));
-    co_return Error(503, "ledger unavailable; send again later");
+    co_return Error(503, "the recharge cannot be read yet; send again later");
   }
   const Recharge& waiting = *found;
   const std::string& id = waiting.recharge_id();
@@ -124,6 +126,9 @@ asio::awaitable<HttpAnswer> WebhookIntake::Handle(const HttpRequestView& request
     case NotificationApplied::kApplied:
       Note(LogInfo, "webhook_applied", instance, n, id,
            recharge::v1::RechargeStatus_Name(next->status()));
+      if (next->status() == recharge::v1::RECHARGE_STATUS_DECLINED) {
+        co_await CountLateDecline(ledger_, fraud_, id);
+      }
       co_return Result("applied");
     case NotificationApplied::kReplay:
       Note(LogInfo, "webhook_duplicate", instance, n, id);

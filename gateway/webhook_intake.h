@@ -14,8 +14,9 @@
 //                               still waiting: logged, nothing changed
 //   400 unreadable body, 401 bad or stale signature, 404 no such instance
 //   (or one that takes no notifications), 405 not a POST: nothing changed
-//   503 the outcome could not be made final yet (the ledger, or a capture
-//   whose answer was lost): the provider sends it again later
+//   503 the outcome could not be made final yet (the ledger; a recharge whose
+//   key is claimed and not recorded yet; a capture whose answer was lost):
+//   the provider sends it again later
 // 2xx stops the provider's retries; anything else asks for one.
 //
 // Thread-safety: Handle may run concurrently on any io thread.
@@ -24,6 +25,7 @@
 #include <chrono>
 
 #include "adapters/router.h"
+#include "fraud/fraud_filter.h"
 #include "io/asio.h"
 #include "io/https_listener.h"
 #include "ledger/ledger_store.h"
@@ -34,14 +36,17 @@ class WebhookIntake {
  public:
   // References must outlive the intake. `hold_expiry`: review.hold_expiry
   // (a card the rules sent to review is held once authenticated).
-  WebhookIntake(LedgerStore& ledger, const Router& router, std::chrono::milliseconds hold_expiry)
-      : ledger_(ledger), router_(router), hold_expiry_(hold_expiry) {}
+  // A decline it records is counted by `fraud` (`on: decline` counters).
+  WebhookIntake(LedgerStore& ledger, const Router& router, FraudFilter& fraud,
+                std::chrono::milliseconds hold_expiry)
+      : ledger_(ledger), router_(router), fraud_(fraud), hold_expiry_(hold_expiry) {}
 
   asio::awaitable<HttpAnswer> Handle(const HttpRequestView& request);
 
  private:
   LedgerStore& ledger_;
   const Router& router_;
+  FraudFilter& fraud_;
   const std::chrono::milliseconds hold_expiry_;
 };
 

@@ -179,7 +179,8 @@ class LedgerStore {
   virtual asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) = 0;
   // The recharge of an idempotency key (kept while its key is: at least
   // ledger.key_retention, and for as long as the recharge is PENDING or
-  // REQUIRES_ACTION). NOT_FOUND if there is none.
+  // REQUIRES_ACTION). NOT_FOUND if there is none; UNAVAILABLE while the key
+  // is claimed and its outcome not recorded yet.
   virtual asio::awaitable<absl::StatusOr<Recharge>> GetRechargeByKey(std::string idempotency_key) = 0;
 
   // Newest first by creation time (a recharge recovered after a crash takes

@@ -977,14 +977,18 @@ asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::st
 asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRechargeByKey(std::string key) {
   auto body = [key = std::move(key)](Db& db) -> absl::StatusOr<Recharge> {
     LEDGER_PREPARE(select,
-                   "SELECT r.record FROM idempotency_keys k"
-                   " JOIN recharges r ON r.recharge_id = k.recharge_id WHERE k.key = ?1");
+                   "SELECT k.state, r.record FROM idempotency_keys k"
+                   " LEFT JOIN recharges r ON r.recharge_id = k.recharge_id WHERE k.key = ?1");
     select.Text(1, key);
     absl::StatusOr<bool> row = select.Step();
     if (!row.ok()) return row.status();
     if (!*row) return absl::NotFoundError("idempotency_key: no recharge under this key");
+    if (select.ColText(0) == "started") {
+      // Claimed, its outcome not recorded yet (in flight, or left by a crash).
+      return absl::UnavailableError("idempotency_key: the recharge is not recorded yet");
+    }
     Recharge r;
-    if (!select.ParseCol(0, &r)) return absl::DataLossError("ledger: stored recharge does not parse");
+    if (!select.ParseCol(1, &r)) return absl::DataLossError("ledger: stored recharge does not parse");
     return r;
   };
   co_return co_await Submit<absl::StatusOr<Recharge>, Route::kRead>(std::move(body));

@@ -51,7 +51,12 @@ version: "regional-1"
 fail_mode: open
 counters:
   user_recharges_1h: {{ count: true, per: user_id, window: 1h }}
+  user_declines_1h: {{ count: true, per: user_id, window: 1h, on: decline }}
 rules:
+  - id: review-after-a-decline
+    when: user_declines_1h >= 1
+    action: review
+    reason: the buyer was declined within the hour
   - id: block-listed-seller
     when: seller_id == "{BLOCK_SELLER}"
     action: block
@@ -239,6 +244,15 @@ class RegionalFlowTest(unittest.TestCase):
         self.assertEqual(r.payment.decline_code, "authentication_failed")
         self.assertEqual(self.taken(req.idempotency_key), [])
         self.assertEqual(self.st.payment_ops(req.idempotency_key), ["authenticate"])
+        # The late decline counts for the fraud rules like an immediate one:
+        # the buyer's next recharge goes to review (the count is written in
+        # the background: a recharge made before it lands is allowed).
+
+        def reviewed():
+            r = self.record(card_request(new_key("reg-after"), user=req.user_id))
+            return r if r.fraud.decision == pb.FRAUD_ACTION_REVIEW else None
+        r = wait_until(reviewed, SETTLE_TIMEOUT_S, "the decline counted", interval=0.1)
+        self.assertIn("review-after-a-decline", [h.rule_id for h in r.fraud.hits])
 
     def test_a_frictionless_card_is_approved_at_once(self):
         resp = self.record(de_card(CARD_FRICTIONLESS))
