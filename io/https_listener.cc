@@ -18,6 +18,7 @@
 #include <mutex>
 #include <typeinfo>
 #include <unordered_set>
+#include <variant>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -109,8 +110,7 @@ class HttpsListener::Core : public std::enable_shared_from_this<Core> {
 class HttpsListener::Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(std::shared_ptr<Core> core, tcp::socket socket, std::string client)
-      : core_(std::move(core)),
-        stream_(beast::tcp_stream(std::move(socket)), core_->ssl_context),
+      : core_(std::move(core)), stream_(MakeStream(*core_, std::move(socket))),
         client_(std::move(client)) {}
   ~Connection() { core_->Remove(this); }
 
@@ -118,14 +118,32 @@ class HttpsListener::Connection : public std::enable_shared_from_this<Connection
 
   // For Stop(): ends a wait for a request; a request in progress finishes.
   void CloseIfIdle() {
-    if (!busy_) beast::get_lowest_layer(stream_).cancel();
+    if (!busy_) Tcp().cancel();
   }
-  asio::any_io_executor executor() { return stream_.get_executor(); }
+  asio::any_io_executor executor() { return Tcp().get_executor(); }
   const std::string& client() const { return client_; }
 
  private:
+  // TLS, or plain HTTP (Options::plaintext: a loopback metrics port).
+  using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+  using Stream = std::variant<TlsStream, beast::tcp_stream>;
+  static Stream MakeStream(Core& core, tcp::socket socket) {
+    if (core.options.plaintext) {
+      return Stream(std::in_place_type<beast::tcp_stream>, std::move(socket));
+    }
+    return Stream(std::in_place_type<TlsStream>, beast::tcp_stream(std::move(socket)),
+                  core.ssl_context);
+  }
+  beast::tcp_stream& Tcp() {
+    return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); },
+                      stream_);
+  }
+  // The requests of one connection, over either stream.
+  template <typename AnyStream>
+  static asio::awaitable<void> ServeRequests(std::shared_ptr<Connection> self, AnyStream& stream);
+
   const std::shared_ptr<Core> core_;
-  beast::ssl_stream<beast::tcp_stream> stream_;
+  Stream stream_;
   const std::string client_;
   bool busy_ = false;  // between a request read and its answer written
 };
@@ -284,17 +302,27 @@ void HttpsListener::Core::LogRequest(std::string_view method, std::string_view p
 }
 
 asio::awaitable<void> HttpsListener::Connection::Serve(std::shared_ptr<Connection> self) {
+  if (self->core_->stopping()) co_return;  // Stop() came before this coroutine started
+  if (auto* plain = std::get_if<beast::tcp_stream>(&self->stream_)) {
+    co_await ServeRequests(self, *plain);
+    co_return;
+  }
+  TlsStream& tls = std::get<TlsStream>(self->stream_);
+  boost::system::error_code ec;
+  self->Tcp().expires_after(self->core_->options.io_timeout);
+  co_await tls.async_handshake(ssl::stream_base::server,
+                               asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) co_return;  // a scanner, a client that gave up, a timeout: nobody to answer
+  co_await ServeRequests(self, tls);
+}
+
+template <typename AnyStream>
+asio::awaitable<void> HttpsListener::Connection::ServeRequests(std::shared_ptr<Connection> self,
+                                                               AnyStream& stream) {
   Core& core = *self->core_;
-  auto& stream = self->stream_;
   beast::tcp_stream& tcp_layer = beast::get_lowest_layer(stream);
   const auto timeout = core.options.io_timeout;
   boost::system::error_code ec;
-  if (core.stopping()) co_return;  // Stop() came before this coroutine started
-  tcp_layer.expires_after(timeout);
-  co_await stream.async_handshake(ssl::stream_base::server,
-                                  asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) co_return;  // a scanner, a client that gave up, a timeout: nobody to answer
-
   beast::flat_buffer buffer;
   bool keep_alive = true;
   while (keep_alive && !core.stopping()) {
@@ -393,7 +421,9 @@ absl::StatusOr<std::unique_ptr<HttpsListener>> HttpsListener::Start(
         "rate_per_second must be 0 (no limit), or positive with rate_burst at least 1");
   }
   auto core = std::make_shared<Core>(ioc, std::move(options), std::move(handler));
-  if (absl::Status loaded = core->LoadCertificate(); !loaded.ok()) return loaded;
+  if (!core->options.plaintext) {
+    if (absl::Status loaded = core->LoadCertificate(); !loaded.ok()) return loaded;
+  }
   if (absl::Status listening = core->Listen(); !listening.ok()) return listening;
   asio::co_spawn(core->acceptor.get_executor(), Core::Accept(core), asio::detached);
   return std::unique_ptr<HttpsListener>(new HttpsListener(std::move(core)));

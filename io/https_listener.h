@@ -1,7 +1,8 @@
 // HttpsListener: a small HTTPS/1.1 server for inbound calls to the gateway
-// (the providers' webhooks: signed JSON POSTs). It accepts TLS 1.2+
-// connections on one address, reads keep-alive requests of bounded size and
-// hands each one to a coroutine Handler, whose answer it writes back.
+// (the providers' webhooks: signed JSON POSTs; with `plaintext`, the
+// loopback /metrics scrape). It accepts TLS 1.2+ connections on one
+// address, reads keep-alive requests of bounded size and hands each one to a
+// coroutine Handler, whose answer it writes back.
 //
 // What it does on its own, before or around the handler:
 //  - a body over `max_body_bytes` is answered 413, a malformed request 400
@@ -77,6 +78,9 @@ class HttpsListener {
     uint16_t port = 0;               // 0: a free port, see port()
     std::string cert_file;           // PEM certificate chain, leaf first
     std::string key_file;            // PEM private key
+    // Plain HTTP, no TLS (cert_file and key_file unused): only for a port on
+    // a loopback address that serves nothing secret (the /metrics scrape).
+    bool plaintext = false;
     size_t max_body_bytes = 64 * 1024;  // larger bodies: 413
     int max_connections = 256;          // open at once, at least 1
     double rate_per_second = 200;  // requests a second, whole listener; 0: no limit

@@ -11,7 +11,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   redis-server redis-tools
-  python3 python3-grpcio python3-protobuf
+  python3 python3-grpcio python3-protobuf python3-prometheus-client
   nghttp2-client curl
   libjemalloc-dev
 )

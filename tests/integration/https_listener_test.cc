@@ -7,12 +7,15 @@
 #include "io/https_listener.h"
 
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_future.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -401,6 +404,42 @@ TEST_F(HttpsListenerTest, IoContextStoppedWithARequestInFlightLeavesNothingBehin
   HttpsResult r = held.get();
   EXPECT_FALSE(r.status.ok());
   EXPECT_TRUE(r.maybe_sent);
+}
+
+}  // namespace
+}  // namespace recharge
+
+namespace recharge {
+namespace {
+
+// Plain HTTP (the loopback metrics port): no certificate needed, requests
+// answered like over TLS, and a TLS client gets nothing.
+TEST_F(HttpsListenerTest, PlaintextListenerServesPlainHttp) {
+  using tcp = asio::ip::tcp;
+  HttpsListener::Options options;
+  options.plaintext = true;  // no cert_file / key_file
+  Listen(std::move(options));
+  asio::io_context client_io;
+  tcp::socket socket(client_io);
+  socket.connect({asio::ip::make_address("127.0.0.1"), listener_->port()});
+  const std::string request =
+      "GET /metrics?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  asio::write(socket, asio::buffer(request));
+  std::string response;
+  boost::system::error_code ec;
+  std::array<char, 1024> chunk;
+  for (;;) {
+    const size_t n = socket.read_some(asio::buffer(chunk), ec);
+    response.append(chunk.data(), n);
+    if (ec) break;
+  }
+  EXPECT_TRUE(response.starts_with("HTTP/1.1 202")) << response;
+  EXPECT_NE(response.find(R"({"ok":true})"), std::string::npos) << response;
+  EXPECT_EQ(seen_.calls.load(), 1);
+  std::lock_guard<std::mutex> lock(seen_.mu);
+  EXPECT_EQ(seen_.path, "/metrics");
+  EXPECT_EQ(seen_.query, "x=1");
+  EXPECT_EQ(seen_.method, "GET");
 }
 
 }  // namespace
