@@ -5,6 +5,7 @@
 #include "io/strings.h"
 #include "adapters/adapter_registry.h"
 #include "io/config_node.h"
+#include "io/gateway_metrics.h"
 #include "io/log.h"
 
 namespace recharge {
@@ -47,6 +48,26 @@ absl::StatusOr<CircuitBreaker::Options> BreakerOptions(const ConfigNode& instanc
 
 Router::Router(std::map<std::string, Instance> instances, std::vector<Route> routes)
     : instances_(std::move(instances)), routes_(std::move(routes)) {}
+
+Router::~Router() {
+  if (!exported_) return;
+  for (const auto& [name, instance] : instances_) Metrics().circuit_open.Clear({name});
+}
+
+void Router::ExportCircuitStates() const {
+  exported_ = true;
+  for (const auto& [name, instance] : instances_) {
+    const CircuitBreaker* breaker = instance.breaker.get();
+    Metrics().circuit_open.Set({name}, [breaker] {
+      switch (breaker->state(CircuitBreaker::Clock::now())) {
+        case CircuitBreaker::State::kOpen: return 1.0;
+        case CircuitBreaker::State::kHalfOpen: return 0.5;
+        case CircuitBreaker::State::kClosed: break;
+      }
+      return 0.0;
+    });
+  }
+}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Load(const std::string& path) {
   absl::StatusOr<ConfigNode> root = ConfigNode::LoadFile(path);
@@ -173,7 +194,11 @@ asio::awaitable<Router::Routed> Router::Charge(const Route& route,
       StrAppend(&reasons, reasons.empty() ? "" : "; ", name, ": circuit open");
       continue;
     }
+    const auto call_started = std::chrono::steady_clock::now();
     ChargeOutcome outcome = co_await instance->adapter->Charge(request);
+    Metrics().adapter_seconds.With({name, ChargeResultName(outcome.result)})
+        .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - call_started)
+                     .count());
     const bool healthy = outcome.result == ChargeResult::kApproved ||
                          outcome.result == ChargeResult::kDeclined ||
                          outcome.result == ChargeResult::kRequiresAction;

@@ -66,9 +66,15 @@ class Router {
   PaymentAdapter* Find(const std::string& name) const;
   const CircuitBreaker* Breaker(const std::string& name) const;
 
+  // Exports each instance's circuit breaker state on /metrics
+  // (recharge_adapter_circuit_open), until the router is destroyed.
+  void ExportCircuitStates() const;
+  ~Router();
+
  private:
   std::map<std::string, Instance> instances_;
   std::vector<Route> routes_;
+  mutable bool exported_ = false;
 };
 
 }  // namespace recharge

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "fraud/rules/fraud_input_context.h"
+#include "io/gateway_metrics.h"
 #include "io/log.h"
 #include "io/strings.h"
 
@@ -72,7 +73,13 @@ std::shared_ptr<const RuleEngine::Active> RuleEngine::Activate(
   std::lock_guard<std::mutex> lock(mu_);
   for (const rules::Rule& r : next->rules->rules()) {
     std::unique_ptr<RuleState>& state = states_[r.id()];
-    if (!state) state = std::make_unique<RuleState>();
+    if (!state) {
+      state = std::make_unique<RuleState>();
+      GatewayMetrics& m = Metrics();
+      state->evaluated_metric = &m.rule_evaluations.With({r.id()});
+      state->hit_metric[0] = &m.rule_hits.With({r.id(), "false"});
+      state->hit_metric[1] = &m.rule_hits.With({r.id(), "true"});
+    }
     next->states.push_back(state.get());
   }
   active_ = next;
@@ -233,10 +240,15 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
       }
     }
   }
+  const auto round_trip_started = std::chrono::steady_clock::now();
   absl::StatusOr<CounterReadout> readout =
       co_await store_.UpdateAndRead(updates, checks, std::chrono::system_clock::now(), links);
+  Metrics().fraud_seconds.With({}).Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - round_trip_started).count());
   if (!readout.ok()) {
     ++degraded_;
+    Metrics().fraud_degraded.With({}).Inc();
+    Metrics().redis_errors.With({}).Inc();
     const bool open = rs.fail_mode() == rules::FailMode::kOpen;
     LogWarn("fraud_degraded", {{"error", std::string(readout.status().message())},
                                {"fail_mode", std::string(rules::FailModeName(rs.fail_mode()))}});
@@ -265,14 +277,19 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
   for (size_t i = 0; i < rs.rules().size(); ++i) {
     RuleState& s = *act->states[i];
     ++s.evaluated;
-    if (hit[i]) ++s.hits;
+    s.evaluated_metric->Inc();
     const rules::Rule& rule = rs.rules()[i];
+    if (hit[i]) {
+      ++s.hits;
+      s.hit_metric[rule.shadow() || demoted.test(i) ? 1 : 0]->Inc();
+    }
     // The guard watches the rules that block: a review keeps the sale open.
     if (rule.action() != Action::kBlock || rule.shadow() || demoted.test(i)) continue;
     const bool stopped = hit[i];
     if (GuardRecord(s, rs.blast_radius(), rule.max_block_share(), stopped) &&
         !s.demoted.exchange(true)) {
       ++demotions_;
+      Metrics().rule_demotions.With({}).Inc();
       LogWarn("rule_demoted_to_shadow",
               {{"rule_id", rule.id()},
                {"reason", StrCat("blocks more than ",

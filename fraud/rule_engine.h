@@ -30,6 +30,7 @@
 #include "fraud/counter_store.h"
 #include "fraud/fraud_filter.h"
 #include "fraud/rules/rule_set.h"
+#include "io/metrics.h"
 
 namespace recharge {
 
@@ -84,6 +85,10 @@ class RuleEngine final : public FraudFilter {
     std::atomic<int64_t> evaluated{0};
     std::atomic<int64_t> hits{0};
     std::atomic<bool> demoted{false};
+    // Its /metrics children (recharge_rule_evaluations_total, _hits_total
+    // with shadow "false" / "true"), looked up once.
+    metrics::Counter* evaluated_metric = nullptr;
+    metrics::Counter* hit_metric[2] = {nullptr, nullptr};
     // Guard window: requests seen and requests this rule stopped, in buckets.
     std::mutex mu;
     int64_t bucket = -1;

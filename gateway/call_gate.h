@@ -34,6 +34,11 @@ namespace recharge {
 // The one conversion from the core's status to the wire's (service.cc).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// Counts an answered RPC (`method` its full name) by code, and its time
+// since `started` (recharge_rpc_requests_total, recharge_rpc_duration_seconds).
+void ObserveRpc(std::string_view method, grpc::StatusCode code,
+                std::chrono::steady_clock::time_point started);
+
 // What a handler's body knows of its call.
 struct CallInfo {
   const Caller* caller = nullptr;
@@ -126,23 +131,30 @@ grpc::ServerUnaryReactor* CallGate::Serve(grpc::CallbackServerContext* ctx, std:
                                           const Request* request, Response* response, Body body) {
   const RpcPolicy& rpc = PolicyOf(method);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  // Every answer is counted by RPC and code, and timed (recharge_rpc_*).
+  auto finish = [reactor, method, started = std::chrono::steady_clock::now()](
+                    const grpc::Status& status) {
+    ObserveRpc(method, status.error_code(), started);
+    reactor->Finish(status);
+  };
   const Caller* known = nullptr;
   absl::StatusOr<const Caller*> caller = Admit(*ctx, rpc, &known);
   if (!caller.ok()) {
     if (rpc.audited && known != nullptr && absl::IsPermissionDenied(caller.status())) {
+      ObserveRpc(method, grpc::StatusCode::PERMISSION_DENIED, std::chrono::steady_clock::now());
       FinishAuditedDenial(reactor, *known, rpc, AuditFactsOf(*request, Response()), caller.status());
     } else {
-      reactor->Finish(ToGrpcStatus(caller.status()));
+      finish(ToGrpcStatus(caller.status()));
     }
     return reactor;
   }
   CallInfo info{*caller, &rpc, DeadlineOf(*ctx)};
   using Result = std::invoke_result_t<Body, const CallInfo&>;
   if constexpr (std::is_same_v<Result, absl::Status>) {
-    reactor->Finish(ToGrpcStatus(body(info)));
+    finish(ToGrpcStatus(body(info)));
   } else {
     asio::co_spawn(io_, Run(this, info, request, response, std::move(body)),
-                   [reactor](std::exception_ptr e, absl::Status status) {
+                   [finish](std::exception_ptr e, absl::Status status) {
                      if (e) {
                        try {
                          std::rethrow_exception(e);
@@ -151,10 +163,10 @@ grpc::ServerUnaryReactor* CallGate::Serve(grpc::CallbackServerContext* ctx, std:
                        } catch (...) {
                          LogError("handler_exception", {{"what", "unknown"}});
                        }
-                       reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "internal error"));
+                       finish(grpc::Status(grpc::StatusCode::INTERNAL, "internal error"));
                        return;
                      }
-                     reactor->Finish(ToGrpcStatus(status));
+                     finish(ToGrpcStatus(status));
                    });
   }
   return reactor;

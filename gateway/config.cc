@@ -164,7 +164,7 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   if (absl::Status s = root->CheckKeys({"listen", "io_threads", "shutdown_grace", "catalogue",
                                         "adapters", "ledger", "redis", "fingerprint_key_file",
                                         "recovery", "fraud", "transport", "tls", "callers",
-                                        "limits", "log_level", "review", "webhooks"});
+                                        "limits", "log_level", "review", "webhooks", "metrics"});
       !s.ok()) {
     return s;
   }
@@ -280,6 +280,15 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
                   wh.GetInt("rate_burst", c.webhook_rate_per_second * 2, 1, 1'000'000));
     if (!c.webhook_listen.empty() && (c.webhook_cert_file.empty() || c.webhook_key_file.empty())) {
       return wh.Error("cert_file and key_file are required: providers call over HTTPS");
+    }
+  }
+  if (root->Has("metrics")) {
+    ConfigNode m = root->Child("metrics");
+    if (absl::Status s = m.CheckKeys({"listen"}); !s.ok()) return s;
+    CONFIG_ASSIGN(c.metrics_listen, m.GetString("listen", c.metrics_listen));
+    if (!c.metrics_listen.empty() && !IsLoopbackListen(c.metrics_listen)) {
+      // Plain HTTP, unauthenticated: loopback only (a Prometheus on the host).
+      return m.Child("listen").Error("must be a loopback host:port (plain HTTP, no auth)");
     }
   }
   // Last, so that a file missing callers still reports its other errors.

@@ -57,6 +57,8 @@ struct GatewayConfig {
   int64_t webhook_max_connections = 256;
   int64_t webhook_rate_per_second = 200;
   int64_t webhook_rate_burst = 400;
+  // Prometheus /metrics, plain HTTP on a loopback address. Empty: none.
+  std::string metrics_listen;
 
   static absl::StatusOr<GatewayConfig> Load(const std::string& path);
 };

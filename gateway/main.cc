@@ -39,6 +39,7 @@
 #include "gateway/service.h"
 #include "gateway/webhook_intake.h"
 #include "io/asio.h"
+#include "io/gateway_metrics.h"
 #include "io/https_listener.h"
 #include "io/log.h"
 #include "io/redis_client.h"
@@ -53,6 +54,24 @@ namespace {
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "recharge-gateway: %s\n", std::string(status.message()).c_str());
   return 2;
+}
+
+// Listener options for "host:port" (an IPv6 host in brackets). Errors name
+// the value.
+absl::StatusOr<HttpsListener::Options> ListenOptions(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  HttpsListener::Options options;
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(StrCat("bad listen address \"", listen, "\""));
+  }
+  options.host = listen.substr(0, colon);
+  if (options.host.size() >= 2 && options.host.front() == '[' && options.host.back() == ']') {
+    options.host = options.host.substr(1, options.host.size() - 2);
+  }
+  options.port = static_cast<uint16_t>(port);
+  return options;
 }
 
 int Main(int argc, char** argv) {
@@ -151,6 +170,8 @@ int Main(int argc, char** argv) {
                         static_cast<size_t>(config->max_recharges_waiting)),
                     config->review_hold_expiry);
 
+  (*router)->ExportCircuitStates();
+  Metrics().build_info.With({RECHARGE_BUILD_VERSION}).Set(1);
   auto work = asio::make_work_guard(io);
   std::vector<std::thread> pool;
   for (int i = 0; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
@@ -183,40 +204,57 @@ int Main(int argc, char** argv) {
   // Provider notifications: their own HTTPS port, handled on the io threads.
   WebhookIntake intake(**ledger, **router, *fraud, config->review_hold_expiry);
   std::unique_ptr<HttpsListener> webhooks;
+  auto stop_pool_and_fail = [&](absl::Status status) {
+    work.reset();
+    io.stop();
+    for (std::thread& t : pool) t.join();
+    return Fail(status);
+  };
   if (!config->webhook_listen.empty()) {
-    const size_t colon = config->webhook_listen.rfind(':');
-    std::string host = config->webhook_listen.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);
-    }
-    int port = 0;
-    if (!absl::SimpleAtoi(config->webhook_listen.substr(colon + 1), &port) || port < 0 ||
-        port > 65535) {
-      return Fail(absl::InvalidArgumentError(
-          StrCat("webhooks.listen: bad port in \"", config->webhook_listen, "\"")));
-    }
-    HttpsListener::Options options;
-    options.host = host;
-    options.port = static_cast<uint16_t>(port);
-    options.cert_file = config->webhook_cert_file;
-    options.key_file = config->webhook_key_file;
-    options.max_body_bytes = static_cast<size_t>(config->webhook_max_body_bytes);
-    options.max_connections = static_cast<int>(config->webhook_max_connections);
-    options.rate_per_second = static_cast<double>(config->webhook_rate_per_second);
-    options.rate_burst = static_cast<double>(config->webhook_rate_burst);
+    absl::StatusOr<HttpsListener::Options> options = ListenOptions(config->webhook_listen);
+    if (!options.ok()) return stop_pool_and_fail(options.status());
+    options->cert_file = config->webhook_cert_file;
+    options->key_file = config->webhook_key_file;
+    options->max_body_bytes = static_cast<size_t>(config->webhook_max_body_bytes);
+    options->max_connections = static_cast<int>(config->webhook_max_connections);
+    options->rate_per_second = static_cast<double>(config->webhook_rate_per_second);
+    options->rate_burst = static_cast<double>(config->webhook_rate_burst);
     absl::StatusOr<std::unique_ptr<HttpsListener>> started = HttpsListener::Start(
-        io, std::move(options),
+        io, *std::move(options),
         [&intake](const HttpRequestView& request) { return intake.Handle(request); });
     if (!started.ok()) {
-      work.reset();
-      io.stop();
-      for (std::thread& t : pool) t.join();
-      return Fail(absl::Status(started.status().code(),
-                               StrCat("webhooks: ", started.status().message())));
+      return stop_pool_and_fail(absl::Status(started.status().code(),
+                                             StrCat("webhooks: ", started.status().message())));
     }
     webhooks = *std::move(started);
     LogInfo("webhooks_listening", {{"listen", config->webhook_listen},
                                    {"port", std::to_string(webhooks->port())}});
+  }
+  // Prometheus scrapes: plain HTTP on loopback, GET /metrics only.
+  std::unique_ptr<HttpsListener> metrics_port;
+  if (!config->metrics_listen.empty()) {
+    absl::StatusOr<HttpsListener::Options> options = ListenOptions(config->metrics_listen);
+    if (!options.ok()) return stop_pool_and_fail(options.status());
+    options->plaintext = true;
+    options->log_name = "metrics";
+    options->rate_per_second = 0;  // loopback: no limit
+    options->max_connections = 16;
+    absl::StatusOr<std::unique_ptr<HttpsListener>> started = HttpsListener::Start(
+        io, *std::move(options), [](const HttpRequestView& request) -> asio::awaitable<HttpAnswer> {
+          if (request.path != "/metrics") co_return HttpAnswer{404, "not found\n", "text/plain"};
+          if (request.method != "GET") {
+            co_return HttpAnswer{405, "GET /metrics\n", "text/plain"};
+          }
+          co_return HttpAnswer{200, metrics::Registry::Default().Render(),
+                               "text/plain; version=0.0.4; charset=utf-8"};
+        });
+    if (!started.ok()) {
+      return stop_pool_and_fail(absl::Status(started.status().code(),
+                                             StrCat("metrics: ", started.status().message())));
+    }
+    metrics_port = *std::move(started);
+    LogInfo("metrics_listening", {{"listen", config->metrics_listen},
+                                  {"port", std::to_string(metrics_port->port())}});
   }
   RechargeGatewayService gateway(gate, flow, refunds, **ledger, *catalogue, feed);
   FraudAdminService fraud_admin(gate, engine.get(), **ledger, **router);
@@ -278,12 +316,16 @@ int Main(int argc, char** argv) {
   server->GetHealthCheckService()->SetServingStatus(false);
   gateway.StartDraining();
   feed.Shutdown();  // watchers end now, told to resume from their cursor
+  if (metrics_port) metrics_port->Stop();
   if (webhooks) webhooks->Stop();  // notifications in progress finish; new ones are refused
   server->Shutdown(std::chrono::system_clock::now() + config->shutdown_grace);
   server->Wait();
   if (webhooks) {
     // Unanswered notifications are sent again by the provider.
     (void)webhooks->WaitDrained(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+  }
+  if (metrics_port) {
+    (void)metrics_port->WaitDrained(std::chrono::steady_clock::now() + std::chrono::seconds(2));
   }
   work.reset();
   io.stop();

@@ -9,6 +9,7 @@
 #include "io/strings.h"
 #include "gateway/validation.h"
 #include "io/crypto.h"
+#include "io/gateway_metrics.h"
 #include "io/log.h"
 
 namespace recharge {
@@ -449,6 +450,10 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
 
   // 6. Record the outcome with the decision and its inputs.
   const std::string recharge_id = recharge.recharge_id();
+  const std::string status_name = recharge::v1::RechargeStatus_Name(recharge.status()).substr(
+      std::string_view("RECHARGE_STATUS_").size());
+  const std::string method_label = recharge.payment_method();
+  const std::string adapter = recharge.payment().adapter();
   Completion done;
   done.idempotency_key = req.idempotency_key();
   done.decision = DecisionRecord{recharge_id, input.ToJson(), std::move(assessment)};
@@ -462,6 +467,9 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
     co_return absl::UnavailableError(
         "the outcome could not be recorded yet; retry with the same idempotency key");
   }
+  // Labels from small fixed sets (the catalogue's regions, the configured
+  // instances): never a user, seller or card.
+  Metrics().recharges.With({status_name, method_label, adapter, req.region()}).Inc();
   co_return *stored;
 }
 

@@ -5,6 +5,7 @@
 
 #include "gateway/provider_actions.h"
 #include "gateway/recharge_flow.h"
+#include "io/gateway_metrics.h"
 #include "io/log.h"
 #include "io/strings.h"
 
@@ -44,6 +45,7 @@ asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
     co_return report;
   }
   const auto now = std::chrono::system_clock::now();
+  size_t backlog = list->size();
   for (const UnresolvedRecharge& u : *list) {
     // A buyer's action is settled by the provider's notification; only one
     // past its expiry is looked up here (then cancelled if still waiting).
@@ -62,6 +64,8 @@ asio::awaitable<Reconciler::Report> Reconciler::RunOnce() {
     LogWarn("reconcile_refunds_failed", {{"error", std::string(refunds.status().message())}});
     co_return report;
   }
+  backlog += refunds->size();
+  Metrics().reconciler_backlog.With({}).Set(static_cast<double>(backlog));
   for (StartedRefund& started : *refunds) {
     ++report.examined;
     const auto deadline = std::chrono::steady_clock::now() + kLookupTimeout;
@@ -106,6 +110,7 @@ asio::awaitable<void> Reconciler::ExpireHolds(Report* report) {
   const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
                              std::chrono::system_clock::now().time_since_epoch()).count();
   std::optional<RechargeCursor> cursor;
+  size_t queued = 0;
   do {
     absl::StatusOr<RechargePage> page =
         co_await ledger_.ListByStatus(recharge::v1::RECHARGE_STATUS_PENDING_REVIEW, 200, cursor);
@@ -113,6 +118,7 @@ asio::awaitable<void> Reconciler::ExpireHolds(Report* report) {
       LogWarn("reconcile_reviews_failed", {{"error", std::string(page.status().message())}});
       co_return;
     }
+    queued += page->recharges.size();
     for (const Recharge& r : page->recharges) {
       if (!r.has_hold_expires_at() || TimeUtil::TimestampToMicroseconds(r.hold_expires_at()) > now_us) {
         continue;
@@ -122,6 +128,7 @@ asio::awaitable<void> Reconciler::ExpireHolds(Report* report) {
     }
     cursor = page->next_cursor;
   } while (cursor);
+  Metrics().review_queue.With({}).Set(static_cast<double>(queued));
 }
 
 asio::awaitable<bool> Reconciler::ExpireHold(Recharge held) {

@@ -4,6 +4,7 @@
 
 #include "gateway/provider_actions.h"
 #include "gateway/recharge_flow.h"
+#include "io/gateway_metrics.h"
 #include "io/log.h"
 #include "io/strings.h"
 
@@ -45,6 +46,26 @@ void Note(void (*log)(std::string_view, LogFields), std::string_view event,
 }  // namespace
 
 asio::awaitable<HttpAnswer> WebhookIntake::Handle(const HttpRequestView& request) {
+  HttpAnswer answer = co_await HandleOne(request);
+  // Only configured instances are labels (the cap bounds the rest).
+  const std::string_view path = request.path;
+  std::string_view instance = path.starts_with(kPrefix) ? path.substr(kPrefix.size()) : "";
+  if (instance.empty() || router_.Find(std::string(instance)) == nullptr) instance = "unknown";
+  std::string_view result = answer.status == 200 ? "ok" : "refused";
+  if (answer.status == 200) {
+    for (std::string_view r : {"applied", "duplicate", "ignored"}) {
+      if (answer.body.find(StrCat("\"", r, "\"")) != std::string::npos) result = r;
+    }
+  } else if (answer.status == 401) {
+    result = "unauthenticated";
+  } else if (answer.status >= 500) {
+    result = "retry_later";
+  }
+  Metrics().webhooks.With({instance, result}).Inc();
+  co_return answer;
+}
+
+asio::awaitable<HttpAnswer> WebhookIntake::HandleOne(const HttpRequestView& request) {
   if (!request.path.starts_with(kPrefix)) co_return Error(404, "no such route");
   const std::string instance(request.path.substr(kPrefix.size()));
   PaymentAdapter* adapter = instance.empty() || instance.find('/') != std::string::npos

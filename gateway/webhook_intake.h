@@ -44,6 +44,8 @@ class WebhookIntake {
   asio::awaitable<HttpAnswer> Handle(const HttpRequestView& request);
 
  private:
+  asio::awaitable<HttpAnswer> HandleOne(const HttpRequestView& request);
+
   LedgerStore& ledger_;
   const Router& router_;
   FraudFilter& fraud_;

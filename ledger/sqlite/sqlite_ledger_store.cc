@@ -9,6 +9,7 @@
 
 #include <google/protobuf/message_lite.h>
 
+#include "io/gateway_metrics.h"
 #include "io/strings.h"
 #include "ledger/lifecycle.h"
 
@@ -484,9 +485,13 @@ bool Take(QueueT& q, size_t max, std::vector<OpT*>& batch) {
 void SqliteLedgerStore::WriterLoop() {
   std::vector<Op*> batch;
   while (Take(writes_, std::max<size_t>(1, options_.group_commit_max), batch)) {
+    const auto started = std::chrono::steady_clock::now();
     absl::Status commit = RunBatch(batch);
+    Metrics().ledger_commit_seconds.With({}).Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     commits_.fetch_add(1, std::memory_order_relaxed);
     if (!commit.ok()) {
+      Metrics().ledger_errors.With({}).Inc();
       for (Op* op : batch) op->Fail(commit);
     }
     Deliver(batch);

@@ -463,7 +463,8 @@ class Stack:
 
     def __init__(self, name: str, *, card_timeout: str = "5s", recovery_interval: str = "5s",
                  settle_after: str = "15s", shutdown_grace: str = "10s", io_threads: int = 2,
-                 paypal: bool = False, ewallet: bool = False, webhooks: bool = False):
+                 paypal: bool = False, ewallet: bool = False, webhooks: bool = False,
+                 metrics: bool = False):
         self.name = name
         # Provider notifications: the gateway's webhook port (gateway.yaml
         # `webhooks`, on a port kept across gateway restarts) and the
@@ -472,6 +473,10 @@ class Stack:
         self.webhooks = webhooks
         self.webhook_secret = "whsec_e2e_" + secrets.token_hex(24)
         self.webhook_port = 0
+        # The Prometheus port (gateway.yaml `metrics`), on a port kept across
+        # gateway restarts: scrape() reads it.
+        self.metrics = metrics
+        self.metrics_port = 0
         # The sandbox's PayPal / e-wallet APIs (off: those paths answer 404).
         self.paypal = paypal
         self.ewallet = ewallet
@@ -575,6 +580,16 @@ class Stack:
         finally:
             conn.close()
 
+    def scrape(self, path: str = "/metrics") -> tuple[int, str, str]:
+        """GET the gateway's metrics port: (status, content type, text)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Content-Type") or "", resp.read().decode()
+        finally:
+            conn.close()
+
     def sign_webhook(self, body: bytes, timestamp: int | None = None,
                      secret: str | None = None) -> str:
         """A Sandbox-Signature header value for `body`."""
@@ -633,6 +648,8 @@ class Stack:
             if self.webhooks:
                 self._write_secret(self.webhook_secret_file, self.webhook_secret + "\n")
                 self.webhook_port = free_port()
+            if self.metrics:
+                self.metrics_port = free_port()
             self._start_redis()
             self._start_sandbox()
             self.write_configs()
@@ -836,6 +853,8 @@ class Stack:
             values["log_level"] = self.log_level
         if self.review_hold_expiry is not None:
             values["review"] = f"\n  hold_expiry: {self.review_hold_expiry}"
+        if self.metrics:
+            values["metrics"] = f"\n  listen: 127.0.0.1:{self.metrics_port}"
         if self.webhooks:
             values["webhooks"] = (f"\n  listen: 127.0.0.1:{self.webhook_port}"
                                   f"\n  cert_file: {self.certs / 'server.pem'}"
