@@ -101,9 +101,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-export REDIS_PORT GATEWAY_PORT SANDBOX_PORT WEBHOOK_PORT
+export REDIS_PORT GATEWAY_PORT SANDBOX_PORT WEBHOOK_PORT METRICS_PORT
 REDIS_PORT=$(free_port)
 WEBHOOK_PORT=$(free_port)
+METRICS_PORT=$(free_port)
 ECHO_PORT=$(free_port)
 ECHO_REDIS_PORT=$(free_port)
 GATEWAY_PORT=$(free_port)

@@ -15,15 +15,16 @@
 # with var/secrets/webhook_secret; the sandbox trusts var/dev/ca.pem for it.
 #
 # Environment: GATEWAY_PORT (50051), REDIS_PORT (6390), SANDBOX_PORT (8443),
-# WEBHOOK_PORT (8444), ACTION_EXPIRY (15m: how long a buyer has for a
-# 3-D Secure challenge or a wallet approval),
+# WEBHOOK_PORT (8444), METRICS_PORT (9464: Prometheus, GET /metrics),
+# ACTION_EXPIRY (15m: how long a buyer has for a 3-D Secure challenge or a
+# wallet approval),
 # SANDBOX_LATENCY_MS (0: the sandbox's injected provider latency, in ms),
 # GATEWAY_TLS (0), GATEWAY_LOG_LEVEL (info).
 # Safe to run twice: set-up steps skip what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GATEWAY_PORT="${GATEWAY_PORT:-50051}" REDIS_PORT="${REDIS_PORT:-6390}" SANDBOX_PORT="${SANDBOX_PORT:-8443}"
-export WEBHOOK_PORT="${WEBHOOK_PORT:-8444}"
+export WEBHOOK_PORT="${WEBHOOK_PORT:-8444}" METRICS_PORT="${METRICS_PORT:-9464}"
 
 ./scripts/install-deps.sh
 ./scripts/build.sh Release recharge-gateway recharge_proto_py psp-sandbox
@@ -44,9 +45,9 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$GATEWAY_PORT" "$REDIS_PORT" "$SANDBOX_PORT" "$WEBHOOK_PORT"; do
+for p in "$GATEWAY_PORT" "$REDIS_PORT" "$SANDBOX_PORT" "$WEBHOOK_PORT" "$METRICS_PORT"; do
   if port_busy "$p"; then
-    echo "run.sh: port $p on 127.0.0.1 is in use (another run.sh?); stop it or set GATEWAY_PORT/REDIS_PORT/SANDBOX_PORT/WEBHOOK_PORT" >&2
+    echo "run.sh: port $p on 127.0.0.1 is in use (another run.sh?); stop it or set GATEWAY_PORT/REDIS_PORT/SANDBOX_PORT/WEBHOOK_PORT/METRICS_PORT" >&2
     exit 1
   fi
 done
@@ -84,7 +85,7 @@ for _ in $(seq 1 100); do
 done
 redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "run.sh: redis did not start (var/log/redis.log)" >&2; exit 1; }
 [ -s var/sandbox/port ] || { echo "run.sh: sandbox did not start (var/log/sandbox.log)" >&2; exit 1; }
-echo "run.sh: redis on 127.0.0.1:$REDIS_PORT, PSP sandbox on https://127.0.0.1:$SANDBOX_PORT, provider webhooks to https://127.0.0.1:$WEBHOOK_PORT/webhooks/<instance>" >&2
+echo "run.sh: redis on 127.0.0.1:$REDIS_PORT, PSP sandbox on https://127.0.0.1:$SANDBOX_PORT, provider webhooks to https://127.0.0.1:$WEBHOOK_PORT/webhooks/<instance>, metrics on http://127.0.0.1:$METRICS_PORT/metrics" >&2
 if [ "$GATEWAY_TRANSPORT" = mtls ]; then
   echo "run.sh: gateway on 127.0.0.1:$GATEWAY_PORT, TLS with client certificates required: CA var/dev/ca.pem, clients var/dev/app-client.pem (app), var/dev/ops-client.pem (ops) (Ctrl-C stops everything)" >&2
 else
