@@ -5,6 +5,7 @@
 // plaintext.
 //
 // Usage: recharge-gateway [--config configs/gateway.yaml] [--listen host:port]
+//                         [--log-level debug|info|warn|error] (overrides log_level)
 // SIGHUP: reload the fraud rules and the TLS certificate, key and client CA
 // (for each, a bad file is refused and what was live stays live).
 // SIGINT/SIGTERM: health goes NOT_SERVING, no new calls are taken, in-flight
@@ -81,14 +82,25 @@ int Main(int argc, char** argv) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   std::string config_path = "configs/gateway.yaml";
   std::optional<std::string> listen_override;
+  std::optional<LogLevel> log_level_override;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
       config_path = argv[++i];
     } else if (arg == "--listen" && i + 1 < argc) {
       listen_override = argv[++i];
+    } else if (arg == "--log-level" && i + 1 < argc) {
+      log_level_override = ParseLogLevel(argv[++i]);
+      if (!log_level_override) {
+        std::fprintf(stderr,
+                     "recharge-gateway: --log-level: \"%s\" is not debug, info, warn or error\n",
+                     argv[i]);
+        return 2;
+      }
     } else if (arg == "--help" || arg == "-h") {
-      std::printf("usage: recharge-gateway [--config FILE] [--listen HOST:PORT]\n");
+      std::printf(
+          "usage: recharge-gateway [--config FILE] [--listen HOST:PORT] "
+          "[--log-level debug|info|warn|error]\n");
       return 0;
     } else {
       std::fprintf(stderr, "recharge-gateway: unknown argument \"%s\" (see --help)\n", arg.c_str());
@@ -117,7 +129,7 @@ int Main(int argc, char** argv) {
   // connection pools), so that it is destroyed after them.
   asio::io_context io(threads);
 
-  SetLogLevel(*ParseLogLevel(config->log_level));
+  SetLogLevel(log_level_override ? *log_level_override : *ParseLogLevel(config->log_level));
   if (listen_override) config->listen = *listen_override;
   if (absl::Status s = CheckPlaintextListen(config->transport, config->listen); !s.ok()) {
     return Fail(absl::InvalidArgumentError(StrCat("transport: ", s.message())));

@@ -42,6 +42,12 @@ class AdmissionSlot {
   AsyncSemaphore* slots_;
 };
 
+std::string FormatMillis(std::chrono::steady_clock::duration d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", std::chrono::duration<double, std::milli>(d).count());
+  return buf;
+}
+
 void AppendField(std::string* out, std::string_view name, std::string_view value) {
   StrAppend(out, name, "=", value.size(), ":", value, ";");
 }
@@ -261,6 +267,7 @@ std::string RechargeFlow::Fingerprint(std::string_view value) const {
 
 asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
     const RecordRechargeRequest& req, std::chrono::steady_clock::time_point deadline) {
+  const auto started = std::chrono::steady_clock::now();
   // 1. Validate and price. Nothing is stored for a bad request.
   absl::StatusOr<ValidatedRecharge> v = ValidateRecharge(req, catalogue_, CurrentYearMonth());
   if (!v.ok()) {
@@ -454,6 +461,12 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
       std::string_view("RECHARGE_STATUS_").size());
   const std::string method_label = recharge.payment_method();
   const std::string adapter = recharge.payment().adapter();
+  const std::string fraud_decision =
+      recharge::v1::FraudAction_Name(assessment.decision()).substr(std::string_view("FRAUD_ACTION_").size());
+  std::string rules_hit;
+  for (const auto& h : assessment.hits()) {
+    StrAppend(&rules_hit, rules_hit.empty() ? "" : ",", h.rule_id(), h.shadow() ? "(shadow)" : "");
+  }
   Completion done;
   done.idempotency_key = req.idempotency_key();
   done.decision = DecisionRecord{recharge_id, input.ToJson(), std::move(assessment)};
@@ -470,6 +483,19 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
   // Labels from small fixed sets (the catalogue's regions, the configured
   // instances): never a user, seller or card.
   Metrics().recharges.With({status_name, method_label, adapter, req.region()}).Inc();
+  // The one decision line of the recharge (docs/operations.md): who, what,
+  // the answer, the rules that hit, the provider and the time taken. No card
+  // number or CVC: the card appears as its mask only.
+  LogInfo("recharge", {{"recharge_id", recharge_id},
+                       {"user_id", req.user_id()},
+                       {"seller_id", req.seller_id()},
+                       {"method", method_label},
+                       {"region", req.region()},
+                       {"status", status_name},
+                       {"fraud_decision", fraud_decision},
+                       {"rules_hit", rules_hit},
+                       {"adapter", adapter},
+                       {"ms", FormatMillis(std::chrono::steady_clock::now() - started)}});
   co_return *stored;
 }
 

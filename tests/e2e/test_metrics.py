@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Issue 12, acceptance 3: the gateway's Prometheus port on a real stack.
+"""Issue 12, acceptances 3 and 4: the gateway's Prometheus port and its log
+lines on a real stack.
 
 - GET /metrics answers the text format, and Debian's python3-prometheus-client
   parser reads every family of it;
@@ -7,13 +8,18 @@
   by status and method, the fraud round trip, the adapter call, the ledger
   commit, rule evaluations and hits (shadow labelled), circuit breaker state,
   build info;
-- no label value carries a card number, a user id or a seller id.
+- no label value carries a card number, a user id or a seller id;
+- every line the gateway logs (at debug level) is one JSON object, each
+  recharge has exactly one `recharge` decision line with its user, seller,
+  method, region, status, rules hit, adapter and time, and no line holds a
+  card number.
 
     /usr/bin/python3 -m unittest -v tests/e2e/test_metrics.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -47,6 +53,14 @@ rules:
 """
 
 
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        v = int(ch) * (2 if i % 2 else 1)
+        total += v - 9 if v > 9 else v
+    return total % 10 == 0
+
+
 def samples(text: str) -> dict[tuple[str, tuple], float]:
     """Every sample of a scrape, by (name, sorted labels)."""
     out = {}
@@ -67,6 +81,7 @@ class MetricsTest(unittest.TestCase):
     def setUpClass(cls):
         cls.st = Stack("metrics", metrics=True)
         cls.st.fraud_rules_text = RULES
+        cls.st.log_level = "debug"
         cls.st.start()
 
     @classmethod
@@ -141,6 +156,40 @@ class MetricsTest(unittest.TestCase):
             self.assertNotIn(secret, self.last_text)
         for v in values:
             self.assertIsNone(re.search(r"\d{12,19}", v), v)
+
+    def test_log_lines_are_json_with_one_decision_line_per_recharge(self):
+        stub = self.st.stub()
+        made = {}
+        for number in ("4242424242424242", CARD_DECLINE, "4000000000009995"):
+            req = card_request(new_key("log"), number=number, seller_id=SELLER)
+            made[stub.RecordRecharge(req, timeout=RPC_TIMEOUT_S).recharge_id] = req
+        # A replay is not a new decision: no second line.
+        stub.RecordRecharge(req, timeout=RPC_TIMEOUT_S)
+        lines = self.st.gateway.log().splitlines()
+        self.assertGreater(len(lines), 10)
+        decisions = {}
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                self.fail(f"not a JSON line: {line!r}")
+            self.assertIsInstance(obj, dict, line)
+            self.assertIn(obj.get("level"), ("debug", "info", "warn", "error"), line)
+            if obj.get("event") == "recharge" and obj.get("recharge_id") in made:
+                decisions.setdefault(obj["recharge_id"], []).append(obj)
+        self.assertEqual(sorted(decisions), sorted(made))
+        for recharge_id, objs in decisions.items():
+            self.assertEqual(len(objs), 1, objs)
+            d, req = objs[0], made[recharge_id]
+            self.assertEqual((d["user_id"], d["seller_id"], d["method"], d["region"]),
+                             (req.user_id, SELLER, "card", "US"))
+            self.assertEqual(d["fraud_decision"], "REVIEW")
+            self.assertIn("review-listed-seller", d["rules_hit"])
+            self.assertEqual(d["adapter"], "card-primary")
+            self.assertGreaterEqual(float(d["ms"]), 0)
+        log = self.st.gateway.log()
+        for run in re.findall(r"\d{12,19}", log):
+            self.assertFalse(luhn_ok(run), f"a card number in the log: {run}")
 
     def test_only_get_metrics_is_served(self):
         status, _, _ = self.st.scrape("/other")
