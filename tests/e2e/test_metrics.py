@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from stack import CARD_DECLINE, Stack, card_request, new_key, new_user, pb  # noqa: E402
+from stack import REPO, CARD_DECLINE, Stack, card_request, new_key, new_user, pb  # noqa: E402
 
 RPC_TIMEOUT_S = 20
 SELLER = "seller-metrics-" + new_key("s")[-8:]
@@ -190,6 +190,28 @@ class MetricsTest(unittest.TestCase):
         log = self.st.gateway.log()
         for run in re.findall(r"\d{12,19}", log):
             self.assertFalse(luhn_ok(run), f"a card number in the log: {run}")
+
+    def test_dashboard_and_alerts_name_only_metrics_the_gateway_exports(self):
+        """docs/dashboards: every recharge_* series an expression uses is one
+        the gateway serves (a renamed metric would leave a panel or an alert
+        silently empty)."""
+        import yaml  # python3-yaml
+        stub = self.st.stub()
+        stub.RecordRecharge(card_request(new_key("dash")), timeout=RPC_TIMEOUT_S)
+        served = {name for (name, _) in self.scrape()}
+        # Families declared but without a sample yet (no webhook here).
+        for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", self.last_text, re.M):
+            served.add(name)
+            if kind == "histogram":
+                served.update({name + "_bucket", name + "_sum", name + "_count"})
+        docs = REPO / "docs" / "dashboards"
+        dashboard = json.loads((docs / "recharge-gateway.json").read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        alerts = yaml.safe_load((docs / "alerts.yaml").read_text())
+        exprs += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+        self.assertGreater(len(exprs), 10)
+        used = {m for e in exprs for m in re.findall(r"\brecharge_[a-z0-9_]+", e)}
+        self.assertFalse(used - served, f"not exported: {sorted(used - served)}")
 
     def test_only_get_metrics_is_served(self):
         status, _, _ = self.st.scrape("/other")
