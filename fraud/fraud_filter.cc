@@ -56,6 +56,10 @@ std::string FraudInput::ToJson() const {
   out.append(std::to_string(cents / 100));
   char frac[4] = {'.', static_cast<char>('0' + cents % 100 / 10), static_cast<char>('0' + cents % 10), 0};
   out.append(frac);
+  if (at_ms != 0) {
+    out.append(",\"at_ms\":");
+    out.append(std::to_string(at_ms));
+  }
   out.push_back('}');
   return out;
 }
@@ -83,6 +87,7 @@ std::optional<FraudInput> FraudInput::FromJson(std::string_view text) {
   if (j.contains("amount_usd") && j["amount_usd"].is_number()) {
     in.amount_usd_cents = static_cast<int64_t>(j["amount_usd"].get<double>() * 100.0 + 0.5);
   }
+  if (j.contains("at_ms") && j["at_ms"].is_number_integer()) in.at_ms = j["at_ms"].get<int64_t>();
   return in;
 }
 

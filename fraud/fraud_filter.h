@@ -37,6 +37,10 @@ struct FraudInput {
   std::string package_id;
   int64_t coins = 0;
   int64_t amount_usd_cents = 0;        // the package's USD price
+  // When the decision is made (unix ms; 0: now): the counters' buckets are
+  // picked by it, and a backtest replays the decision at the same instant.
+  // Not a rule field.
+  int64_t at_ms = 0;
 
   // The inputs as a JSON object, for the decision log, and back.
   std::string ToJson() const;

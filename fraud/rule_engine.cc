@@ -22,16 +22,6 @@ constexpr int kGuardBuckets = 10;
 // How long a chargeback block-lists the card and the device.
 constexpr std::chrono::hours kChargebackBlock(24 * 180);
 
-FraudAction ToProto(Action a) {
-  switch (a) {
-    case Action::kAllow: return recharge::v1::FRAUD_ACTION_ALLOW;
-    case Action::kReview:
-    case Action::kFlagSeller: return recharge::v1::FRAUD_ACTION_REVIEW;
-    case Action::kBlock: return recharge::v1::FRAUD_ACTION_BLOCK;
-  }
-  return recharge::v1::FRAUD_ACTION_UNSPECIFIED;
-}
-
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch()).count();
@@ -128,8 +118,19 @@ std::vector<RuleStatsSnapshot> RuleEngine::Stats() const {
   return out;
 }
 
-std::vector<CounterUpdate> RuleEngine::CounterUpdates(const rules::RuleSet& rs, const FraudInput& input,
-                                                      CounterEvent event, std::vector<int>* index) const {
+FraudAction FraudActionOf(Action a) {
+  switch (a) {
+    case Action::kAllow: return recharge::v1::FRAUD_ACTION_ALLOW;
+    case Action::kReview:
+    case Action::kFlagSeller: return recharge::v1::FRAUD_ACTION_REVIEW;
+    case Action::kBlock: return recharge::v1::FRAUD_ACTION_BLOCK;
+  }
+  return recharge::v1::FRAUD_ACTION_UNSPECIFIED;
+}
+
+std::vector<CounterUpdate> BuildCounterUpdates(const rules::RuleSet& rs, const FraudInput& input,
+                                               CounterEvent event, const CounterKeyFn& key_of,
+                                               std::vector<int>* index) {
   rules::EvalContext ctx;
   rules::FillEvalContext(input, &ctx);
   std::vector<CounterUpdate> out;
@@ -140,7 +141,7 @@ std::vector<CounterUpdate> RuleEngine::CounterUpdates(const rules::RuleSet& rs, 
     const std::string_view per = ctx.string(spec.per);
     if (per.empty()) continue;  // neither updated nor read: reads as 0
     CounterUpdate u;
-    u.key = store_.CounterKey(std::string(rules::FieldName(spec.per)), std::string(per), spec.name);
+    u.key = key_of(std::string(rules::FieldName(spec.per)), std::string(per), spec.name);
     u.window = spec.window;
     u.buckets = spec.buckets;
     u.update = spec.on == event;
@@ -174,6 +175,16 @@ std::vector<CounterUpdate> RuleEngine::CounterUpdates(const rules::RuleSet& rs, 
     out.push_back(std::move(u));
   }
   return out;
+}
+
+std::vector<CounterUpdate> RuleEngine::CounterUpdates(const rules::RuleSet& rs, const FraudInput& input,
+                                                      CounterEvent event, std::vector<int>* index) const {
+  return BuildCounterUpdates(
+      rs, input, event,
+      [this](const std::string& field, const std::string& value, const std::string& name) {
+        return store_.CounterKey(field, value, name);
+      },
+      index);
 }
 
 bool RuleEngine::GuardRecord(RuleState& state, const rules::BlastRadius& br, double max_share,
@@ -241,8 +252,11 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
     }
   }
   const auto round_trip_started = std::chrono::steady_clock::now();
+  const auto decided_at = input.at_ms != 0
+                              ? std::chrono::system_clock::time_point(std::chrono::milliseconds(input.at_ms))
+                              : std::chrono::system_clock::now();
   absl::StatusOr<CounterReadout> readout =
-      co_await store_.UpdateAndRead(updates, checks, std::chrono::system_clock::now(), links);
+      co_await store_.UpdateAndRead(updates, checks, decided_at, links);
   Metrics().fraud_seconds.With({}).Observe(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - round_trip_started).count());
   if (!readout.ok()) {
@@ -302,18 +316,18 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
     const rules::Rule& r = rs.rules()[i];
     recharge::v1::RuleHit* h = a.add_hits();
     h->set_rule_id(r.id());
-    h->set_action(ToProto(r.action()));
+    h->set_action(FraudActionOf(r.action()));
     h->set_reason(r.reason());
   }
   for (uint16_t i : result.shadow) {
     const rules::Rule& r = rs.rules()[i];
     recharge::v1::RuleHit* h = a.add_hits();
     h->set_rule_id(r.id());
-    h->set_action(ToProto(r.action()));
+    h->set_action(FraudActionOf(r.action()));
     h->set_reason(r.reason());
     h->set_shadow(true);
   }
-  a.set_decision(ToProto(result.decision.action));
+  a.set_decision(FraudActionOf(result.decision.action));
   bool flagged = ctx.seller_flagged;
   if (result.decision.flag_seller && !input.seller_id.empty()) {
     const rules::Rule& r = rs.rules()[result.decision.flag_rule];

@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +34,20 @@
 #include "io/metrics.h"
 
 namespace recharge {
+
+// The counter updates of `input` for the rule set's counters: `event` picks
+// which are updated (the others are read); counters whose `per` field is
+// empty are left out, and `index[i]` is counter i's position or -1. Keys are
+// named by `key_of(per_field, per_value, counter_name)`. Shared by the live
+// engine (Redis keys) and the backtest (fraud/backtest.h).
+using CounterKeyFn =
+    std::function<std::string(const std::string&, const std::string&, const std::string&)>;
+std::vector<CounterUpdate> BuildCounterUpdates(const rules::RuleSet& rs, const FraudInput& input,
+                                               rules::CounterEvent event,
+                                               const CounterKeyFn& key_of, std::vector<int>* index);
+
+// The decision a rule's action makes (flag_seller reviews).
+recharge::v1::FraudAction FraudActionOf(rules::Action action);
 
 struct RuleStatsSnapshot {
   std::string rule_id;

@@ -2,10 +2,12 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include "fraud/backtest.h"
 #include "gateway/call_gate.h"
 #include "gateway/recharge_flow.h"
 #include "gateway/service.h"
 #include "gateway/validation.h"
+#include "io/log.h"
 #include "io/strings.h"
 
 namespace recharge {
@@ -127,6 +129,69 @@ grpc::ServerUnaryReactor* FraudAdminService::ReloadRules(grpc::CallbackServerCon
           StrCat(version.status().message(), " (the rules loaded before stay live)"));
     }
     response->set_rules_version(*version);
+    co_return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* FraudAdminService::BacktestRules(grpc::CallbackServerContext* ctx,
+                                                           const BacktestRulesRequest* request,
+                                                           BacktestRulesResponse* response) {
+  return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/BacktestRules", request, response,
+                     [this, request, response](const CallInfo& call) -> asio::awaitable<absl::Status> {
+    if (engine_ == nullptr) co_return NoRules();
+    // The candidate is checked like a reload; nothing live changes.
+    const std::string name = request->file_name().empty() ? "candidate.yaml" : request->file_name();
+    absl::StatusOr<std::shared_ptr<const rules::RuleSet>> candidate =
+        rules::RuleSet::Parse(request->rules_yaml(), name);
+    if (!candidate.ok()) co_return absl::InvalidArgumentError(candidate.status().message());
+    const int examples = request->examples_per_change() == 0
+                             ? 3
+                             : std::clamp(request->examples_per_change(), 1, 50);
+    if (request->examples_per_change() < 0) {
+      co_return absl::InvalidArgumentError("examples_per_change: must not be negative");
+    }
+    const auto from = request->has_from()
+                          ? std::chrono::system_clock::time_point(std::chrono::microseconds(
+                                TimeUtil::TimestampToMicroseconds(request->from())))
+                          : std::chrono::system_clock::time_point();
+    const auto to = request->has_to()
+                        ? std::chrono::system_clock::time_point(std::chrono::microseconds(
+                              TimeUtil::TimestampToMicroseconds(request->to())))
+                        : std::chrono::system_clock::now();
+    if (to < from) co_return absl::InvalidArgumentError("to: is before from");
+    constexpr size_t kMaxDecisions = 1'000'000;
+    absl::StatusOr<BacktestTraffic> traffic =
+        co_await ledger_.ReadBacktestTraffic(from, to, kMaxDecisions);
+    if (!traffic.ok()) co_return traffic.status();
+
+    std::vector<RecordedDecision> decisions;
+    decisions.reserve(traffic->decisions.size());
+    for (BacktestTraffic::Decision& d : traffic->decisions) {
+      std::optional<FraudInput> input = FraudInput::FromJson(d.inputs_json);
+      if (!input) continue;  // unreadable inputs: nothing to replay (never written so)
+      RecordedDecision& r = decisions.emplace_back();
+      r.recharge_id = std::move(d.recharge_id);
+      // Decided at the instant recorded with the inputs; older records: when written.
+      r.at_ms = input->at_ms != 0 ? input->at_ms : d.recorded_at_us / 1000;
+      r.input = *std::move(input);
+      r.assessment = std::move(d.assessment);
+      r.declined = d.declined;
+    }
+    std::vector<RecordedChargeback> chargebacks;
+    for (BacktestTraffic::Chargeback& c : traffic->chargebacks) {
+      std::optional<FraudInput> input = FraudInput::FromJson(c.inputs_json);
+      if (input) chargebacks.push_back({std::move(c.recharge_id), c.at_us / 1000, *std::move(input)});
+    }
+    // The replay: on the backtest thread, then back.
+    const asio::any_io_executor home = co_await asio::this_coro::executor;
+    co_await asio::post(backtests_.get_executor(), asio::use_awaitable);
+    Backtest backtest(*std::move(candidate), engine_->rules()->version(), examples);
+    *response = backtest.Run(std::move(decisions), std::move(chargebacks));
+    co_await asio::post(home, asio::use_awaitable);
+    LogInfo("rules_backtest", {{"caller", call.caller->name},
+                               {"candidate_version", response->candidate_version()},
+                               {"replayed", std::to_string(response->replayed())},
+                               {"changed", std::to_string(response->changed())}});
     co_return absl::OkStatus();
   });
 }

@@ -7,6 +7,8 @@
 // Thread-safety: holds only references to thread-safe parts.
 #pragma once
 
+#include <boost/asio/thread_pool.hpp>
+
 #include "adapters/router.h"
 #include "gateway/call_gate.h"
 #include "fraud/rule_engine.h"
@@ -43,6 +45,9 @@ class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService
   grpc::ServerUnaryReactor* ResolveReview(grpc::CallbackServerContext* ctx,
                                           const recharge::v1::ResolveReviewRequest* request,
                                           recharge::v1::Recharge* response) override;
+  grpc::ServerUnaryReactor* BacktestRules(grpc::CallbackServerContext* ctx,
+                                          const recharge::v1::BacktestRulesRequest* request,
+                                          recharge::v1::BacktestRulesResponse* response) override;
   grpc::ServerUnaryReactor* ReportChargeback(grpc::CallbackServerContext* ctx,
                                              const recharge::v1::ReportChargebackRequest* request,
                                              recharge::v1::ReportChargebackResponse* response) override;
@@ -61,6 +66,9 @@ class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService
   RuleEngine* engine_;
   LedgerStore& ledger_;
   const Router& router_;
+  // Backtests replay on a thread of their own, one at a time: a long replay
+  // never holds up an io thread.
+  asio::thread_pool backtests_{1};
 };
 
 }  // namespace recharge

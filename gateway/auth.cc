@@ -153,6 +153,7 @@ const std::vector<RpcPolicy>& RpcPolicies() {
       {"/recharge.v1.FraudAdmin/ResolveReview", kRoleOps, true},
       {"/recharge.v1.FraudAdmin/ReportChargeback", kRoleOps, true},
       {"/recharge.v1.FraudAdmin/ListAuditEvents", kRoleOps, false},
+      {"/recharge.v1.FraudAdmin/BacktestRules", kRoleOps, false},
   };
   return kTable;
 }

@@ -395,7 +395,10 @@ asio::awaitable<absl::StatusOr<RecordRechargeResponse>> RechargeFlow::Record(
       break;
   }
 
-  // 4. Fraud decision, before anything is charged.
+  // 4. Fraud decision, before anything is charged (at a time the decision
+  //    log keeps, so that a backtest replays it at the same instant).
+  input.at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
   FraudAssessment assessment = co_await fraud_.Assess(input);
   slot.Leave();
 

@@ -144,6 +144,25 @@ enum class NotificationApplied {
   kNoChange,  // the recharge was no longer in `from`: recorded, nothing changed
 };
 
+// What a backtest replays (FraudAdmin.BacktestRules): the decisions of a
+// period and the chargebacks reported in it, in the order they were written.
+struct BacktestTraffic {
+  struct Decision {
+    std::string recharge_id;
+    int64_t recorded_at_us = 0;   // when the decision was written
+    std::string inputs_json;      // the fraud inputs (FraudInput::ToJson)
+    FraudAssessment assessment;   // what was decided
+    bool declined = false;        // the provider declined the charge (not a review's rejection)
+  };
+  struct Chargeback {
+    std::string recharge_id;
+    int64_t at_us = 0;
+    std::string inputs_json;      // the recharge's decision inputs
+  };
+  std::vector<Decision> decisions;
+  std::vector<Chargeback> chargebacks;
+};
+
 class LedgerStore {
  public:
   virtual ~LedgerStore() = default;
@@ -196,6 +215,12 @@ class LedgerStore {
   // The fraud inputs recorded with the recharge's decision (JSON), NOT_FOUND
   // if there is none.
   virtual asio::awaitable<absl::StatusOr<std::string>> GetDecisionInputs(std::string recharge_id) = 0;
+
+  // The decisions recorded in [from, to] and the chargebacks reported in
+  // it. RESOURCE_EXHAUSTED past `max_decisions` (a shorter period is asked).
+  virtual asio::awaitable<absl::StatusOr<BacktestTraffic>> ReadBacktestTraffic(
+      std::chrono::system_clock::time_point from, std::chrono::system_clock::time_point to,
+      size_t max_decisions) = 0;
 
   // Appends one admin action to the audit log (its seq is assigned here).
   virtual asio::awaitable<absl::Status> AppendAudit(recharge::v1::AuditEvent event) = 0;

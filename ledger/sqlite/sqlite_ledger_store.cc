@@ -965,6 +965,59 @@ asio::awaitable<absl::StatusOr<std::string>> SqliteLedgerStore::GetDecisionInput
   co_return co_await Submit<absl::StatusOr<std::string>, Route::kRead>(std::move(body));
 }
 
+asio::awaitable<absl::StatusOr<BacktestTraffic>> SqliteLedgerStore::ReadBacktestTraffic(
+    std::chrono::system_clock::time_point from, std::chrono::system_clock::time_point to,
+    size_t max_decisions) {
+  auto body = [from = UnixMicros(from), to = UnixMicros(to),
+               max_decisions](Db& db) -> absl::StatusOr<BacktestTraffic> {
+    Db::ReadTransaction snapshot(db);  // both lists from one snapshot
+    BacktestTraffic out;
+    {
+      LEDGER_PREPARE(decisions,
+                     "SELECT d.recharge_id, d.at, d.inputs, d.assessment, r.status, r.record"
+                     " FROM decision_log d LEFT JOIN recharges r ON r.recharge_id = d.recharge_id"
+                     " WHERE d.at >= ?1 AND d.at <= ?2 ORDER BY d.seq");
+      decisions.Int(1, from).Int(2, to);
+      for (;;) {
+        absl::StatusOr<bool> row = decisions.Step();
+        if (!row.ok()) return row.status();
+        if (!*row) break;
+        if (out.decisions.size() >= max_decisions) {
+          return absl::ResourceExhaustedError(
+              StrCat("more than ", max_decisions, " decisions in the period; ask for a shorter one"));
+        }
+        BacktestTraffic::Decision& d = out.decisions.emplace_back();
+        d.recharge_id = decisions.ColText(0);
+        d.recorded_at_us = decisions.ColInt(1);
+        d.inputs_json = decisions.ColText(2);
+        if (!decisions.ParseCol(3, &d.assessment)) {
+          return absl::DataLossError("ledger: stored assessment does not parse");
+        }
+        if (decisions.ColInt(4) == recharge::v1::RECHARGE_STATUS_DECLINED) {
+          Recharge r;
+          if (decisions.ParseCol(5, &r)) {
+            const std::string& code = r.payment().decline_code();
+            d.declined = code != "review_rejected" && code != "review_expired";
+          }
+        }
+      }
+    }
+    LEDGER_PREPARE(chargebacks,
+                   "SELECT e.recharge_id, e.at, d.inputs FROM recharge_events e"
+                   " JOIN decision_log d ON d.recharge_id = e.recharge_id"
+                   " WHERE e.type = ?1 AND e.at >= ?2 AND e.at <= ?3 ORDER BY e.seq");
+    chargebacks.Int(1, recharge::v1::RECHARGE_EVENT_CHARGED_BACK).Int(2, from).Int(3, to);
+    for (;;) {
+      absl::StatusOr<bool> row = chargebacks.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      out.chargebacks.push_back({chargebacks.ColText(0), chargebacks.ColInt(1), chargebacks.ColText(2)});
+    }
+    return out;
+  };
+  co_return co_await Submit<absl::StatusOr<BacktestTraffic>, Route::kRead>(std::move(body));
+}
+
 asio::awaitable<absl::StatusOr<Recharge>> SqliteLedgerStore::GetRecharge(std::string id) {
   auto body = [id = std::move(id)](Db& db) -> absl::StatusOr<Recharge> {
     LEDGER_PREPARE(select, "SELECT record FROM recharges WHERE recharge_id = ?1");

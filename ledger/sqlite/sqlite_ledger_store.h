@@ -74,6 +74,9 @@ class SqliteLedgerStore final : public LedgerStore {
       recharge::v1::RechargeStatus from) override;
   asio::awaitable<absl::StatusOr<bool>> NotificationSeen(NotificationRef ref) override;
   asio::awaitable<absl::StatusOr<Recharge>> GetRecharge(std::string recharge_id) override;
+  asio::awaitable<absl::StatusOr<BacktestTraffic>> ReadBacktestTraffic(
+      std::chrono::system_clock::time_point from, std::chrono::system_clock::time_point to,
+      size_t max_decisions) override;
   asio::awaitable<absl::StatusOr<Recharge>> GetRechargeByKey(std::string idempotency_key) override;
   asio::awaitable<absl::StatusOr<RechargePage>> ListRecharges(
       std::string user_id, int page_size, std::optional<RechargeCursor> cursor) override;

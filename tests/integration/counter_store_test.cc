@@ -3,6 +3,10 @@
 // block lists.
 #include "fraud/counter_store.h"
 
+#include <random>
+
+#include "fraud/backtest.h"
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/use_future.hpp>
 #include <gtest/gtest.h>
@@ -281,6 +285,55 @@ TEST_F(CounterStoreTest, UnreachableRedisIsAnErrorWithinTheTimeout) {
   std::vector<CounterUpdate> c = {Counter(Kind::kCount, "down", 1h, 12)};
   auto r = Run(store_->UpdateAndRead(c, {}, std::chrono::system_clock::now()));
   EXPECT_FALSE(r.ok());
+}
+
+}  // namespace
+}  // namespace recharge
+
+namespace recharge {
+namespace {
+
+// The backtest's MemoryCounters must say what the Redis script says: the
+// same random sequence of updates and reads (every kind, gates, read-only
+// counters, time crossing bucket and window edges) against both.
+TEST_F(CounterStoreTest, MemoryCountersAgreeWithRedisOnARandomSequence) {
+  MemoryCounters memory;
+  std::mt19937 rng(20261203);
+  auto now = std::chrono::system_clock::time_point(std::chrono::hours(500000));
+  for (int step = 0; step < 400; ++step) {
+    now += std::chrono::seconds(std::uniform_int_distribution<int>(0, 240)(rng));
+    const std::string who = "s" + std::to_string(std::uniform_int_distribution<int>(1, 3)(rng));
+    auto counter = [&](Kind kind, const std::string& name, std::chrono::milliseconds window,
+                       int buckets, std::string value) {
+      CounterUpdate c;
+      c.kind = kind;
+      c.key = store_->CounterKey("seller_id", who, name);
+      c.window = window;
+      c.buckets = buckets;
+      c.value = std::move(value);
+      c.update = std::uniform_int_distribution<int>(0, 4)(rng) != 0;  // some read only
+      return c;
+    };
+    const std::string user = "u" + std::to_string(std::uniform_int_distribution<int>(1, 12)(rng));
+    std::vector<CounterUpdate> counters = {
+        counter(Kind::kCount, "n10m", 10min, 10, "1"),
+        counter(Kind::kSum, "usd1h", 1h, 12,
+                std::to_string(std::uniform_int_distribution<int>(1, 9999)(rng) / 100.0)),
+        counter(Kind::kDistinct, "users10m", 10min, 5, user),
+        counter(Kind::kCount, "gated", 30min, 6, "1"),
+    };
+    counters[3].gate = "3 >= 3.000000";  // only once the request's seller saw 3 users
+    const std::vector<std::string> checks;
+    auto redis = Run(store_->UpdateAndRead(counters, checks, now));
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    const int64_t now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+    CounterReadout mem = memory.UpdateAndRead(counters, checks, now_ms);
+    ASSERT_EQ(mem.values.size(), redis->values.size());
+    for (size_t i = 0; i < mem.values.size(); ++i) {
+      EXPECT_NEAR(mem.values[i], redis->values[i], 1e-6) << "step " << step << " counter " << i;
+    }
+  }
 }
 
 }  // namespace
