@@ -76,10 +76,11 @@ std::shared_ptr<const RuleEngine::Active> RuleEngine::Activate(
   return next;
 }
 
-absl::StatusOr<std::string> RuleEngine::Reload() {
+absl::StatusOr<std::string> RuleEngine::Reload(std::string_view caller) {
   absl::StatusOr<std::shared_ptr<const rules::RuleSet>> loaded = rules::RuleSet::LoadFile(rules_path_);
   if (!loaded.ok()) {
-    LogWarn("rules_reload_failed", {{"error", std::string(loaded.status().message())},
+    LogWarn("rules_reload_failed", {{"caller", std::string(caller)},
+                                    {"error", std::string(loaded.status().message())},
                                     {"live_version", active()->rules->version()}});
     return loaded.status();
   }
@@ -97,7 +98,7 @@ absl::StatusOr<std::string> RuleEngine::Reload() {
     }
   }
   Activate(*std::move(loaded));
-  LogInfo("rules_reloaded", {{"version", version}});
+  LogInfo("rules_reloaded", {{"caller", std::string(caller)}, {"version", version}});
   return version;
 }
 

@@ -80,7 +80,8 @@ class RuleEngine final : public FraudFilter {
                                                                      bool count);
 
   // Loads the rule file again; the old set stays live on any error.
-  absl::StatusOr<std::string> Reload();
+  // `caller` (the admin caller, or "SIGHUP") is logged with the outcome.
+  absl::StatusOr<std::string> Reload(std::string_view caller = "SIGHUP");
   std::shared_ptr<const rules::RuleSet> rules() const;
 
   std::vector<RuleStatsSnapshot> Stats() const;

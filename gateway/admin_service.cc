@@ -121,9 +121,9 @@ grpc::ServerUnaryReactor* FraudAdminService::ReloadRules(grpc::CallbackServerCon
                                                          const ReloadRulesRequest* request,
                                                          ReloadRulesResponse* response) {
   return gate_.Serve(ctx, "/recharge.v1.FraudAdmin/ReloadRules", request, response,
-                     [this, request, response](const CallInfo&) -> asio::awaitable<absl::Status> {
+                     [this, request, response](const CallInfo& call) -> asio::awaitable<absl::Status> {
     if (engine_ == nullptr) co_return NoRules();
-    absl::StatusOr<std::string> version = engine_->Reload();
+    absl::StatusOr<std::string> version = engine_->Reload(call.caller->name);
     if (!version.ok()) {
       co_return absl::InvalidArgumentError(
           StrCat(version.status().message(), " (the rules loaded before stay live)"));
