@@ -2,10 +2,12 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/status/status.h"
@@ -128,7 +130,12 @@ std::string_view ActionName(Action action) {
   return "?";
 }
 
-// Builds a RuleSet from the parsed file; one instance per load.
+// Builds a RuleSet from the parsed file; one instance per load. It goes on
+// past an error wherever what follows does not depend on what failed, so
+// that one pass reports every mistake in the file: each header field, each
+// counter and each rule, field by field. A counter that failed still lends
+// its name to the conditions after it (no second error for one mistake); a
+// rule whose action is unknown skips the checks that depend on the action.
 class RuleSetLoader {
  public:
   RuleSetLoader(const std::string& text, const std::string& name, YAML::Node raw)
@@ -137,187 +144,237 @@ class RuleSetLoader {
   }
 
   absl::StatusOr<std::shared_ptr<const RuleSet>> Load(const ConfigNode& root) {
-    absl::Status s =
-        root.CheckKeys({"version", "fail_mode", "blast_radius", "links", "counters", "rules"});
-    if (s.ok()) s = LoadHeader(root);
-    if (s.ok() && root.Has("links")) s = LoadLinks(root.Child("links"));
-    if (s.ok() && root.Has("counters")) s = LoadCounters(root.Child("counters"));
-    if (s.ok() && root.Has("rules")) s = LoadRules(root.Child("rules"));
-    if (!s.ok()) return s;
+    Keep(root.CheckKeys({"version", "fail_mode", "blast_radius", "links", "counters", "rules"}));
+    LoadHeader(root);
+    if (root.Has("links")) LoadLinks(root.Child("links"));
+    if (root.Has("counters")) LoadCounters(root.Child("counters"));
+    if (root.Has("rules")) LoadRules(root.Child("rules"));
+    if (!errors_.empty()) {
+      // One error per line; a newline inside one (a quoted value) is escaped.
+      std::string message;
+      for (const absl::Status& e : errors_) {
+        if (!message.empty()) message += '\n';
+        for (const char c : e.message()) {
+          if (c == '\n') {
+            message += "\\n";
+          } else {
+            message += c;
+          }
+        }
+      }
+      return absl::InvalidArgumentError(message);
+    }
     return std::shared_ptr<const RuleSet>(std::move(set_));
   }
 
  private:
-  absl::Status LoadHeader(const ConfigNode& root) {
-    absl::StatusOr<std::string> version = root.GetString("version");
-    if (!version.ok()) return version.status();
-    if (version->empty()) return root.Child("version").Error("must not be empty");
-    set_->version_ = *version;
+  // Keeps `s` when it is an error; true when it is not.
+  bool Keep(const absl::Status& s) {
+    if (!s.ok()) errors_.push_back(s);
+    return s.ok();
+  }
+  // The value of `v`, or nullopt with its error kept.
+  template <typename T>
+  std::optional<T> Take(absl::StatusOr<T> v) {
+    if (!Keep(v.status())) return std::nullopt;
+    return *std::move(v);
+  }
 
-    absl::StatusOr<std::string> fail_mode = root.GetString("fail_mode", "open");
-    if (!fail_mode.ok()) return fail_mode.status();
-    if (*fail_mode == "open") {
-      set_->fail_mode_ = FailMode::kOpen;
-    } else if (*fail_mode == "closed") {
-      set_->fail_mode_ = FailMode::kClosed;
-    } else {
-      return root.Child("fail_mode")
-          .Error(StrCat("must be open or closed, got \"", *fail_mode, "\""));
+  void LoadHeader(const ConfigNode& root) {
+    if (std::optional<std::string> version = Take(root.GetString("version"))) {
+      if (version->empty()) {
+        Keep(root.Child("version").Error("must not be empty"));
+      } else {
+        set_->version_ = *version;
+      }
     }
 
-    if (!root.Has("blast_radius")) return absl::OkStatus();
+    if (std::optional<std::string> fail_mode = Take(root.GetString("fail_mode", "open"))) {
+      if (*fail_mode == "open") {
+        set_->fail_mode_ = FailMode::kOpen;
+      } else if (*fail_mode == "closed") {
+        set_->fail_mode_ = FailMode::kClosed;
+      } else {
+        Keep(root.Child("fail_mode")
+                 .Error(StrCat("must be open or closed, got \"", *fail_mode, "\"")));
+      }
+    }
+
+    if (!root.Has("blast_radius")) return;
     const ConfigNode guard = root.Child("blast_radius");
-    absl::Status s = guard.CheckKeys({"max_block_share", "window", "min_requests"});
-    if (!s.ok()) return s;
+    Keep(guard.CheckKeys({"max_block_share", "window", "min_requests"}));
     BlastRadius& b = set_->blast_radius_;
-    absl::StatusOr<double> share = GetShare(guard, "max_block_share", b.max_block_share);
-    if (!share.ok()) return share.status();
-    b.max_block_share = *share;
-    absl::StatusOr<std::chrono::milliseconds> window = guard.GetDuration("window", b.window);
-    if (!window.ok()) return window.status();
-    if (window->count() <= 0) return guard.Child("window").Error("must be longer than 0");
-    b.window = *window;
-    absl::StatusOr<int64_t> min_requests =
-        guard.GetInt("min_requests", b.min_requests, 1, 1'000'000'000);
-    if (!min_requests.ok()) return min_requests.status();
-    b.min_requests = *min_requests;
-    return absl::OkStatus();
-  }
-
-  absl::Status LoadLinks(const ConfigNode& links) {
-    absl::Status s = links.CheckKeys({"by", "window"});
-    if (!s.ok()) return s;
-    if (!links.Has("by")) return links.Error("by: is required (e.g. [card_fingerprint, device_id])");
-    absl::StatusOr<std::vector<std::string>> by = links.Child("by").AsStringList();
-    if (!by.ok()) return by.status();
-    if (by->empty()) return links.Child("by").Error("must name at least one field");
-    for (const std::string& name : *by) {
-      std::optional<Field> f = FieldByName(name);
-      if (!f || (*f != Field::kCardFingerprint && *f != Field::kDeviceId && *f != Field::kIp &&
-                 *f != Field::kInstrumentFingerprint)) {
-        return links.Child("by").Error(StrCat(
-            "'", name, "' cannot link sellers: use card_fingerprint, device_id, ip or "
-            "instrument_fingerprint"));
-      }
-      for (Field seen : set_->links_.by) {
-        if (seen == *f) return links.Child("by").Error(StrCat("'", name, "' is listed twice"));
-      }
-      set_->links_.by.push_back(*f);
+    if (std::optional<double> share = Take(GetShare(guard, "max_block_share", b.max_block_share))) {
+      b.max_block_share = *share;
     }
-    absl::StatusOr<std::chrono::milliseconds> window =
-        links.GetDuration("window", set_->links_.window);
-    if (!window.ok()) return window.status();
-    if (window->count() <= 0) return links.Child("window").Error("must be longer than 0");
-    set_->links_.window = *window;
-    return absl::OkStatus();
+    if (std::optional<std::chrono::milliseconds> window =
+            Take(guard.GetDuration("window", b.window))) {
+      if (window->count() <= 0) {
+        Keep(guard.Child("window").Error("must be longer than 0"));
+      } else {
+        b.window = *window;
+      }
+    }
+    if (std::optional<int64_t> min_requests =
+            Take(guard.GetInt("min_requests", b.min_requests, 1, 1'000'000'000))) {
+      b.min_requests = *min_requests;
+    }
   }
 
-  absl::Status LoadCounters(const ConfigNode& counters) {
-    if (!counters.IsMap()) return counters.Error("must be a mapping of counter names to counters");
+  void LoadLinks(const ConfigNode& links) {
+    Keep(links.CheckKeys({"by", "window"}));
+    if (!links.Has("by")) {
+      Keep(links.Error("by: is required (e.g. [card_fingerprint, device_id])"));
+    } else if (std::optional<std::vector<std::string>> by =
+                   Take(links.Child("by").AsStringList())) {
+      if (by->empty()) Keep(links.Child("by").Error("must name at least one field"));
+      for (const std::string& name : *by) {
+        std::optional<Field> f = FieldByName(name);
+        if (!f || (*f != Field::kCardFingerprint && *f != Field::kDeviceId && *f != Field::kIp &&
+                   *f != Field::kInstrumentFingerprint)) {
+          Keep(links.Child("by").Error(
+              StrCat("'", name,
+                     "' cannot link sellers: use card_fingerprint, device_id, ip or "
+                     "instrument_fingerprint")));
+          continue;
+        }
+        if (std::find(set_->links_.by.begin(), set_->links_.by.end(), *f) !=
+            set_->links_.by.end()) {
+          Keep(links.Child("by").Error(StrCat("'", name, "' is listed twice")));
+          continue;
+        }
+        set_->links_.by.push_back(*f);
+      }
+    }
+    if (std::optional<std::chrono::milliseconds> window =
+            Take(links.GetDuration("window", set_->links_.window))) {
+      if (window->count() <= 0) {
+        Keep(links.Child("window").Error("must be longer than 0"));
+      } else {
+        set_->links_.window = *window;
+      }
+    }
+  }
+
+  void LoadCounters(const ConfigNode& counters) {
+    if (!counters.IsMap()) {
+      Keep(counters.Error("must be a mapping of counter names to counters"));
+      return;
+    }
     for (const auto& [name, node] : counters.Entries()) {
       if (!IsIdentifier(name)) {
-        return node.Error(StrCat("counter name '", name,
-                                 "' must be letters, digits and '_', "
-                                 "starting with a letter or '_'"));
+        Keep(node.Error(StrCat("counter name '", name,
+                               "' must be letters, digits and '_', "
+                               "starting with a letter or '_'")));
+        continue;
       }
-      if (IsKeyword(name)) return node.Error(StrCat("counter name '", name, "' is a keyword"));
+      if (IsKeyword(name)) {
+        Keep(node.Error(StrCat("counter name '", name, "' is a keyword")));
+        continue;
+      }
       if (FieldByName(name) || FlagByName(name)) {
-        return node.Error(StrCat("counter name '", name, "' is already the name of a ",
-                                 FieldByName(name) ? "request field" : "flag",
-                                 " (counters, fields and flags share one namespace)"));
+        Keep(node.Error(StrCat("counter name '", name, "' is already the name of a ",
+                               FieldByName(name) ? "request field" : "flag",
+                               " (counters, fields and flags share one namespace)")));
+        continue;
       }
       if (set_->counter_index(name)) {
-        return node.Error(StrCat("counter '", name, "' is defined twice"));
+        Keep(node.Error(StrCat("counter '", name, "' is defined twice")));
+        continue;
       }
       if (set_->counters_.size() == kMaxCounters) {
-        return node.Error(StrCat("too many counters (at most ", kMaxCounters, ")"));
+        Keep(node.Error(StrCat("too many counters (at most ", kMaxCounters, ")")));
+        return;
       }
-      absl::StatusOr<CounterSpec> spec = LoadCounter(name, node);
-      if (!spec.ok()) return spec.status();
-      set_->counters_.push_back(*std::move(spec));
+      CounterSpec spec;
+      spec.name = name;
+      LoadCounter(node, &spec);
+      set_->counters_.push_back(std::move(spec));
       set_->counter_names_.push_back(name);
     }
-    return absl::OkStatus();
   }
 
-  absl::StatusOr<CounterSpec> LoadCounter(const std::string& name, const ConfigNode& node) {
-    absl::Status s = node.CheckKeys(
-        {"count", "sum", "distinct", "per", "window", "buckets", "on", "when", "only_if"});
-    if (!s.ok()) return s;
-    CounterSpec spec;
-    spec.name = name;
+  // Fills `spec` (its name set) from `node`, keeping every error found.
+  void LoadCounter(const ConfigNode& node, CounterSpec* spec) {
+    Keep(node.CheckKeys(
+        {"count", "sum", "distinct", "per", "window", "buckets", "on", "when", "only_if"}));
     const int kinds = node.Has("count") + node.Has("sum") + node.Has("distinct");
     if (kinds != 1) {
-      return node.Error(
+      Keep(node.Error(
           "needs exactly one of count: true, sum: <number field>, "
-          "distinct: <string field>");
-    }
-    if (node.Has("count")) {
-      absl::StatusOr<bool> count = node.GetBool("count");
-      if (!count.ok()) return count.status();
-      if (!*count) return node.Child("count").Error("must be true (count: true counts events)");
-      spec.kind = CounterKind::kCount;
+          "distinct: <string field>"));
+    } else if (node.Has("count")) {
+      if (std::optional<bool> count = Take(node.GetBool("count")); count && !*count) {
+        Keep(node.Child("count").Error("must be true (count: true counts events)"));
+      }
+      spec->kind = CounterKind::kCount;
     } else if (node.Has("sum")) {
-      absl::StatusOr<Field> field =
-          GetField(node, "sum", ValueType::kNumber, "sum adds up a number field");
-      if (!field.ok()) return field.status();
-      spec.kind = CounterKind::kSum;
-      spec.value_field = *field;
+      spec->kind = CounterKind::kSum;
+      if (std::optional<Field> field =
+              Take(GetField(node, "sum", ValueType::kNumber, "sum adds up a number field"))) {
+        spec->value_field = *field;
+      }
     } else {
-      absl::StatusOr<Field> field = GetField(node, "distinct", ValueType::kString,
-                                             "distinct counts values of a string field");
-      if (!field.ok()) return field.status();
-      spec.kind = CounterKind::kDistinct;
-      spec.value_field = *field;
+      spec->kind = CounterKind::kDistinct;
+      if (std::optional<Field> field = Take(GetField(node, "distinct", ValueType::kString,
+                                                     "distinct counts values of a string field"))) {
+        spec->value_field = *field;
+      }
     }
-    absl::StatusOr<Field> per =
-        GetField(node, "per", ValueType::kString, "per names the entity, a string field");
-    if (!per.ok()) return per.status();
-    spec.per = *per;
-
-    absl::StatusOr<std::chrono::milliseconds> window = node.GetDuration("window");
-    if (!window.ok()) return window.status();
-    if (window->count() <= 0) return node.Child("window").Error("must be longer than 0");
-    spec.window = *window;
-    absl::StatusOr<int64_t> buckets = node.GetInt("buckets", 12, 1, 1000);
-    if (!buckets.ok()) return buckets.status();
-    spec.buckets = static_cast<int>(*buckets);
-    if (spec.window.count() % (spec.buckets * int64_t{1000}) != 0) {
-      return node.Child(node.Has("buckets") ? "buckets" : "window")
-          .Error(StrCat("the window does not split into ", spec.buckets,
-                        " buckets of a whole number of seconds"));
+    if (std::optional<Field> per = Take(GetField(node, "per", ValueType::kString,
+                                                 "per names the entity, a string field"))) {
+      spec->per = *per;
     }
 
-    absl::StatusOr<std::string> on = node.GetString("on", "request");
-    if (!on.ok()) return on.status();
-    if (*on == "request") {
-      spec.on = CounterEvent::kRequest;
-    } else if (*on == "decline") {
-      spec.on = CounterEvent::kDecline;
-    } else if (*on == "chargeback") {
-      spec.on = CounterEvent::kChargeback;
-    } else {
-      return node.Child("on").Error(
-          StrCat("must be request, decline or chargeback, got \"", *on, "\""));
+    std::optional<std::chrono::milliseconds> window = Take(node.GetDuration("window"));
+    if (window && window->count() <= 0) {
+      Keep(node.Child("window").Error("must be longer than 0"));
+      window.reset();
+    }
+    if (window) spec->window = *window;
+    if (std::optional<int64_t> buckets = Take(node.GetInt("buckets", 12, 1, 1000))) {
+      spec->buckets = static_cast<int>(*buckets);
+      if (window && spec->window.count() % (spec->buckets * int64_t{1000}) != 0) {
+        Keep(node.Child(node.Has("buckets") ? "buckets" : "window")
+                 .Error(StrCat("the window does not split into ", spec->buckets,
+                               " buckets of a whole number of seconds")));
+      }
+    }
+
+    bool on_known = false;
+    if (std::optional<std::string> on = Take(node.GetString("on", "request"))) {
+      on_known = true;
+      if (*on == "request") {
+        spec->on = CounterEvent::kRequest;
+      } else if (*on == "decline") {
+        spec->on = CounterEvent::kDecline;
+      } else if (*on == "chargeback") {
+        spec->on = CounterEvent::kChargeback;
+      } else {
+        on_known = false;
+        Keep(node.Child("on").Error(
+            StrCat("must be request, decline or chargeback, got \"", *on, "\"")));
+      }
     }
     if (node.Has("when")) {
       const YAML::Node& raw = raw_;  // const: operator[] must not add nodes
-      const YAML::Node scalar = raw["counters"][name]["when"];
-      absl::StatusOr<Program> when =
-          CompileCondition(node.Child("when"), scalar, {}, &spec.when_text);
-      if (!when.ok()) return when.status();
-      if (when->reads_flags_or_counters()) {
-        return node.Child("when").Error(
-            "a counter's condition may read request fields only (no counters or flags)");
+      const YAML::Node scalar = raw["counters"][spec->name]["when"];
+      if (std::optional<Program> when =
+              Take(CompileCondition(node.Child("when"), scalar, {}, &spec->when_text))) {
+        if (when->reads_flags_or_counters()) {
+          Keep(node.Child("when").Error(
+              "a counter's condition may read request fields only (no counters or flags)"));
+        } else {
+          spec->when = *std::move(when);
+        }
       }
-      spec.when = *std::move(when);
     }
-    if (node.Has("only_if")) {
-      absl::StatusOr<CounterGate> gate = LoadGate(node.Child("only_if"), spec);
-      if (!gate.ok()) return gate.status();
-      spec.only_if = *std::move(gate);
+    // A gate's check depends on `on:`; an unknown `on:` is reported once.
+    if (node.Has("only_if") && on_known) {
+      if (std::optional<CounterGate> gate = Take(LoadGate(node.Child("only_if"), *spec))) {
+        spec->only_if = *std::move(gate);
+      }
     }
-    return spec;
   }
 
   // `only_if: <counter> <op> <number>`.
@@ -369,97 +426,100 @@ class RuleSetLoader {
     return gate;
   }
 
-  absl::Status LoadRules(const ConfigNode& rules) {
-    if (!rules.IsSequence()) return rules.Error("must be a list of rules");
+  void LoadRules(const ConfigNode& rules) {
+    if (!rules.IsSequence()) {
+      Keep(rules.Error("must be a list of rules"));
+      return;
+    }
     const std::vector<ConfigNode> items = rules.Items();
     if (items.size() > kMaxRules) {
-      return items[kMaxRules].Error(StrCat("too many rules (at most ", kMaxRules, ")"));
+      Keep(items[kMaxRules].Error(StrCat("too many rules (at most ", kMaxRules, ")")));
     }
-    for (size_t i = 0; i < items.size(); ++i) {
-      absl::Status s = LoadRule(i, items[i]);
-      if (!s.ok()) return s;
-    }
-    return absl::OkStatus();
+    for (size_t i = 0; i < items.size() && i < kMaxRules; ++i) LoadRule(i, items[i]);
   }
 
-  absl::Status LoadRule(size_t index, const ConfigNode& node) {
-    absl::Status s =
-        node.CheckKeys({"id", "when", "action", "flag_ttl", "flag_linked", "reason", "mode",
-                        "max_block_share"});
-    if (!s.ok()) return s;
+  // Loads one rule, keeping every error found; the rule joins the set only
+  // when it has none. Its id is taken either way, so that a later duplicate
+  // is named against the file's rules, failed or not.
+  void LoadRule(size_t index, const ConfigNode& node) {
+    const size_t errors_before = errors_.size();
+    Keep(node.CheckKeys({"id", "when", "action", "flag_ttl", "flag_linked", "reason", "mode",
+                         "max_block_share"}));
     Rule rule;
 
-    absl::StatusOr<std::string> id = node.GetString("id");
-    if (!id.ok()) return id.status();
-    if (!IsRuleId(*id)) {
-      return node.Child("id").Error(StrCat("rule id '", *id,
+    if (std::optional<std::string> id = Take(node.GetString("id"))) {
+      if (!IsRuleId(*id)) {
+        Keep(node.Child("id").Error(StrCat("rule id '", *id,
                                            "' must be letters, digits, "
-                                           "'-', '_' and '.', starting with a letter or digit"));
+                                           "'-', '_' and '.', starting with a letter or digit")));
+      }
+      if (auto [seen, added] = rule_ids_.try_emplace(*id, index); !added) {
+        Keep(node.Child("id").Error(
+            StrCat("duplicate rule id '", *id, "' (also rules[", seen->second, "])")));
+      }
+      rule.id_ = *id;
     }
-    for (size_t i = 0; i < set_->rules_.size(); ++i) {
-      if (set_->rules_[i].id_ == *id) {
-        return node.Child("id").Error(
-            StrCat("duplicate rule id '", *id, "' (also rules[", i, "])"));
+
+    bool action_known = false;
+    if (std::optional<std::string> action = Take(node.GetString("action"))) {
+      action_known = true;
+      if (*action == "allow") {
+        rule.action_ = Action::kAllow;
+      } else if (*action == "review") {
+        rule.action_ = Action::kReview;
+      } else if (*action == "block") {
+        rule.action_ = Action::kBlock;
+      } else if (*action == "flag_seller") {
+        rule.action_ = Action::kFlagSeller;
+      } else {
+        action_known = false;
+        Keep(node.Child("action").Error(
+            StrCat("must be allow, review, block or flag_seller, got \"", *action, "\"")));
       }
     }
-    rule.id_ = *id;
 
-    absl::StatusOr<std::string> action = node.GetString("action");
-    if (!action.ok()) return action.status();
-    if (*action == "allow") {
-      rule.action_ = Action::kAllow;
-    } else if (*action == "review") {
-      rule.action_ = Action::kReview;
-    } else if (*action == "block") {
-      rule.action_ = Action::kBlock;
-    } else if (*action == "flag_seller") {
-      rule.action_ = Action::kFlagSeller;
-    } else {
-      return node.Child("action").Error(
-          StrCat("must be allow, review, block or flag_seller, got \"", *action, "\""));
+    // flag_ttl and flag_linked depend on the action: not judged without one.
+    if (action_known && rule.action_ == Action::kFlagSeller) {
+      if (std::optional<std::chrono::milliseconds> ttl = Take(node.GetDuration("flag_ttl"))) {
+        if (ttl->count() <= 0) {
+          Keep(node.Child("flag_ttl").Error("must be longer than 0"));
+        } else {
+          rule.flag_ttl_ = *ttl;
+        }
+      }
+    } else if (action_known && node.Has("flag_ttl")) {
+      Keep(node.Child("flag_ttl").Error("applies only to action flag_seller"));
     }
-
-    if (rule.action_ == Action::kFlagSeller) {
-      absl::StatusOr<std::chrono::milliseconds> ttl = node.GetDuration("flag_ttl");
-      if (!ttl.ok()) return ttl.status();
-      if (ttl->count() <= 0) return node.Child("flag_ttl").Error("must be longer than 0");
-      rule.flag_ttl_ = *ttl;
-    } else if (node.Has("flag_ttl")) {
-      return node.Child("flag_ttl").Error("applies only to action flag_seller");
-    }
-
     if (node.Has("flag_linked")) {
-      absl::StatusOr<bool> linked = node.GetBool("flag_linked");
-      if (!linked.ok()) return linked.status();
-      if (*linked && rule.action_ != Action::kFlagSeller) {
-        return node.Child("flag_linked").Error("applies only to action flag_seller");
+      if (std::optional<bool> linked = Take(node.GetBool("flag_linked"))) {
+        if (*linked && action_known && rule.action_ != Action::kFlagSeller) {
+          Keep(node.Child("flag_linked").Error("applies only to action flag_seller"));
+        } else if (*linked && !set_->links_.enabled()) {
+          Keep(node.Child("flag_linked")
+                   .Error("needs a links: section (which instruments link sellers)"));
+        }
+        rule.flag_linked_ = *linked;
       }
-      if (*linked && !set_->links_.enabled()) {
-        return node.Child("flag_linked").Error("needs a links: section (which instruments link sellers)");
-      }
-      rule.flag_linked_ = *linked;
     }
 
-    absl::StatusOr<std::string> reason = node.GetString("reason", "");
-    if (!reason.ok()) return reason.status();
-    rule.reason_ = reason->empty() ? rule.id_ : *reason;
-
-    absl::StatusOr<std::string> mode = node.GetString("mode", "enforce");
-    if (!mode.ok()) return mode.status();
-    if (*mode != "enforce" && *mode != "shadow") {
-      return node.Child("mode").Error(StrCat("must be enforce or shadow, got \"", *mode, "\""));
+    if (std::optional<std::string> reason = Take(node.GetString("reason", ""))) {
+      rule.reason_ = reason->empty() ? rule.id_ : *reason;
     }
-    rule.shadow_ = *mode == "shadow";
 
-    absl::StatusOr<double> share =
-        GetShare(node, "max_block_share", set_->blast_radius_.max_block_share);
-    if (!share.ok()) return share.status();
-    rule.max_block_share_ = *share;
+    if (std::optional<std::string> mode = Take(node.GetString("mode", "enforce"))) {
+      if (*mode != "enforce" && *mode != "shadow") {
+        Keep(node.Child("mode").Error(StrCat("must be enforce or shadow, got \"", *mode, "\"")));
+      }
+      rule.shadow_ = *mode == "shadow";
+    }
 
-    s = CompileWhen(index, node, &rule);
-    if (!s.ok()) return s;
-    set_->rules_.push_back(std::move(rule));
-    return absl::OkStatus();
+    if (std::optional<double> share =
+            Take(GetShare(node, "max_block_share", set_->blast_radius_.max_block_share))) {
+      rule.max_block_share_ = *share;
+    }
+
+    Keep(CompileWhen(index, node, &rule));
+    if (errors_.size() == errors_before) set_->rules_.push_back(std::move(rule));
   }
 
   // Compiles the rule's `when:`; an error points at the offending token in
@@ -514,6 +574,8 @@ class RuleSetLoader {
   const std::string& text_;
   YAML::Node raw_;
   std::unique_ptr<RuleSet> set_;
+  std::vector<absl::Status> errors_;  // in the order found: header, links, counters, rules
+  std::map<std::string, size_t, std::less<>> rule_ids_;  // id -> index in the file's rules
 };
 
 absl::StatusOr<std::shared_ptr<const RuleSet>> RuleSet::LoadFile(const std::string& path) {

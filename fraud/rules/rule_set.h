@@ -230,7 +230,9 @@ class RuleSet {
  public:
   // Reads and loads the rule file at `path`. INVALID_ARGUMENT with
   // "path:line:col: key.path: what" on any error, including an unreadable
-  // file ("path: cannot open the file").
+  // file ("path: cannot open the file"). A file with several mistakes gives
+  // every one of them, one per line of the message, in file order by section
+  // (header, links, counters, rules); a YAML syntax error stops at itself.
   static absl::StatusOr<std::shared_ptr<const RuleSet>> LoadFile(const std::string& path);
   // Loads `text` as if it were the file `name` (tests, backtests, the fuzzer).
   static absl::StatusOr<std::shared_ptr<const RuleSet>> Parse(const std::string& text,

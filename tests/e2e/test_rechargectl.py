@@ -60,7 +60,7 @@ rules:
     reason: seller on the e2e flag list
 """
 
-# A rule file with an unknown name in a condition: line 6, column 22 (the
+# A rule file with an unknown name in a condition: line 6, column 37 (the
 # token `no_such_counter`).
 BROKEN_RULES = """\
 version: "broken-1"
@@ -72,6 +72,22 @@ rules:
     action: review
 """
 BROKEN_POSITION = ":6:37:"
+
+# Three mistakes in one file: validate names every one, in file order.
+MANY_ERRORS_RULES = """\
+version: "broken-2"
+fail_mode: ajar
+counters:
+  user_recharges_1h: { count: true, per: user_id, window: 1h }
+rules:
+  - id: one
+    when: user_recharges_1h > 3 and no_such_counter > 1
+    action: review
+  - id: two
+    when: card_blocked
+    action: blok
+"""
+MANY_ERRORS = [(2, 12, "fail_mode"), (7, 37, "no_such_counter"), (11, 13, "blok")]
 
 COMMANDS = {
     "rules": ["validate", "backtest", "reload", "stats"],
@@ -96,6 +112,8 @@ class RechargectlTest(unittest.TestCase):
             cls.token_file.write_text(cls.stack.ops_token + "\n")
             cls.broken_file = cls.files / "broken.yaml"
             cls.broken_file.write_text(BROKEN_RULES)
+            cls.many_errors_file = cls.files / "many-errors.yaml"
+            cls.many_errors_file.write_text(MANY_ERRORS_RULES)
             cls.valid_file = cls.files / "candidate.yaml"
             cls.valid_file.write_text(RULES)
             cls.user = new_user("ctl")
@@ -212,6 +230,20 @@ class RechargectlTest(unittest.TestCase):
         answer = json.loads(done.stdout)
         self.assertEqual(answer["valid"], False)
         self.assertEqual((answer["errors"][0]["line"], answer["errors"][0]["column"]), (6, 37))
+        self.assertEqual(len(answer["errors"]), 1, answer)
+
+        # Every error of the file, each with its line and column.
+        path = str(self.many_errors_file)
+        done = self.ctl("rules", "validate", path, expect=1)
+        lines = done.stderr.splitlines()
+        self.assertEqual(len(lines), len(MANY_ERRORS) + 1, done.stderr)
+        for line, (row, col, what) in zip(lines, MANY_ERRORS):
+            self.assertTrue(line.startswith(f"{path}:{row}:{col}: "), line)
+            self.assertIn(what, line)
+        self.assertEqual(lines[-1], f"{path}: invalid rule file (3 errors)")
+        answer = json.loads(self.ctl("rules", "validate", path, json_output=True, expect=1).stdout)
+        self.assertEqual([(e["line"], e["column"]) for e in answer["errors"]],
+                         [(row, col) for row, col, _ in MANY_ERRORS])
 
     def test_rules_backtest(self):
         # A broken file is refused offline: the gateway is not even needed.

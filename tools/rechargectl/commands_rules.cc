@@ -7,6 +7,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "fraud/rules/rule_set.h"
@@ -38,18 +39,31 @@ RuleError ParseRuleError(absl::string_view message) {
   return error;
 }
 
-// Loads the file with the gateway's own rule loader. On an error prints it
-// (stderr, or the JSON document when `json_on_error`) and returns nullptr.
+// The errors of the rule loader, one per line of its message.
+std::vector<RuleError> ParseRuleErrors(absl::string_view message) {
+  std::vector<RuleError> errors;
+  for (absl::string_view line : absl::StrSplit(message, '\n', absl::SkipEmpty())) {
+    errors.push_back(ParseRuleError(line));
+  }
+  return errors;
+}
+
+// Loads the file with the gateway's own rule loader. On errors prints every
+// one (stderr, or the JSON document when `json_on_error`) and returns nullptr.
 std::shared_ptr<const rules::RuleSet> LoadRules(const std::string& path, bool json_on_error) {
   absl::StatusOr<std::shared_ptr<const rules::RuleSet>> loaded = rules::RuleSet::LoadFile(path);
   if (loaded.ok()) return *loaded;
-  RuleError error = ParseRuleError(loaded.status().message());
+  const std::vector<RuleError> errors = ParseRuleErrors(loaded.status().message());
   if (json_on_error) {
-    PrintJson({{"file", path},
-               {"valid", false},
-               {"errors", {{{"message", error.message}, {"line", error.line}, {"column", error.column}}}}});
+    nlohmann::json list = nlohmann::json::array();
+    for (const RuleError& e : errors) {
+      list.push_back({{"message", e.message}, {"line", e.line}, {"column", e.column}});
+    }
+    PrintJson({{"file", path}, {"valid", false}, {"errors", std::move(list)}});
   }
-  std::cerr << error.message << "\n" << path << ": invalid rule file (1 error)\n";
+  for (const RuleError& e : errors) std::cerr << e.message << "\n";
+  std::cerr << path << ": invalid rule file (" << errors.size()
+            << (errors.size() == 1 ? " error)\n" : " errors)\n");
   return nullptr;
 }
 

@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "absl/strings/str_split.h"
 #include "tests/unit/test_files.h"
 
 namespace recharge::rules {
@@ -17,6 +18,7 @@ namespace {
 using std::chrono::hours;
 using std::chrono::milliseconds;
 using std::chrono::minutes;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 absl::StatusOr<std::shared_ptr<const RuleSet>> Parse(const std::string& text) {
@@ -492,9 +494,46 @@ TEST(RuleFileErrors, RuleWhen) {
             "r.yaml:3:5: rules[0].when: is required");
   EXPECT_EQ(LoadError(WithRule("{ id: a, action: block, when: [card_blocked] }")),
             "r.yaml:3:35: rules[0].when: must be a single value, not a list or a mapping");
+  // `if:` for `when:`: the unknown key, and the condition then missing.
   EXPECT_EQ(LoadError(WithRule("{ id: a, action: block, if: card_blocked }")),
             "r.yaml:3:33: rules[0].if: unknown option (expected one of: id, when, action, "
-            "flag_ttl, flag_linked, reason, mode, max_block_share)");
+            "flag_ttl, flag_linked, reason, mode, max_block_share)\n"
+            "r.yaml:3:5: rules[0].when: is required");
+}
+
+// One load reports every mistake in the file, each with its line and column,
+// and one mistake once: a broken counter does not make the rules that read
+// it fail too, and an unknown action does not judge flag_ttl.
+TEST(RuleFileErrors, EveryErrorInOnePass) {
+  const std::string text =
+      "version: \"1\"\n"                                                 // 1
+      "fail_mode: ajar\n"                                                 // 2
+      "counters:\n"                                                       // 3
+      "  ok_1h: { count: true, per: user_id, window: 1h }\n"              // 4
+      "  bad_1h: { count: true, per: no_such_field, window: 1h }\n"       // 5
+      "  worse: { count: true, per: user_id, window: 7s, on: refund }\n"  // 6
+      "rules:\n"                                                          // 7
+      "  - { id: r1, action: blok, flag_ttl: 1h, when: bad_1h > 1 }\n"   // 8
+      "  - { id: r2, action: block, mode: loud, when: ok_1h >> 2 }\n"     // 9
+      "  - { id: r3, action: review, when: ok_1h > 2 }\n"                 // 10
+      "  - { id: r3, action: review, when: card_blocked }\n";             // 11
+  const std::vector<std::string> errors = absl::StrSplit(LoadError(text), '\n');
+  EXPECT_THAT(errors,
+              ElementsAre(
+                  "r.yaml:2:12: fail_mode: must be open or closed, got \"ajar\"",
+                  "r.yaml:5:31: counters.bad_1h.per: unknown request field 'no_such_field'",
+                  "r.yaml:6:47: counters.worse.window: the window does not split into 12 "
+                  "buckets of a whole number of seconds",
+                  "r.yaml:6:55: counters.worse.on: must be request, decline or chargeback, "
+                  "got \"refund\"",
+                  "r.yaml:8:23: rules[0].action: must be allow, review, block or flag_seller, "
+                  "got \"blok\"",
+                  "r.yaml:9:36: rules[1].mode: must be enforce or shadow, got \"loud\"",
+                  "r.yaml:9:55: rules[1].when: expected a value, got '>'",
+                  "r.yaml:11:11: rules[3].id: duplicate rule id 'r3' (also rules[2])"));
+  // A file with one mistake still gives exactly one line.
+  EXPECT_EQ(LoadError(WithRule("{ id: a, action: block, mode: loud, when: card_blocked }")),
+            "r.yaml:3:35: rules[0].mode: must be enforce or shadow, got \"loud\"");
 }
 
 TEST(RuleFileErrors, TooManyRules) {
