@@ -158,18 +158,7 @@ Backtest::Outcome Backtest::Decide(const FraudInput& input, int64_t now_ms) {
   }
   rules::EvalContext ctx;
   rules::FillEvalContext(input, &ctx);
-  std::optional<LinkUpdate> links;
-  if (rs.links().enabled() && !input.seller_id.empty()) {
-    links.emplace();
-    links->seller_id = input.seller_id;
-    links->window = rs.links().window;
-    for (rules::Field f : rs.links().by) {
-      const std::string_view value = ctx.string(f);
-      if (!value.empty()) {
-        links->instruments.push_back({std::string(rules::FieldName(f)), std::string(value)});
-      }
-    }
-  }
+  const std::optional<LinkUpdate> links = BuildLinkUpdate(rs, input, ctx);
   CounterReadout readout = memory_.UpdateAndRead(updates, checks, now_ms, links);
 
   Outcome o;

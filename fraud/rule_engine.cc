@@ -129,6 +129,21 @@ FraudAction FraudActionOf(Action a) {
   return recharge::v1::FRAUD_ACTION_UNSPECIFIED;
 }
 
+std::optional<LinkUpdate> BuildLinkUpdate(const rules::RuleSet& rs, const FraudInput& input,
+                                          const rules::EvalContext& ctx) {
+  if (!rs.links().enabled() || input.seller_id.empty()) return std::nullopt;
+  LinkUpdate links;
+  links.seller_id = input.seller_id;
+  links.window = rs.links().window;
+  for (rules::Field f : rs.links().by) {
+    const std::string_view value = ctx.string(f);
+    if (!value.empty()) {
+      links.instruments.push_back({std::string(rules::FieldName(f)), std::string(value)});
+    }
+  }
+  return links;
+}
+
 std::vector<CounterUpdate> BuildCounterUpdates(const rules::RuleSet& rs, const FraudInput& input,
                                                CounterEvent event, const CounterKeyFn& key_of,
                                                std::vector<int>* index) {
@@ -240,18 +255,7 @@ asio::awaitable<FraudAssessment> RuleEngine::Assess(const FraudInput& input) {
   // The request's fields: the instruments that link sellers, then the rules.
   rules::EvalContext ctx;
   rules::FillEvalContext(input, &ctx);
-  std::optional<LinkUpdate> links;
-  if (rs.links().enabled() && !input.seller_id.empty()) {
-    links.emplace();
-    links->seller_id = input.seller_id;
-    links->window = rs.links().window;
-    for (rules::Field f : rs.links().by) {
-      const std::string_view value = ctx.string(f);
-      if (!value.empty()) {
-        links->instruments.push_back({std::string(rules::FieldName(f)), std::string(value)});
-      }
-    }
-  }
+  const std::optional<LinkUpdate> links = BuildLinkUpdate(rs, input, ctx);
   const auto round_trip_started = std::chrono::steady_clock::now();
   const auto decided_at = input.at_ms != 0
                               ? std::chrono::system_clock::time_point(std::chrono::milliseconds(input.at_ms))

@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,13 @@ using CounterKeyFn =
 std::vector<CounterUpdate> BuildCounterUpdates(const rules::RuleSet& rs, const FraudInput& input,
                                                rules::CounterEvent event,
                                                const CounterKeyFn& key_of, std::vector<int>* index);
+
+// The seller links a request adds under the rules' `links:` section: its
+// seller and the instrument values (`ctx`, filled from `input`) that link
+// sellers; nullopt when the rules keep no links or the request has no
+// seller. Shared by the live engine and the backtest.
+std::optional<LinkUpdate> BuildLinkUpdate(const rules::RuleSet& rs, const FraudInput& input,
+                                          const rules::EvalContext& ctx);
 
 // The decision a rule's action makes (flag_seller reviews).
 recharge::v1::FraudAction FraudActionOf(rules::Action action);
