@@ -22,16 +22,6 @@ HttpAnswer Answer(int status, nlohmann::json body) {
   return a;
 }
 
-HttpAnswer Error(int status, std::string_view message) {
-  return Answer(status, {{"error", message}});
-}
-
-HttpAnswer Result(std::string_view result, std::string_view reason = {}) {
-  nlohmann::json body = {{"result", result}};
-  if (!reason.empty()) body["reason"] = reason;
-  return Answer(200, std::move(body));
-}
-
 // One log line about a notification (never its body or signature).
 void Note(void (*log)(std::string_view, LogFields), std::string_view event,
           const std::string& instance, const ProviderNotification& n,
@@ -43,29 +33,34 @@ void Note(void (*log)(std::string_view, LogFields), std::string_view event,
               {"detail", std::move(detail)}});
 }
 
+// A refusal; its label follows from the status.
+WebhookIntake::Handled Error(int status, std::string_view message) {
+  const std::string_view result = status == 401  ? "unauthenticated"
+                                  : status >= 500 ? "retry_later"
+                                                  : "refused";
+  return {Answer(status, {{"error", message}}), result};
+}
+
+// An acknowledgement: `result` is applied, duplicate or ignored.
+WebhookIntake::Handled Result(std::string_view result, std::string_view reason = {}) {
+  nlohmann::json body = {{"result", result}};
+  if (!reason.empty()) body["reason"] = reason;
+  return {Answer(200, std::move(body)), result};
+}
+
 }  // namespace
 
 asio::awaitable<HttpAnswer> WebhookIntake::Handle(const HttpRequestView& request) {
-  HttpAnswer answer = co_await HandleOne(request);
+  Handled handled = co_await HandleOne(request);
   // Only configured instances are labels (the cap bounds the rest).
   const std::string_view path = request.path;
   std::string_view instance = path.starts_with(kPrefix) ? path.substr(kPrefix.size()) : "";
   if (instance.empty() || router_.Find(std::string(instance)) == nullptr) instance = "unknown";
-  std::string_view result = answer.status == 200 ? "ok" : "refused";
-  if (answer.status == 200) {
-    for (std::string_view r : {"applied", "duplicate", "ignored"}) {
-      if (answer.body.find(StrCat("\"", r, "\"")) != std::string::npos) result = r;
-    }
-  } else if (answer.status == 401) {
-    result = "unauthenticated";
-  } else if (answer.status >= 500) {
-    result = "retry_later";
-  }
-  Metrics().webhooks.With({instance, result}).Inc();
-  co_return answer;
+  Metrics().webhooks.With({instance, handled.result}).Inc();
+  co_return std::move(handled.answer);
 }
 
-asio::awaitable<HttpAnswer> WebhookIntake::HandleOne(const HttpRequestView& request) {
+asio::awaitable<WebhookIntake::Handled> WebhookIntake::HandleOne(const HttpRequestView& request) {
   if (!request.path.starts_with(kPrefix)) co_return Error(404, "no such route");
   const std::string instance(request.path.substr(kPrefix.size()));
   PaymentAdapter* adapter = instance.empty() || instance.find('/') != std::string::npos

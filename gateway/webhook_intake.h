@@ -43,8 +43,14 @@ class WebhookIntake {
 
   asio::awaitable<HttpAnswer> Handle(const HttpRequestView& request);
 
+  // An answer and its `result` label on recharge_webhooks_total.
+  struct Handled {
+    HttpAnswer answer;
+    std::string_view result;  // applied, duplicate, ignored, unauthenticated, retry_later, refused
+  };
+
  private:
-  asio::awaitable<HttpAnswer> HandleOne(const HttpRequestView& request);
+  asio::awaitable<Handled> HandleOne(const HttpRequestView& request);
 
   LedgerStore& ledger_;
   const Router& router_;

@@ -113,7 +113,8 @@ def regional_adapters(st: Stack, action_expiry: str) -> str:
 
 def start_regional_stack(name: str, action_expiry: str = "15m",
                          recovery_interval: str = "5s") -> Stack:
-    st = Stack(name, ewallet=True, webhooks=True, recovery_interval=recovery_interval)
+    st = Stack(name, ewallet=True, webhooks=True, metrics=True,
+               recovery_interval=recovery_interval)
     st.fraud_rules_text = RULES
     try:
         st.start()
@@ -291,7 +292,17 @@ class RegionalFlowTest(unittest.TestCase):
             return None
         return wait_until(found, SETTLE_TIMEOUT_S, f"the delivered webhook of {recharge_id}")
 
+    def webhook_counts(self) -> dict[tuple[str, str], float]:
+        """recharge_webhooks_total by (instance, result), from /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+        status, _, text = self.st.scrape()
+        self.assertEqual(status, 200)
+        return {(s.labels["instance"], s.labels["result"]): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "recharge_webhooks_total"}
+
     def test_forged_stale_and_repeated_notifications_change_nothing(self):
+        before = self.webhook_counts()
         req = gcash_request()
         first = self.record(req)
         self.st.psp.press(first.next_action.url, "approve")
@@ -334,6 +345,16 @@ class RegionalFlowTest(unittest.TestCase):
         # A route for no instance, and a GET: refused.
         self.assertEqual(self.st.webhook_request("no-such-instance", body)[0], 404)
         self.assertEqual(self.st.webhook_request("gcash-ph", b"", method="GET")[0], 405)
+
+        # Each answer is counted under its result; an unknown route as "unknown".
+        after = self.webhook_counts()
+        moved = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        self.assertEqual(moved.get(("gcash-ph", "unauthenticated")), 4, moved)
+        self.assertGreaterEqual(moved.get(("gcash-ph", "applied"), 0), 1, moved)
+        self.assertGreaterEqual(moved.get(("gcash-ph", "duplicate"), 0), 2, moved)
+        self.assertGreaterEqual(moved.get(("gcash-ph", "ignored"), 0), 1, moved)
+        self.assertEqual(moved.get(("gcash-ph", "refused")), 1, moved)  # the GET
+        self.assertEqual(moved.get(("unknown", "refused")), 1, moved)
 
     def test_notifications_missed_while_the_gateway_is_down_are_retried(self):
         req = gcash_request()
