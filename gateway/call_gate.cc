@@ -5,42 +5,16 @@
 #include "absl/status/status.h"
 #include "gateway/validation.h"
 #include "io/gateway_metrics.h"
+#include "io/grpc_code_name.h"
 #include "io/strings.h"
 
 namespace recharge {
-
-namespace {
-
-std::string_view CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
-  }
-}
-
-}  // namespace
 
 void ObserveRpc(std::string_view method, grpc::StatusCode code,
                 std::chrono::steady_clock::time_point started) {
   const std::string_view rpc = RpcShortName(method);
   GatewayMetrics& m = Metrics();
-  m.rpc_requests.With({rpc, CodeName(code)}).Inc();
+  m.rpc_requests.With({rpc, GrpcCodeName(code)}).Inc();
   m.rpc_seconds.With({rpc}).Observe(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
 }

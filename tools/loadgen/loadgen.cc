@@ -56,6 +56,7 @@
 #include <nlohmann/json.hpp>
 
 #include "echo.grpc.pb.h"
+#include "io/grpc_code_name.h"
 #include "recharge/v1/recharge.grpc.pb.h"
 
 namespace loadgen {
@@ -205,12 +206,6 @@ std::string ParseOptions(int argc, char** argv, Options* o) {
   return "";
 }
 
-constexpr std::array<const char*, 17> kGrpcCodeNames = {
-    "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",       "DATA_LOSS",
-    "UNAUTHENTICATED"};
 constexpr int kRechargeStatuses = 8;  // 0..6 from the proto, 7 = a value this build does not know
 
 // Counts for one phase (measured window, or the whole run).
@@ -221,7 +216,7 @@ struct Counts {
   uint64_t unverified = 0;  // OK and APPROVED, but the answer was not what was asked
   uint64_t degraded = 0;    // decided without the fraud counters (Redis too slow or down)
   std::array<uint64_t, 3> approved_by_method{};  // card, paypal, gcash
-  std::array<uint64_t, kGrpcCodeNames.size()> grpc{};
+  std::array<uint64_t, recharge::kGrpcCodeCount> grpc{};
   std::array<uint64_t, kRechargeStatuses> recharge{};
 
   void Add(const Counts& o) {
@@ -474,7 +469,7 @@ double Round3(double v) { return std::round(v * 1000.0) / 1000.0; }
 nlohmann::json CountsJson(const Counts& c, Mode mode) {
   nlohmann::json grpc = nlohmann::json::object();
   for (size_t i = 0; i < c.grpc.size(); ++i) {
-    if (c.grpc[i] > 0) grpc[kGrpcCodeNames[i]] = c.grpc[i];
+    if (c.grpc[i] > 0) grpc[std::string(recharge::GrpcCodeName(static_cast<grpc::StatusCode>(i)))] = c.grpc[i];
   }
   nlohmann::json j = {{"calls", c.calls},
                       {"good", c.good},
