@@ -12,7 +12,8 @@
 //       [--port-file FILE] [--threads N]
 //
 // --port 0 binds a free port; --port-file then tells it (written atomically,
-// "PORT\n", once listening). --threads: io threads, one per core by default.
+// "PORT\n", once listening and the "listening" line is logged). --threads:
+// io threads, one per core by default.
 // --paypal-credentials-file / --ewallet-secret-file enable those APIs
 // (without them their paths answer 404). --webhook-secret-file enables
 // signed webhooks (webhooks.h), verifying the receivers' certificates
@@ -299,11 +300,6 @@ int Main(int argc, char** argv) {
     if (host.find(':') != std::string::npos) host = StrCat("[", host, "]");
     self_url.Set(StrCat("https://", host, ":", server.port()));
   }
-  if (!flags.port_file.empty()) {
-    if (absl::Status s = WritePortFile(flags.port_file, server.port()); !s.ok()) {
-      return Fail(StrCat("cannot write port file: ", s.message()));
-    }
-  }
   std::string enabled = "card";
   if (paypal_enabled) enabled += ",paypal";
   if (ewallet_enabled) enabled += ",ewallet";
@@ -316,6 +312,12 @@ int Main(int argc, char** argv) {
                                           " operations restored)"))},
            {"threads", std::to_string(flags.threads)},
            {"config", JsonBytes(config.Snapshot())}});
+  // The port file last: whoever waits for it finds the listening line logged.
+  if (!flags.port_file.empty()) {
+    if (absl::Status s = WritePortFile(flags.port_file, server.port()); !s.ok()) {
+      return Fail(StrCat("cannot write port file: ", s.message()));
+    }
+  }
   // A log line per request: written in batches, not one write(2) each.
   EnableBufferedLogging(std::chrono::milliseconds(5));
   server.Run();

@@ -1,7 +1,8 @@
 // libFuzzer target: arbitrary bytes as a fraud rule file (README.md).
 //
 // Loading must never crash, hang or read out of bounds; a refused file must
-// be refused with an error that names the file and a line inside it; a
+// be refused with errors (one per line of the message) that each name the
+// file and a line inside it; a
 // loaded file's rules are evaluated over contexts made from the same bytes,
 // and the result must be consistent.
 #include <cstddef>
@@ -53,7 +54,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto set = RuleSet::Parse(text, std::string(kName));
   if (!set.ok()) {
     const auto message = set.status().message();  // absl::string_view on Debian
-    CheckError(std::string_view(message.data(), message.size()), text);
+    std::string_view rest(message.data(), message.size());
+    Check(!rest.empty());
+    while (!rest.empty()) {  // every error, one per line
+      const size_t end = rest.find('\n');
+      Check(end != 0);
+      CheckError(rest.substr(0, end), text);
+      if (end == std::string_view::npos) break;
+      rest.remove_prefix(end + 1);
+      Check(!rest.empty());
+    }
     return 0;
   }
   const RuleSet& rules = **set;
