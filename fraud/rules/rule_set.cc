@@ -18,6 +18,32 @@
 namespace recharge::rules {
 namespace {
 
+// `message` on one line: a control character in it (yaml-cpp quotes the
+// character it stopped at, a newline or a NUL included) is written as \n or
+// \xHH, so that a refused file's message holds exactly one error per line.
+std::string OneLine(absl::string_view message) {
+  std::string out;
+  out.reserve(message.size());
+  for (const char c : message) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (u < 0x20 || u == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+absl::Status OneLine(const absl::Status& s) {
+  return absl::Status(s.code(), OneLine(s.message()));
+}
+
 bool IsLetter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 
@@ -150,17 +176,11 @@ class RuleSetLoader {
     if (root.Has("counters")) LoadCounters(root.Child("counters"));
     if (root.Has("rules")) LoadRules(root.Child("rules"));
     if (!errors_.empty()) {
-      // One error per line; a newline inside one (a quoted value) is escaped.
+      // One error per line (a newline inside one, in a quoted value, is escaped).
       std::string message;
       for (const absl::Status& e : errors_) {
         if (!message.empty()) message += '\n';
-        for (const char c : e.message()) {
-          if (c == '\n') {
-            message += "\\n";
-          } else {
-            message += c;
-          }
-        }
+        message += OneLine(e.message());
       }
       return absl::InvalidArgumentError(message);
     }
@@ -590,14 +610,14 @@ absl::StatusOr<std::shared_ptr<const RuleSet>> RuleSet::LoadFile(const std::stri
 absl::StatusOr<std::shared_ptr<const RuleSet>> RuleSet::Parse(const std::string& text,
                                                               const std::string& name) {
   absl::StatusOr<ConfigNode> root = ConfigNode::LoadString(text, name);
-  if (!root.ok()) return root.status();
+  if (!root.ok()) return OneLine(root.status());
   // A second, raw view of the same text: ConfigNode does not expose the
   // marks (byte positions) that conditions' error positions are computed from.
   YAML::Node raw;
   try {
     raw = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(StrCat(name, ": ", e.msg));
+    return absl::InvalidArgumentError(OneLine(StrCat(name, ": ", e.msg)));
   }
   RuleSetLoader loader(text, name, std::move(raw));
   // ConfigNode converts every map key to a string, and yaml-cpp throws
@@ -611,7 +631,7 @@ absl::StatusOr<std::shared_ptr<const RuleSet>> RuleSet::Parse(const std::string&
     // Any other yaml-cpp exception. A bad file must be an error, never a
     // crash: a reload keeps the old rules.
     return absl::InvalidArgumentError(
-        StrCat(name, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
+        OneLine(StrCat(name, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg)));
   }
 }
 

@@ -531,6 +531,10 @@ TEST(RuleFileErrors, EveryErrorInOnePass) {
                   "r.yaml:9:36: rules[1].mode: must be enforce or shadow, got \"loud\"",
                   "r.yaml:9:55: rules[1].when: expected a value, got '>'",
                   "r.yaml:11:11: rules[3].id: duplicate rule id 'r3' (also rules[2])"));
+  // A control character yaml-cpp quotes in its message is escaped: still one
+  // line per error (found by rule_parser_fuzz).
+  EXPECT_EQ(LoadError(std::string("fail_mode:\0\n", 12)),
+            "r.yaml:2:1: unknown escape character: \\n");
   // A file with one mistake still gives exactly one line.
   EXPECT_EQ(LoadError(WithRule("{ id: a, action: block, mode: loud, when: card_blocked }")),
             "r.yaml:3:35: rules[0].mode: must be enforce or shadow, got \"loud\"");
