@@ -43,8 +43,8 @@ void ToProto(const SellerFlag& f, FlaggedSeller* out) {
 }  // namespace
 
 FraudAdminService::FraudAdminService(CallGate& gate, RuleEngine* engine, LedgerStore& ledger,
-                                     const Router& router)
-    : gate_(gate), engine_(engine), ledger_(ledger), router_(router) {}
+                                     const Router& router, RulesSync* sync)
+    : gate_(gate), engine_(engine), sync_(sync), ledger_(ledger), router_(router) {}
 
 grpc::ServerUnaryReactor* FraudAdminService::ListFlaggedSellers(
     grpc::CallbackServerContext* ctx, const ListFlaggedSellersRequest* request,
@@ -129,6 +129,7 @@ grpc::ServerUnaryReactor* FraudAdminService::ReloadRules(grpc::CallbackServerCon
           StrCat(version.status().message(), " (the rules loaded before stay live)"));
     }
     response->set_rules_version(*version);
+    if (sync_ != nullptr) co_await sync_->Announce();  // the other replicas follow
     co_return absl::OkStatus();
   });
 }

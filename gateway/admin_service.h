@@ -11,6 +11,7 @@
 
 #include "adapters/router.h"
 #include "gateway/call_gate.h"
+#include "gateway/rules_sync.h"
 #include "fraud/rule_engine.h"
 #include "ledger/ledger_store.h"
 #include "recharge/v1/recharge.grpc.pb.h"
@@ -21,8 +22,9 @@ class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService
  public:
   // `engine` may be null (fraud.rules empty: the allow-all policy); the
   // rule and seller calls then answer FAILED_PRECONDITION.
+  // `sync` (may be null: one replica) tells the other replicas of a reload.
   FraudAdminService(CallGate& gate, RuleEngine* engine, LedgerStore& ledger,
-                    const Router& router);
+                    const Router& router, RulesSync* sync = nullptr);
 
   grpc::ServerUnaryReactor* ListFlaggedSellers(grpc::CallbackServerContext* ctx,
                                                const recharge::v1::ListFlaggedSellersRequest* request,
@@ -64,6 +66,7 @@ class FraudAdminService final : public recharge::v1::FraudAdmin::CallbackService
 
   CallGate& gate_;
   RuleEngine* engine_;
+  RulesSync* sync_;
   LedgerStore& ledger_;
   const Router& router_;
   // Backtests replay on a thread of their own, one at a time: a long replay

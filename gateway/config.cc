@@ -206,17 +206,68 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
 
   if (root->Has("ledger")) {
     ConfigNode ledger = root->Child("ledger");
-    if (absl::Status s = ledger.CheckKeys(
-            {"backend", "path", "group_commit_max", "key_retention", "event_retention"});
+    if (absl::Status s = ledger.CheckKeys({"backend", "path", "postgres", "group_commit_max",
+                                           "key_retention", "event_retention"});
         !s.ok()) {
       return s;
     }
     CONFIG_ASSIGN(c.ledger_backend, ledger.GetString("backend", c.ledger_backend));
-    if (c.ledger_backend != "sqlite") {
-      return ledger.Child("backend").Error("must be sqlite");
+    if (c.ledger_backend != "sqlite" && c.ledger_backend != "postgres") {
+      return ledger.Child("backend")
+          .Error(StrCat("must be sqlite or postgres, got \"", c.ledger_backend, "\""));
     }
     CONFIG_ASSIGN(c.ledger_path, ledger.GetString("path", c.ledger_path));
     if (c.ledger_path.empty()) return ledger.Child("path").Error("must not be empty");
+    if (c.ledger_backend == "postgres" && !ledger.Has("postgres")) {
+      return ledger.Error("backend postgres needs a postgres: section (dsn, password_file)");
+    }
+    if (ledger.Has("postgres")) {
+      ConfigNode pg = ledger.Child("postgres");
+      if (absl::Status s = pg.CheckKeys(
+              {"dsn", "password_file", "password_env", "read_connections", "timeout"});
+          !s.ok()) {
+        return s;
+      }
+      CONFIG_ASSIGN(c.ledger_postgres_dsn, pg.GetString("dsn"));
+      // The password is never written in the file: a DSN holding one is refused.
+      for (std::string_view word : {"password=", "password ="}) {
+        if (c.ledger_postgres_dsn.find(word) != std::string::npos) {
+          return pg.Child("dsn").Error(
+              "must not hold the password: give it in password_file or password_env");
+        }
+      }
+      if (pg.Has("password_file") && pg.Has("password_env")) {
+        return pg.Child("password_env").Error("give password_file or password_env, not both");
+      }
+      // The password is read only for the backend in use (a sqlite node
+      // needs no password file).
+      const bool used = c.ledger_backend == "postgres";
+      if (used && pg.Has("password_file")) {
+        std::string path;
+        CONFIG_ASSIGN(path, pg.GetString("password_file"));
+        absl::StatusOr<Secret> password = ReadSecretFile(path);
+        if (!password.ok()) {
+          return pg.Child("password_file").Error(std::string(password.status().message()));
+        }
+        c.ledger_postgres_password = *std::move(password);
+      }
+      if (used && pg.Has("password_env")) {
+        std::string name;
+        CONFIG_ASSIGN(name, pg.GetString("password_env"));
+        const char* value = std::getenv(name.c_str());
+        if (value == nullptr || *value == '\0') {
+          return pg.Child("password_env").Error(StrCat("environment variable ", name, " is not set"));
+        }
+        c.ledger_postgres_password = Secret(value);
+      }
+      int64_t readers = 0;
+      CONFIG_ASSIGN(readers, pg.GetInt("read_connections", c.ledger_postgres_read_connections, 1, 64));
+      c.ledger_postgres_read_connections = static_cast<int>(readers);
+      CONFIG_ASSIGN(c.ledger_postgres_timeout, pg.GetDuration("timeout", c.ledger_postgres_timeout));
+      if (c.ledger_postgres_timeout <= std::chrono::milliseconds(0)) {
+        return pg.Child("timeout").Error("must be longer than 0");
+      }
+    }
     int64_t gcm = 0;
     CONFIG_ASSIGN(gcm, ledger.GetInt("group_commit_max", c.group_commit_max, 1, 100'000));
     c.group_commit_max = static_cast<int>(gcm);

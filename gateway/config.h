@@ -35,8 +35,14 @@ struct GatewayConfig {
   std::chrono::milliseconds shutdown_grace{10'000};
   std::string catalogue_path = "configs/packages.yaml";
   std::string adapters_path = "configs/adapters.yaml";
-  std::string ledger_backend = "sqlite";
+  std::string ledger_backend = "sqlite";  // sqlite | postgres
   std::string ledger_path = "var/ledger.db";
+  // ledger.postgres: a libpq connection string without the password, which
+  // comes from password_file or password_env (never from the file itself).
+  std::string ledger_postgres_dsn;
+  Secret ledger_postgres_password;
+  int ledger_postgres_read_connections = 2;
+  std::chrono::milliseconds ledger_postgres_timeout{5'000};
   int group_commit_max = 512;
   std::chrono::milliseconds key_retention{24 * 3'600'000};
   std::chrono::milliseconds event_retention{7 * 24 * 3'600'000};

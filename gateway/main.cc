@@ -37,6 +37,7 @@
 #include "gateway/reconciler.h"
 #include "gateway/recharge_flow.h"
 #include "gateway/server_tls.h"
+#include "gateway/rules_sync.h"
 #include "gateway/service.h"
 #include "gateway/webhook_intake.h"
 #include "io/asio.h"
@@ -45,9 +46,11 @@
 #include "io/log.h"
 #include "io/redis_client.h"
 #include "io/strings.h"
+#include "ledger/postgres/postgres_ledger_store.h"
 #include "ledger/sqlite/sqlite_ledger_store.h"
 
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/use_future.hpp>
 
 namespace recharge {
 namespace {
@@ -73,6 +76,38 @@ absl::StatusOr<HttpsListener::Options> ListenOptions(const std::string& listen) 
   }
   options.port = static_cast<uint16_t>(port);
   return options;
+}
+
+// The ledger the config names. PostgreSQL is opened (connected, migrated)
+// on `io`, run for the while by a thread of its own: the io threads start
+// later, and what the store left pending (its writer) carries on with them.
+absl::StatusOr<std::unique_ptr<LedgerStore>> OpenLedger(asio::io_context& io,
+                                                        const GatewayConfig& config) {
+  if (config.ledger_backend == "sqlite") {
+    absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> sqlite = SqliteLedgerStore::Open(
+        {.path = config.ledger_path,
+         .group_commit_max = static_cast<size_t>(config.group_commit_max)});
+    if (!sqlite.ok()) return sqlite.status();
+    return std::unique_ptr<LedgerStore>(*std::move(sqlite));
+  }
+  PostgresLedgerStore::Options options{
+      .conninfo = config.ledger_postgres_dsn,
+      .password = std::string(config.ledger_postgres_password.Reveal()),
+      .read_connections = config.ledger_postgres_read_connections,
+      .group_commit_max = static_cast<size_t>(config.group_commit_max),
+      .timeout = config.ledger_postgres_timeout};
+  auto work = asio::make_work_guard(io);
+  std::thread runner([&io] { io.run(); });
+  absl::StatusOr<std::unique_ptr<PostgresLedgerStore>> opened =
+      asio::co_spawn(io, PostgresLedgerStore::Open(io.get_executor(), std::move(options)),
+                     asio::use_future)
+          .get();
+  work.reset();
+  io.stop();
+  runner.join();
+  io.restart();
+  if (!opened.ok()) return opened.status();
+  return std::unique_ptr<LedgerStore>(*std::move(opened));
 }
 
 int Main(int argc, char** argv) {
@@ -151,8 +186,7 @@ int Main(int argc, char** argv) {
   if (!router.ok()) return Fail(router.status());
   absl::StatusOr<Secret> fingerprint_key = LoadFingerprintKey(config->fingerprint_key_file);
   if (!fingerprint_key.ok()) return Fail(fingerprint_key.status());
-  absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> ledger = SqliteLedgerStore::Open(
-      {.path = config->ledger_path, .group_commit_max = static_cast<size_t>(config->group_commit_max)});
+  absl::StatusOr<std::unique_ptr<LedgerStore>> ledger = OpenLedger(io, *config);
   if (!ledger.ok()) return Fail(ledger.status());
 
   // The fraud filter: the rule engine over Redis counters, or the named
@@ -269,7 +303,14 @@ int Main(int argc, char** argv) {
                                   {"port", std::to_string(metrics_port->port())}});
   }
   RechargeGatewayService gateway(gate, flow, refunds, **ledger, *catalogue, feed);
-  FraudAdminService fraud_admin(gate, engine.get(), **ledger, **router);
+  // Replicas sharing Redis follow each other's rule reloads.
+  std::unique_ptr<RulesSync> rules_sync;
+  if (engine) {
+    rules_sync = std::make_unique<RulesSync>(redis, *engine, config->redis_prefix,
+                                             std::chrono::seconds(1), config->redis_timeout);
+    asio::co_spawn(io, rules_sync->Run(), asio::detached);
+  }
+  FraudAdminService fraud_admin(gate, engine.get(), **ledger, **router, rules_sync.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -299,7 +340,9 @@ int Main(int argc, char** argv) {
   LogInfo("serving", {{"listen", config->listen},
                       {"port", std::to_string(bound_port)},
                       {"io_threads", std::to_string(threads)},
-                      {"ledger", config->ledger_path},
+                      {"ledger", config->ledger_backend == "sqlite"
+                                     ? config->ledger_path
+                                     : StrCat("postgres ", config->ledger_postgres_dsn)},
                       {"rules", engine ? engine->rules()->version() : "allow-all"},
                       {"transport", config->transport == Transport::kPlaintext ? "plaintext"
                                     : config->transport == Transport::kTls     ? "tls"
@@ -313,7 +356,9 @@ int Main(int argc, char** argv) {
     if (sig != SIGHUP) break;
     // SIGHUP: reload the fraud rules and the TLS material; a broken file
     // leaves what was live.
-    if (engine) (void)engine->Reload();
+    if (engine && engine->Reload().ok()) {
+      asio::co_spawn(io, rules_sync->Announce(), asio::detached);
+    }
     if (tls) {
       absl::StatusOr<std::string> served = tls->Reload();
       if (served.ok()) {

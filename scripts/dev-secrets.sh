@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the local development secrets under VARDIR (default var/) if they are
 # missing: the dev CA and sandbox certificate (certs/), the card API key the
-# sandbox and the card adapter share, the card fingerprint HMAC key, and for
+# sandbox and the card adapter share, the card fingerprint HMAC key, the
+# password of the dev PostgreSQL ledger (pg_password), and for
 # the gateway's own port (dev/): a dev CA, the server certificate (127.0.0.1,
 # localhost), client certificates for the callers dev-app and dev-ops
 # (app-client, ops-client) and their bearer tokens (app.token, ops.token).
@@ -19,7 +20,7 @@ for name in app ops; do
     (umask 077; echo "dev-$name-$(openssl rand -hex 24)" > "$f")
   fi
 done
-for name in card_api_key fingerprint.key ewallet_secret webhook_secret; do
+for name in card_api_key fingerprint.key ewallet_secret webhook_secret pg_password; do
   f="$VARDIR/secrets/$name"
   if [ ! -s "$f" ]; then
     (umask 077; openssl rand -hex 32 > "$f")

@@ -20,11 +20,27 @@
 # wallet approval),
 # SANDBOX_LATENCY_MS (0: the sandbox's injected provider latency, in ms),
 # GATEWAY_TLS (0), GATEWAY_LOG_LEVEL (info).
+#
+# LEDGER=postgres: the ledger is a throwaway PostgreSQL cluster instead of
+# SQLite (scripts/dev-postgres.sh: data in var/postgres, port PG_PORT, 5433;
+# role and database `recharge`, password var/secrets/pg_password).
+# REPLICAS=N (1; more needs LEDGER=postgres): N gateways sharing the ledger
+# and Redis, replica i on GATEWAY_PORT+i (WEBHOOK_PORT+i, METRICS_PORT+i);
+# the dev tokens and certificates are valid on each. Provider webhooks go to
+# replica 0's port.
 # Safe to run twice: set-up steps skip what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GATEWAY_PORT="${GATEWAY_PORT:-50051}" REDIS_PORT="${REDIS_PORT:-6390}" SANDBOX_PORT="${SANDBOX_PORT:-8443}"
 export WEBHOOK_PORT="${WEBHOOK_PORT:-8444}" METRICS_PORT="${METRICS_PORT:-9464}"
+export LEDGER="${LEDGER:-sqlite}" PG_PORT="${PG_PORT:-5433}"
+REPLICAS="${REPLICAS:-1}"
+case "$LEDGER" in sqlite | postgres) ;; *) echo "run.sh: LEDGER must be sqlite or postgres" >&2; exit 2 ;; esac
+if ! [[ "$REPLICAS" =~ ^[1-9][0-9]*$ ]]; then echo "run.sh: REPLICAS must be a number from 1" >&2; exit 2; fi
+if [ "$REPLICAS" -gt 1 ] && [ "$LEDGER" != postgres ]; then
+  echo "run.sh: REPLICAS=$REPLICAS needs LEDGER=postgres (replicas share one ledger; SQLite is one node's)" >&2
+  exit 2
+fi
 
 ./scripts/install-deps.sh
 ./scripts/build.sh Release recharge-gateway recharge_proto_py psp-sandbox
@@ -45,9 +61,14 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$GATEWAY_PORT" "$REDIS_PORT" "$SANDBOX_PORT" "$WEBHOOK_PORT" "$METRICS_PORT"; do
+ports=("$REDIS_PORT" "$SANDBOX_PORT")
+for ((i = 0; i < REPLICAS; i++)); do
+  ports+=($((GATEWAY_PORT + i)) $((WEBHOOK_PORT + i)) $((METRICS_PORT + i)))
+done
+[ "$LEDGER" = postgres ] && ports+=("$PG_PORT")
+for p in "${ports[@]}"; do
   if port_busy "$p"; then
-    echo "run.sh: port $p on 127.0.0.1 is in use (another run.sh?); stop it or set GATEWAY_PORT/REDIS_PORT/SANDBOX_PORT/WEBHOOK_PORT/METRICS_PORT" >&2
+    echo "run.sh: port $p on 127.0.0.1 is in use (another run.sh?); stop it or set GATEWAY_PORT/REDIS_PORT/SANDBOX_PORT/WEBHOOK_PORT/METRICS_PORT/PG_PORT" >&2
     exit 1
   fi
 done
@@ -78,6 +99,14 @@ rm -f var/sandbox/port
   --port-file var/sandbox/port >> var/log/sandbox.log 2>&1 &
 pids+=($!)
 
+if [ "$LEDGER" = postgres ]; then
+  ./scripts/dev-postgres.sh init var/postgres
+  ./scripts/dev-postgres.sh run var/postgres "$PG_PORT" >> var/log/postgres.log 2>&1 &
+  pids+=($!)
+  ./scripts/dev-postgres.sh setup var/postgres "$PG_PORT" var/secrets/pg_password
+  echo "run.sh: ledger on PostgreSQL 127.0.0.1:$PG_PORT (database recharge, data var/postgres)" >&2
+fi
+
 # Wait (bounded) for both to accept connections.
 for _ in $(seq 1 100); do
   if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && [ -s var/sandbox/port ]; then break; fi
@@ -92,11 +121,18 @@ else
   echo "run.sh: gateway on 127.0.0.1:$GATEWAY_PORT, plaintext (loopback); tokens var/dev/app.token (app), var/dev/ops.token (ops) (Ctrl-C stops everything)" >&2
 fi
 
-"${GATEWAY_BIN:-build/gateway/recharge-gateway}" --config configs/gateway.yaml &
-gateway=$!
-pids=("$gateway" "${pids[@]}")
+# Replica i (from 0) on GATEWAY_PORT+i, WEBHOOK_PORT+i, METRICS_PORT+i; the
+# first one that ends ends the stack.
+gateways=()
+for ((i = 0; i < REPLICAS; i++)); do
+  GATEWAY_PORT=$((GATEWAY_PORT + i)) WEBHOOK_PORT=$((WEBHOOK_PORT + i)) METRICS_PORT=$((METRICS_PORT + i)) \
+    "${GATEWAY_BIN:-build/gateway/recharge-gateway}" --config configs/gateway.yaml &
+  gateways+=($!)
+done
+[ "$REPLICAS" -gt 1 ] && echo "run.sh: $REPLICAS gateway replicas on 127.0.0.1:$GATEWAY_PORT..$((GATEWAY_PORT + REPLICAS - 1))" >&2
+pids=("${gateways[@]}" "${pids[@]}")
 set +e
-wait "$gateway"
+wait -n "${gateways[@]}"
 status=$?
 set -e
 exit "$status"

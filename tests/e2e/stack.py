@@ -86,6 +86,7 @@ GATEWAY_BIN = Path(os.environ.get("GATEWAY_BIN") or REPO / "build" / "gateway" /
 PY_OUT = Path(os.environ.get("RECHARGE_PY_OUT") or REPO / "build" / "python")
 SANDBOX_BIN = Path(os.environ.get("SANDBOX_BIN") or REPO / "build" / "sandbox" / "psp-sandbox")
 MAKE_CERTS = REPO / "scripts" / "make-dev-certs.sh"
+DEV_POSTGRES = REPO / "scripts" / "dev-postgres.sh"
 PACKAGES_YAML = REPO / "configs" / "packages.yaml"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
@@ -462,14 +463,95 @@ class Sandbox:
         return [r for r in self.journal() if r.get("idempotency_key") == key]
 
 
+class Replica:
+    """A second (third...) gateway of a Stack: the same config but its own
+    gRPC, webhook and metrics ports, the same ledger (postgres), Redis and
+    sandbox; its channel speaks as the caller `e2e`."""
+
+    def __init__(self, stack: "Stack", index: int):
+        self.stack = stack
+        self.index = index
+        self.port = 0
+        self.proc: Proc | None = None
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def yaml_path(self) -> Path:
+        return self.stack.tmp / f"gateway-replica{self.index}.yaml"
+
+    def start(self) -> None:
+        st = self.stack
+        override = {}
+        if st.metrics:
+            override["metrics"] = f"\n  listen: 127.0.0.1:{free_port()}"
+        if st.webhooks:
+            override["webhooks"] = (f"\n  listen: 127.0.0.1:{free_port()}"
+                                    f"\n  cert_file: {st.certs / 'server.pem'}"
+                                    f"\n  key_file: {st.certs / 'server.key'}")
+        self.yaml_path.write_text(st.gateway_yaml_text(**override))
+        self.port = self.port or free_port()
+        self.proc = Proc(f"replica{self.index}", [
+            str(GATEWAY_BIN), "--config", str(self.yaml_path), "--listen", f"127.0.0.1:{self.port}"],
+            st.tmp / "log" / f"gateway-replica{self.index}.log", env=st.gateway_env(), cwd=str(st.tmp))
+
+        def ready():
+            if not self.proc.alive():
+                raise AssertionError(f"replica {self.index} exited:\n{self.proc.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return None
+            try:
+                return st.health(timeout=2.0, channel=self.channel(),
+                                 wait_for_ready=True) == HEALTH_SERVING
+            except grpc.RpcError:
+                return None
+
+        wait_until(ready, START_DEADLINE_S, f"replica {self.index} to be SERVING", interval=0.05)
+
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            target = f"127.0.0.1:{self.port}"
+            self._channel = grpc.intercept_channel(
+                grpc.insecure_channel(target, options=CHANNEL_OPTIONS), BearerToken(self.stack.token))
+        return self._channel
+
+    def stub(self) -> "pb_grpc.RechargeGatewayStub":
+        return pb_grpc.RechargeGatewayStub(self.channel())
+
+    def admin(self) -> "pb_grpc.FraudAdminStub":
+        return pb_grpc.FraudAdminStub(self.channel())
+
+    def log(self) -> str:
+        return self.proc.log() if self.proc is not None else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self.proc is None:
+            return None
+        rc = self.proc.stop(sig)
+        self.proc = None
+        return rc
+
+
 class Stack:
     """Redis + PSP sandbox + gateway, for one test module."""
 
     def __init__(self, name: str, *, card_timeout: str = "5s", recovery_interval: str = "5s",
                  settle_after: str = "15s", shutdown_grace: str = "10s", io_threads: int = 2,
                  paypal: bool = False, ewallet: bool = False, webhooks: bool = False,
-                 metrics: bool = False):
+                 metrics: bool = False, ledger: str = "sqlite"):
         self.name = name
+        # The ledger backend: "sqlite" (a file under ledger/) or "postgres"
+        # (a throwaway cluster under postgres/, started by
+        # scripts/dev-postgres.sh, fsync off), which replicas can share.
+        self.ledger_backend = ledger
+        self.postgres: Proc | None = None
+        self.postgres_port = 0
+        self.pg_password = "pg-e2e-" + secrets.token_hex(16)
+        self.replicas: list["Replica"] = []
         # Provider notifications: the gateway's webhook port (gateway.yaml
         # `webhooks`, on a port kept across gateway restarts) and the
         # sandbox sending signed webhooks to it. Adapters opt in with
@@ -655,6 +737,8 @@ class Stack:
             if self.metrics:
                 self.metrics_port = free_port()
             self._start_redis()
+            if self.ledger_backend == "postgres":
+                self._start_postgres()
             self._start_sandbox()
             self.write_configs()
             self.start_gateway()
@@ -678,7 +762,13 @@ class Stack:
             except Exception as e:  # keep tearing down the others
                 errors.append(f"{extra.name}: {e!r}")
         self.extra_sandboxes = []
-        for attr in ("gateway", "sandbox", "redis"):
+        for replica in self.replicas:
+            try:
+                replica.stop()
+            except Exception as e:  # keep tearing down the others
+                errors.append(f"replica {replica.port}: {e!r}")
+        self.replicas = []
+        for attr in ("gateway", "sandbox", "redis", "postgres"):
             if attr == "sandbox" and self.psp is not None:
                 try:
                     self.psp.stop()
@@ -690,7 +780,8 @@ class Stack:
             proc = getattr(self, attr)
             if proc is not None:
                 try:
-                    proc.stop()
+                    # PostgreSQL: fast shutdown (SIGTERM waits for clients).
+                    proc.stop(signal.SIGINT if attr == "postgres" else signal.SIGTERM)
                 except Exception as e:  # keep tearing down the others
                     errors.append(f"{attr}: {e!r}")
                 setattr(self, attr, None)
@@ -725,6 +816,45 @@ class Stack:
             self.redis = None
         log = (self.tmp / "log" / "redis.log").read_text()
         raise AssertionError(f"redis-server did not start:\n{log}")
+
+    def _start_postgres(self) -> None:
+        """A PostgreSQL cluster under <tmp>/postgres on a free port, with the
+        role and database `recharge` (password in secrets/pg_password)."""
+        directory = self.tmp / "postgres"
+        if os.geteuid() == 0:
+            # The server runs as `postgres`: it must reach its directory.
+            self.tmp.chmod(0o711)
+        self._write_secret(self.tmp / "secrets" / "pg_password", self.pg_password + "\n")
+        subprocess.run(["bash", str(DEV_POSTGRES), "init", str(directory)], check=True,
+                       timeout=120, stdout=subprocess.DEVNULL)
+        self.postgres_port = free_port()
+        self.postgres = Proc("postgres", [
+            "bash", str(DEV_POSTGRES), "run", str(directory), str(self.postgres_port),
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=200"],
+            self.tmp / "log" / "postgres.log")
+        subprocess.run(["bash", str(DEV_POSTGRES), "setup", str(directory), str(self.postgres_port),
+                        str(self.tmp / "secrets" / "pg_password")], check=True, timeout=120)
+
+    def postgres_sql(self, sql: str) -> str:
+        """Runs `sql` in the ledger database as the superuser (psql over the
+        cluster's socket); its output, unaligned."""
+        bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+        r = subprocess.run([str(bindir / "psql"), "-h", str(self.tmp / "postgres"),
+                            "-p", str(self.postgres_port), "-U", "postgres", "-d", "recharge",
+                            "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise AssertionError(f"psql: {r.stderr}")
+        return r.stdout
+
+    def start_replica(self) -> "Replica":
+        """Another gateway on the same ledger (postgres), Redis and sandbox,
+        on ports of its own; waits until it is SERVING."""
+        assert self.ledger_backend == "postgres", "replicas share a postgres ledger"
+        replica = Replica(self, len(self.replicas) + 1)
+        self.replicas.append(replica)
+        replica.start()
+        return replica
 
     def stop_redis(self) -> None:
         """Stops Redis (its data is lost: no persistence); start_redis()
@@ -826,6 +956,12 @@ class Stack:
             "catalogue": str(PACKAGES_YAML),
             "adapters": str(self.adapters_yaml),
             "ledger": ("\n  backend: sqlite\n  path: " + str(self.ledger_path) +
+                       "\n  group_commit_max: 512\n  key_retention: 24h"
+                       if self.ledger_backend == "sqlite" else
+                       "\n  backend: postgres\n  postgres:"
+                       f"\n    dsn: host=127.0.0.1 port={self.postgres_port} dbname=recharge"
+                       " user=recharge connect_timeout=5"
+                       f"\n    password_file: {self.tmp / 'secrets' / 'pg_password'}"
                        "\n  group_commit_max: 512\n  key_retention: 24h"),
             "redis": (f"\n  address: 127.0.0.1:{self.redis_port}\n  timeout: {self.redis_timeout}" +
                       (f"\n  key_prefix: {self.redis_key_prefix}"

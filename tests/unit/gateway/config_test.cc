@@ -6,6 +6,7 @@
 #include "tests/unit/test_files.h"
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -102,6 +103,47 @@ TEST(GatewayConfig, PlaintextOnlyOnLoopbackAndOnlyWhenSaid) {
   EXPECT_FALSE(IsLoopbackListen("[::]:50051"));
   EXPECT_FALSE(IsLoopbackListen("10.0.0.1:50051"));
   EXPECT_FALSE(IsLoopbackListen("127.0.0.1.evil.example:50051"));
+}
+
+TEST(GatewayConfig, PostgresLedgerTakesADsnAndAPasswordFromAFileOrTheEnvironment) {
+  const std::string base = std::string("listen: 127.0.0.1:1\ntransport: plaintext\n") + kCallers;
+  const int ledger_line = 1 + static_cast<int>(std::count(base.begin(), base.end(), '\n'));
+  const std::string pw = WriteTemp("gw_pg_password", "s3cret-pw\n");
+  auto ok = GatewayConfig::Load(WriteTemp("gw_pg.yaml", base + "ledger:\n  backend: postgres\n  postgres:\n    dsn: host=127.0.0.1 dbname=r\n"
+                    "    password_file: " + pw + "\n    read_connections: 3\n    timeout: 2s\n"));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->ledger_backend, "postgres");
+  EXPECT_EQ(ok->ledger_postgres_dsn, "host=127.0.0.1 dbname=r");
+  EXPECT_EQ(ok->ledger_postgres_password.Reveal(), "s3cret-pw");
+  EXPECT_EQ(ok->ledger_postgres_read_connections, 3);
+  EXPECT_EQ(ok->ledger_postgres_timeout, std::chrono::seconds(2));
+
+  setenv("GW_TEST_PG_PASSWORD", "from-env", 1);
+  auto env = GatewayConfig::Load(WriteTemp("gw_pg_env.yaml", base + "ledger:\n  backend: postgres\n  postgres: {dsn: dbname=r, "
+                        "password_env: GW_TEST_PG_PASSWORD}\n"));
+  unsetenv("GW_TEST_PG_PASSWORD");
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->ledger_postgres_password.Reveal(), "from-env");
+
+  auto no_section = GatewayConfig::Load(WriteTemp("gw_pg_none.yaml", base + "ledger: {backend: postgres}\n"));
+  ASSERT_FALSE(no_section.ok());
+  EXPECT_THAT(std::string(no_section.status().message()), HasSubstr("needs a postgres: section"));
+  auto in_dsn = GatewayConfig::Load(WriteTemp("gw_pg_dsn.yaml", base + "ledger:\n  backend: postgres\n  postgres: {dsn: dbname=r password=x}\n"));
+  ASSERT_FALSE(in_dsn.ok());
+  EXPECT_THAT(std::string(in_dsn.status().message()),
+              HasSubstr("gw_pg_dsn.yaml:" + std::to_string(ledger_line + 2) +
+                        ":19: ledger.postgres.dsn: must not hold the password"));
+  EXPECT_THAT(std::string(in_dsn.status().message()), ::testing::Not(HasSubstr("password=x")));
+  auto unset = GatewayConfig::Load(WriteTemp("gw_pg_unset.yaml", base + "ledger:\n  backend: postgres\n  postgres: {dsn: dbname=r, password_env: GW_TEST_UNSET_PW}\n"));
+  ASSERT_FALSE(unset.ok());
+  EXPECT_THAT(std::string(unset.status().message()), HasSubstr("GW_TEST_UNSET_PW is not set"));
+  auto other = GatewayConfig::Load(WriteTemp("gw_pg_other.yaml", base + "ledger: {backend: mysql}\n"));
+  ASSERT_FALSE(other.ok());
+  EXPECT_THAT(std::string(other.status().message()),
+              HasSubstr("ledger.backend: must be sqlite or postgres, got \"mysql\""));
+  // A sqlite node does not read the postgres password.
+  auto sqlite = GatewayConfig::Load(WriteTemp("gw_pg_sqlite.yaml", base + "ledger:\n  backend: sqlite\n  postgres: {dsn: dbname=r, password_file: /nonexistent/pw}\n"));
+  EXPECT_TRUE(sqlite.ok()) << sqlite.status();
 }
 
 TEST(GatewayConfig, AdmissionLimitsAreCheckedAtTheirLine) {
