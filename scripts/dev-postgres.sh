@@ -15,7 +15,7 @@
 # (127.0.0.1:PORT) asks for a password (scram-sha-256). Safe to run twice.
 set -euo pipefail
 cmd="${1:?usage: dev-postgres.sh init|run|setup DIR ...}"
-dir="${2:?DIR}"
+dir=$(realpath -m "${2:?DIR}")  # absolute: the server runs in its data directory
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bindir/postgres" ] || { echo "dev-postgres.sh: no PostgreSQL server (apt-get install postgresql-15)" >&2; exit 1; }
 as_pg=()

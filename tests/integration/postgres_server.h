@@ -10,6 +10,7 @@
 #include <libpq-fe.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -148,6 +149,10 @@ class PostgresServer {
       const int devnull = open("/dev/null", O_RDONLY);
       dup2(devnull, STDIN_FILENO);
       if (uid_ != 0 && (setgid(gid_) != 0 || setuid(uid_) != 0)) _exit(126);
+      // Dies with the test (a crashed test must not leave a server behind);
+      // set after setuid, which clears it.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() == 1) _exit(125);  // the test is gone already
       std::vector<char*> args;
       for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
       args.push_back(nullptr);
