@@ -715,6 +715,95 @@ TEST_P(LedgerTest, PurgeKeepsTheKeysOfWaitingRecharges) {
   EXPECT_TRUE(Run(store_->GetRechargeByKey("purge-waiting")).ok());
 }
 
+// The PostgreSQL store's own faults: the server restarted, the server
+// paused past the round-trip timeout. Each call answers (an error while the
+// server is away, never a hang) and the store serves again once it is back.
+class PostgresFaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    thread_ = std::thread([this] { io_.run(); });
+    database_ = Postgres().CreateDatabase("fault");
+    auto s = Run(PostgresLedgerStore::Open(
+        io_.get_executor(), {.conninfo = Postgres().conninfo(database_),
+                             .timeout = std::chrono::milliseconds(500),
+                             .reconnect_min = std::chrono::milliseconds(20),
+                             .reconnect_max = std::chrono::milliseconds(100)}));
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+  }
+  void TearDown() override {
+    store_.reset();
+    work_.reset();
+    thread_.join();
+  }
+  template <typename T>
+  T Run(asio::awaitable<T> a) {
+    return asio::co_spawn(io_, std::move(a), asio::use_future).get();
+  }
+  static KeyClaim Claim(const std::string& key) {
+    KeyClaim c;
+    c.idempotency_key = key;
+    c.fingerprint = "fp";
+    c.draft.set_recharge_id("rch_" + key);
+    c.draft.set_idempotency_key(key);
+    c.draft.set_user_id("u1");
+    return c;
+  }
+  // Begin(claim) until it answers OK (bounded: 30 s of attempts).
+  absl::StatusOr<BeginResult> BeginWhenBack(const KeyClaim& claim) {
+    absl::StatusOr<BeginResult> r = absl::UnavailableError("not tried");
+    for (int i = 0; i < 300 && !r.ok(); ++i) {
+      r = Run(store_->Begin(claim));
+      if (!r.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // retry pause
+    }
+    return r;
+  }
+
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
+  std::thread thread_;
+  std::string database_;
+  std::unique_ptr<PostgresLedgerStore> store_;
+};
+
+TEST_F(PostgresFaultTest, CallsFailWhileTheServerIsDownAndSucceedOnceItIsBack) {
+  ASSERT_EQ(Run(store_->Begin(Claim("before-restart")))->kind, Kind::kClaimed);
+  Postgres().Stop();
+  auto down = Run(store_->Begin(Claim("during-restart")));
+  ASSERT_FALSE(down.ok());
+  EXPECT_EQ(down.status().code(), absl::StatusCode::kUnavailable) << down.status();
+  EXPECT_THAT(std::string(down.status().message()), ::testing::HasSubstr("ledger: postgres"));
+  EXPECT_FALSE(Run(store_->GetRecharge("rch_before-restart")).ok());
+  Postgres().Start();
+
+  auto back = BeginWhenBack(Claim("during-restart"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->kind, Kind::kClaimed);  // the failed attempt claimed nothing
+  // What was committed before the restart is there.
+  EXPECT_EQ(Run(store_->Begin(Claim("before-restart")))->kind, Kind::kInFlight);
+  Completion done;
+  done.idempotency_key = "before-restart";
+  done.recharge = Claim("before-restart").draft;
+  done.recharge.set_status(RECHARGE_STATUS_APPROVED);
+  done.response.set_status(RECHARGE_STATUS_APPROVED);
+  ASSERT_TRUE(Run(store_->Complete(done)).ok());
+  EXPECT_EQ(Run(store_->Begin(Claim("before-restart")))->kind, Kind::kReplay);
+}
+
+TEST_F(PostgresFaultTest, APausedServerFailsCallsAtTheTimeoutNotAHang) {
+  ASSERT_EQ(Run(store_->Begin(Claim("before-pause")))->kind, Kind::kClaimed);
+  Postgres().Pause();
+  auto paused = Run(store_->Begin(Claim("during-pause")));
+  Postgres().Resume();
+  ASSERT_FALSE(paused.ok());
+  EXPECT_TRUE(absl::IsDeadlineExceeded(paused.status()) || absl::IsUnavailable(paused.status()))
+      << paused.status();
+  auto back = BeginWhenBack(Claim("after-pause"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->kind, Kind::kClaimed);
+  EXPECT_EQ(Run(store_->Begin(Claim("before-pause")))->kind, Kind::kInFlight);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, LedgerTest, ::testing::Values("sqlite", "postgres"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <random>
@@ -96,9 +97,11 @@ class PostgresServer {
     pid_ = -1;
   }
 
-  // The postmaster stopped (SIGSTOP) or let go on (SIGCONT).
-  void Pause() { kill(pid_, SIGSTOP); }
-  void Resume() { kill(pid_, SIGCONT); }
+  // Every process of the server stopped (SIGSTOP) or let go on (SIGCONT):
+  // the postmaster and its children (each backend is a session of its own,
+  // so a process-group signal would miss them).
+  void Pause() { SignalAll(SIGSTOP); }
+  void Resume() { SignalAll(SIGCONT); }
 
   // Runs SQL on a blocking connection (test set-up only); the first error
   // throws.
@@ -125,6 +128,26 @@ class PostgresServer {
   }
 
  private:
+  // `sig` to the postmaster and every process whose parent it is.
+  void SignalAll(int sig) const {
+    if (pid_ <= 0) return;
+    if (sig == SIGSTOP) kill(pid_, sig);  // no new children meanwhile
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::FILE* f = std::fopen((e.path() / "stat").c_str(), "r");
+      if (f == nullptr) continue;
+      int pid = 0, ppid = 0;
+      char comm[256];
+      char state = 0;
+      const int n = std::fscanf(f, "%d (%255[^)]) %c %d", &pid, comm, &state, &ppid);
+      std::fclose(f);
+      if (n == 4 && ppid == pid_) kill(pid, sig);
+    }
+    if (sig != SIGSTOP) kill(pid_, sig);
+  }
+
   static std::string FindBinDir() {
     std::string best;
     std::error_code ec;
