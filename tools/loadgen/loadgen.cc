@@ -28,6 +28,7 @@
 // Thread-safety: a slot is touched by one call at a time (the completion of
 // call k happens before call k+1 is issued), so its tally needs no lock; the
 // main thread reads the tallies only after every slot has stopped.
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/synchronization/mutex.h"
@@ -86,13 +87,18 @@ struct Options {
   std::string token;              // bearer token, sent as `authorization`
   std::string ca_file;            // TLS to the target if set
   std::string json_out;
+  std::string answers_out;        // one JSON line per call, if set
+  double error_pause_ms = 0;      // a slot waits this long after a failed call
+  std::vector<std::string> targets;  // --target split at commas
 };
 
 constexpr const char* kUsage = R"(usage: loadgen [options]
   --mode recharge|replay|echo
                            RecordRecharge with fresh keys, RecordRecharge with one
                            key repeated (its replays), or Echo (default recharge)
-  --target HOST:PORT       server address (default 127.0.0.1:50051)
+  --target HOST:PORT[,HOST:PORT...]
+                           server address(es) (default 127.0.0.1:50051); with
+                           several, channel i goes to target i modulo their number
   --concurrency N          calls kept outstanding (default 64)
   --channels N             gRPC channels, one connection each (default 4)
   --duration S             measured seconds (default 10)
@@ -106,6 +112,11 @@ constexpr const char* kUsage = R"(usage: loadgen [options]
   --token T                send "authorization: Bearer T"
   --ca-file PEM            use TLS, trusting this CA (default: plaintext)
   --json-out FILE          also write the JSON summary to FILE
+  --answers-out FILE       write every call's answer, one JSON line each: key,
+                           target, code (gRPC), status, recharge_id, replayed, ms
+  --error-pause-ms N       after a failed call, a slot waits N ms before the next
+                           (default 0; keeps a closed loop from spinning on a dead
+                           target)
 )";
 
 bool ParseDouble(const std::string& s, double* out) {
@@ -188,10 +199,23 @@ std::string ParseOptions(int argc, char** argv, Options* o) {
       o->ca_file = value;
     } else if (arg == "--json-out") {
       o->json_out = value;
+    } else if (arg == "--answers-out") {
+      o->answers_out = value;
+    } else if (arg == "--error-pause-ms") {
+      ok = ParseDouble(value, &o->error_pause_ms) && o->error_pause_ms >= 0;
     } else {
       return "unknown argument \"" + arg + "\" (see --help)";
     }
     if (!ok) return "bad value \"" + value + "\" for " + arg;
+  }
+  {
+    std::stringstream in(o->target);
+    std::string t;
+    while (std::getline(in, t, ',')) {
+      if (t.empty()) return "empty address in --target \"" + o->target + "\"";
+      o->targets.push_back(t);
+    }
+    if (o->targets.empty()) return "--target needs an address";
   }
   if (o->key_prefix.empty()) {
     std::random_device rd;
@@ -350,8 +374,19 @@ int ExpiryYear() {
 // One closed-loop caller: issues a call, records its outcome, issues the next.
 class Slot {
  public:
-  Slot(Run& run, std::shared_ptr<grpc::Channel> channel, const bench::v1::EchoRequest& echo_request)
-      : run_(run), echo_request_(echo_request), exp_year_(ExpiryYear()) {
+  // One call's answer (--answers-out).
+  struct Answer {
+    std::string key;
+    int code = 0;
+    int status = -1;
+    std::string recharge_id;
+    bool replayed = false;
+    uint32_t us = 0;
+  };
+
+  Slot(Run& run, std::shared_ptr<grpc::Channel> channel, int target,
+       const bench::v1::EchoRequest& echo_request)
+      : run_(run), echo_request_(echo_request), exp_year_(ExpiryYear()), target_(target) {
     if (IsRechargeMode(run.options().mode)) {
       recharge_stub_ = recharge::v1::RechargeGateway::NewStub(channel);
     } else {
@@ -384,6 +419,8 @@ class Slot {
 
   const Counts& measured() const { return measured_; }
   const Counts& total() const { return total_; }
+  const std::vector<Answer>& answers() const { return answers_; }
+  int target() const { return target_; }
   const std::vector<uint32_t>& latencies_us() const { return latencies_us_; }
 
  private:
@@ -422,12 +459,24 @@ class Slot {
       else ++c->grpc[2];  // UNKNOWN
       if (recharge_status >= 0) ++c->recharge[recharge_status];
     }
-    if (measured) {
-      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(now - sent_).count();
-      latencies_us_.push_back(static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX)));
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(now - sent_).count();
+    const auto us32 = static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX));
+    if (measured) latencies_us_.push_back(us32);
+    if (!run_.options().answers_out.empty() && IsRechargeMode(run_.options().mode)) {
+      answers_.push_back({recharge_request_.idempotency_key(), code,
+                          status.ok() ? static_cast<int>(recharge_response_.status()) : -1,
+                          status.ok() ? recharge_response_.recharge_id() : "", replayed, us32});
     }
     if (now >= run_.measure_end()) {
       run_.SlotStopped();  // `this` is not touched after this line
+      return;
+    }
+    if (!status.ok() && run_.options().error_pause_ms > 0) {
+      // The next call after a pause, on gRPC's timer (no thread sleeps).
+      pause_.Set(std::chrono::system_clock::now() +
+                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                         std::chrono::duration<double, std::milli>(run_.options().error_pause_ms)),
+                 [this](bool) { Issue(); });
       return;
     }
     Issue();
@@ -442,6 +491,9 @@ class Slot {
   bench::v1::EchoRequest echo_request_;
   bench::v1::EchoResponse echo_response_;
   const int exp_year_;
+  const int target_;
+  grpc::Alarm pause_;
+  std::vector<Answer> answers_;
   Method method_ = Method::kCard;
   Clock::time_point sent_;
   Counts measured_;
@@ -536,11 +588,12 @@ int Main(int argc, char** argv) {
     // A channel of its own connection: no subchannel sharing between them.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt("loadgen.channel", i);
-    channels.push_back(grpc::CreateCustomChannel(o.target, creds, args));
+    channels.push_back(grpc::CreateCustomChannel(o.targets[i % o.targets.size()], creds, args));
   }
-  for (const auto& ch : channels) {
-    if (!ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5))) {
-      std::fprintf(stderr, "loadgen: cannot connect to %s within 5 s\n", o.target.c_str());
+  for (size_t i = 0; i < channels.size(); ++i) {
+    if (!channels[i]->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5))) {
+      std::fprintf(stderr, "loadgen: cannot connect to %s within 5 s\n",
+                   o.targets[i % o.targets.size()].c_str());
       return 1;
     }
   }
@@ -572,7 +625,9 @@ int Main(int argc, char** argv) {
   Run run(o, start);
   std::vector<std::unique_ptr<Slot>> slots;
   for (int i = 0; i < o.concurrency; ++i) {
-    slots.push_back(std::make_unique<Slot>(run, channels[i % channels.size()], echo_request));
+    const size_t ch = static_cast<size_t>(i) % channels.size();
+    slots.push_back(std::make_unique<Slot>(run, channels[ch], static_cast<int>(ch % o.targets.size()),
+                                           echo_request));
   }
   for (auto& slot : slots) slot->Issue();
 
@@ -655,6 +710,22 @@ int Main(int argc, char** argv) {
   const std::string line = summary.dump();
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
+  if (!o.answers_out.empty()) {
+    std::ofstream answers(o.answers_out);
+    for (const auto& slot : slots) {
+      for (const Slot::Answer& a : slot->answers()) {
+        answers << nlohmann::json{{"key", a.key},
+                                  {"target", o.targets[static_cast<size_t>(slot->target())]},
+                                  {"code", a.code},
+                                  {"status", a.status},
+                                  {"recharge_id", a.recharge_id},
+                                  {"replayed", a.replayed},
+                                  {"ms", Round3(a.us / 1000.0)}}
+                       .dump()
+                << "\n";
+      }
+    }
+  }
   if (!o.json_out.empty()) {
     std::ofstream out(o.json_out);
     out << line << "\n";
