@@ -828,12 +828,45 @@ class Stack:
         subprocess.run(["bash", str(DEV_POSTGRES), "init", str(directory)], check=True,
                        timeout=120, stdout=subprocess.DEVNULL)
         self.postgres_port = free_port()
+        self.start_postgres()
+
+    def stop_postgres(self) -> None:
+        """Fast shutdown of the ledger's PostgreSQL (its data stays)."""
+        if self.postgres is not None:
+            self.postgres.stop(signal.SIGINT)
+            self.postgres = None
+
+    def start_postgres(self) -> None:
+        """PostgreSQL again, on the port it had; waits until it answers."""
+        assert self.postgres is None or not self.postgres.alive(), "postgres already running"
+        directory = self.tmp / "postgres"
         self.postgres = Proc("postgres", [
             "bash", str(DEV_POSTGRES), "run", str(directory), str(self.postgres_port),
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=200"],
             self.tmp / "log" / "postgres.log")
         subprocess.run(["bash", str(DEV_POSTGRES), "setup", str(directory), str(self.postgres_port),
                         str(self.tmp / "secrets" / "pg_password")], check=True, timeout=120)
+
+    def signal_postgres(self, sig: int) -> None:
+        """`sig` to the postmaster and every backend (each backend is a
+        session of its own: a process-group signal would miss them)."""
+        assert self.postgres is not None
+        pids = [self.postgres.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.postgres.pid:
+                    pids.append(int(entry.name))
+        if sig == signal.SIGCONT:
+            pids.reverse()  # the children first, the postmaster last
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def postgres_sql(self, sql: str) -> str:
         """Runs `sql` in the ledger database as the superuser (psql over the

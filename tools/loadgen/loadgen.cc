@@ -32,6 +32,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/synchronization/mutex.h"
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -113,10 +114,12 @@ constexpr const char* kUsage = R"(usage: loadgen [options]
   --ca-file PEM            use TLS, trusting this CA (default: plaintext)
   --json-out FILE          also write the JSON summary to FILE
   --answers-out FILE       write every call's answer, one JSON line each: key,
-                           target, code (gRPC), status, recharge_id, replayed, ms
+                           target, code (gRPC), status, recharge_id, replayed, ms,
+                           sent_at_ms (when it was sent, Unix milliseconds)
   --error-pause-ms N       after a failed call, a slot waits N ms before the next
                            (default 0; keeps a closed loop from spinning on a dead
                            target)
+SIGINT or SIGTERM ends the run early; the summary and answers are still written.
 )";
 
 bool ParseDouble(const std::string& s, double* out) {
@@ -261,11 +264,20 @@ class Run {
   Run(const Options& options, Clock::time_point start)
       : options_(options),
         measure_start_(start + ToDuration(options.warmup_s)),
-        measure_end_(measure_start_ + ToDuration(options.duration_s)) {}
+        measure_end_((measure_start_ + ToDuration(options.duration_s)).time_since_epoch().count()) {}
 
   const Options& options() const { return options_; }
   Clock::time_point measure_start() const { return measure_start_; }
-  Clock::time_point measure_end() const { return measure_end_; }
+  Clock::time_point measure_end() const {
+    return Clock::time_point(Clock::duration(measure_end_.load(std::memory_order_relaxed)));
+  }
+  // Ends the run now (SIGINT, SIGTERM): slots stop after their call in flight.
+  void EndNow() {
+    const Clock::rep now = Clock::now().time_since_epoch().count();
+    Clock::rep end = measure_end_.load();
+    while (now < end && !measure_end_.compare_exchange_weak(end, now)) {
+    }
+  }
 
   uint64_t NextCall() { return next_key_.fetch_add(1, std::memory_order_relaxed); }
 
@@ -287,7 +299,7 @@ class Run {
  private:
   const Options& options_;
   const Clock::time_point measure_start_;
-  const Clock::time_point measure_end_;
+  std::atomic<Clock::rep> measure_end_;  // a time_point's count; EndNow() moves it earlier
   std::atomic<uint64_t> next_key_{1};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -382,6 +394,7 @@ class Slot {
     std::string recharge_id;
     bool replayed = false;
     uint32_t us = 0;
+    int64_t sent_at_ms = 0;  // when it was sent, Unix milliseconds
   };
 
   Slot(Run& run, std::shared_ptr<grpc::Channel> channel, int target,
@@ -402,6 +415,9 @@ class Slot {
                                std::chrono::duration<double>(o.timeout_s)));
     if (!o.token.empty()) context_->AddMetadata("authorization", "Bearer " + o.token);
     sent_ = Clock::now();
+    sent_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
     if (IsRechargeMode(o.mode)) {
       const uint64_t n = run_.NextCall();
       method_ = MethodOf(o, o.mode == Mode::kReplay ? 0 : n);
@@ -465,7 +481,8 @@ class Slot {
     if (!run_.options().answers_out.empty() && IsRechargeMode(run_.options().mode)) {
       answers_.push_back({recharge_request_.idempotency_key(), code,
                           status.ok() ? static_cast<int>(recharge_response_.status()) : -1,
-                          status.ok() ? recharge_response_.recharge_id() : "", replayed, us32});
+                          status.ok() ? recharge_response_.recharge_id() : "", replayed, us32,
+                          sent_at_ms_});
     }
     if (now >= run_.measure_end()) {
       run_.SlotStopped();  // `this` is not touched after this line
@@ -496,6 +513,7 @@ class Slot {
   std::vector<Answer> answers_;
   Method method_ = Method::kCard;
   Clock::time_point sent_;
+  int64_t sent_at_ms_ = 0;
   Counts measured_;
   Counts total_;
   std::vector<uint32_t> latencies_us_;
@@ -561,6 +579,13 @@ int Main(int argc, char** argv) {
   // locks) runs deadlock detection, a graph update per lock: ~3% of the
   // gateway's CPU in bench/README.md's profile. Off, as in release builds.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // SIGINT and SIGTERM end the run early (sigtimedwait in Main); blocked
+  // before gRPC starts its threads, which inherit the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   Options o;
   if (std::string err = ParseOptions(argc, argv, &o); !err.empty()) {
     std::fprintf(stderr, "loadgen: %s\n", err.c_str());
@@ -587,6 +612,12 @@ int Main(int argc, char** argv) {
     grpc::ChannelArguments args;
     // A channel of its own connection: no subchannel sharing between them.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    // A target that went away is tried again within a second of coming back
+    // (gRPC's default backoff grows to two minutes), as an app server
+    // behind a restarted replica would want.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     args.SetInt("loadgen.channel", i);
     channels.push_back(grpc::CreateCustomChannel(o.targets[i % o.targets.size()], creds, args));
   }
@@ -633,7 +664,17 @@ int Main(int argc, char** argv) {
 
   std::this_thread::sleep_until(run.measure_start());
   const double cpu0 = CpuSeconds();
-  std::this_thread::sleep_until(run.measure_end());
+  // Until the end of the measured window, or SIGINT / SIGTERM (blocked in
+  // every thread, taken here), which end the run early: the answers so far
+  // are still reported and written.
+  {
+    const auto left = run.measure_end() - Clock::now();
+    if (left > Clock::duration::zero()) {
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+      timespec wait{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      if (sigtimedwait(&stop_signals, nullptr, &wait) > 0) run.EndNow();
+    }
+  }
   const double cpu1 = CpuSeconds();
   const Clock::time_point drain_deadline = run.measure_end() + Run::ToDuration(o.timeout_s + 5);
   if (!run.WaitAllStopped(o.concurrency, drain_deadline)) {
@@ -657,7 +698,9 @@ int Main(int argc, char** argv) {
   for (uint32_t v : lat) mean_ms += v;
   if (!lat.empty()) mean_ms = mean_ms / static_cast<double>(lat.size()) / 1000.0;
 
-  const double window = o.duration_s;
+  // The measured window as it was (shorter if a signal ended the run).
+  const double window = std::max(
+      1e-3, std::chrono::duration<double>(run.measure_end() - run.measure_start()).count());
   nlohmann::json latency = {{"p50", Round3(QuantileMs(lat, 0.50))},
                             {"p90", Round3(QuantileMs(lat, 0.90))},
                             {"p99", Round3(QuantileMs(lat, 0.99))},
@@ -670,7 +713,7 @@ int Main(int argc, char** argv) {
       {"concurrency", o.concurrency},
       {"channels", o.channels},
       {"warmup_s", o.warmup_s},
-      {"duration_s", o.duration_s},
+      {"duration_s", Round3(window)},  // as run (a signal may end it early)
       {"key_prefix", IsRechargeMode(o.mode) ? o.key_prefix : ""},
       {"mix", {{"card", o.mix[0]}, {"paypal", o.mix[1]}, {"gcash", o.mix[2]}}},
       // --mode replay: the one recharge recorded (approved) before the slots start.
@@ -720,7 +763,8 @@ int Main(int argc, char** argv) {
                                   {"status", a.status},
                                   {"recharge_id", a.recharge_id},
                                   {"replayed", a.replayed},
-                                  {"ms", Round3(a.us / 1000.0)}}
+                                  {"ms", Round3(a.us / 1000.0)},
+                                  {"sent_at_ms", a.sent_at_ms}}
                        .dump()
                 << "\n";
       }
