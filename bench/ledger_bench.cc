@@ -1,10 +1,13 @@
-// ledger_bench: the SQLite ledger alone, driven the way the gateway drives it.
+// ledger_bench: the ledger alone (SQLite, or PostgreSQL with --postgres),
+// driven the way the gateway drives it.
 //
 // `--concurrency` coroutines on an io_context with `--threads` threads each
 // loop: Begin(claim) with a fresh key, then Complete(completion) with the
 // recharge, the response and the DecisionRecord the gateway stores
 // (gateway/recharge_flow.cc). A recharge counts once both are committed, so
-// the figure is durable recharges per second at synchronous=FULL.
+// the figure is durable recharges per second at synchronous=FULL (SQLite),
+// or at the server's own settings (PostgreSQL: fsync and synchronous_commit
+// on, as scripts/dev-postgres.sh leaves them).
 // `--mode replay` instead repeats Begin() of one completed key (an
 // idempotent retry) and counts replays per second.
 //
@@ -19,6 +22,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <random>
 #include <string>
@@ -29,6 +33,7 @@
 
 #include "io/asio.h"
 #include "io/strings.h"
+#include "ledger/postgres/postgres_ledger_store.h"
 #include "ledger/sqlite/sqlite_ledger_store.h"
 
 namespace recharge {
@@ -48,13 +53,16 @@ struct Flags {
   size_t group_commit_max = 512;
   int readers = 1;
   bool ordered_ids = false;  // recharge ids that start with the time (sequential index inserts)
+  std::string postgres;      // a libpq DSN: the PostgreSQL ledger instead of SQLite (a fresh database!)
+  std::string postgres_password_file;
 };
 
 [[noreturn]] void Usage(const std::string& error) {
   std::cerr << "ledger_bench: " << error << "\n"
             << "usage: ledger_bench [--seconds S] [--warmup S] [--concurrency N] [--threads N]\n"
             << "                    [--path FILE] [--mode commit|replay] [--json-out FILE]\n"
-            << "                    [--group-commit-max N] [--readers N] [--ordered-ids 0|1]\n";
+            << "                    [--group-commit-max N] [--readers N] [--ordered-ids 0|1]\n"
+            << "                    [--postgres DSN [--postgres-password-file FILE]]\n";
   std::exit(2);
 }
 
@@ -82,6 +90,8 @@ Flags ParseFlags(int argc, char** argv) {
       else if (name == "--group-commit-max") f.group_commit_max = std::stoul(value);
       else if (name == "--readers") f.readers = std::stoi(value);
       else if (name == "--ordered-ids") f.ordered_ids = value == "1" || value == "true";
+      else if (name == "--postgres") f.postgres = value;
+      else if (name == "--postgres-password-file") f.postgres_password_file = value;
       else Usage("unknown flag " + name);
     } catch (const std::exception&) {
       Usage("bad value for " + name + ": " + value);
@@ -182,7 +192,7 @@ Recorded MakeRecharge(std::mt19937_64& rng, bool ordered_ids) {
 }
 
 struct Run {
-  SqliteLedgerStore* store = nullptr;
+  LedgerStore* store = nullptr;
   std::string mode;
   bool ordered_ids = false;
   std::atomic<bool> stop{false};
@@ -233,24 +243,58 @@ double CpuSeconds() {
 
 int Main(int argc, char** argv) {
   const Flags flags = ParseFlags(argc, argv);
-  std::filesystem::path path(flags.path);
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(flags.path + suffix);
-
-  absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> opened =
-      SqliteLedgerStore::Open({.path = flags.path,
-                               .group_commit_max = flags.group_commit_max,
-                               .reader_threads = flags.readers});
-  if (!opened.ok()) {
-    std::cerr << "ledger_bench: " << opened.status() << "\n";
-    return 1;
-  }
-  std::unique_ptr<SqliteLedgerStore> store = *std::move(opened);
-
   asio::io_context io(flags.threads);
   auto work = asio::make_work_guard(io);
   std::vector<std::thread> threads;
   for (int i = 0; i < flags.threads; ++i) threads.emplace_back([&io] { io.run(); });
+  auto stop_threads = [&] {
+    work.reset();
+    io.stop();
+    for (std::thread& t : threads) t.join();
+  };
+
+  std::unique_ptr<LedgerStore> store;
+  std::function<uint64_t()> commits_of;
+  if (flags.postgres.empty()) {
+    std::filesystem::path path(flags.path);
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(flags.path + suffix);
+    absl::StatusOr<std::unique_ptr<SqliteLedgerStore>> opened =
+        SqliteLedgerStore::Open({.path = flags.path,
+                                 .group_commit_max = flags.group_commit_max,
+                                 .reader_threads = flags.readers});
+    if (!opened.ok()) {
+      std::cerr << "ledger_bench: " << opened.status() << "\n";
+      stop_threads();
+      return 1;
+    }
+    SqliteLedgerStore* sqlite = opened->get();
+    commits_of = [sqlite] { return sqlite->commits(); };
+    store = *std::move(opened);
+  } else {
+    std::string password;
+    if (!flags.postgres_password_file.empty()) {
+      std::ifstream in(flags.postgres_password_file);
+      std::getline(in, password);
+    }
+    absl::StatusOr<std::unique_ptr<PostgresLedgerStore>> opened =
+        asio::co_spawn(io,
+                       PostgresLedgerStore::Open(io.get_executor(),
+                                                 {.conninfo = flags.postgres,
+                                                  .password = password,
+                                                  .read_connections = std::max(1, flags.readers),
+                                                  .group_commit_max = flags.group_commit_max}),
+                       asio::use_future)
+            .get();
+    if (!opened.ok()) {
+      std::cerr << "ledger_bench: " << opened.status() << "\n";
+      stop_threads();
+      return 1;
+    }
+    PostgresLedgerStore* pg = opened->get();
+    commits_of = [pg] { return pg->commits(); };
+    store = *std::move(opened);
+  }
 
   Run run;
   run.store = store.get();
@@ -279,7 +323,7 @@ int Main(int argc, char** argv) {
   for (int i = 0; i < flags.concurrency; ++i) asio::co_spawn(io, Worker(run, i), asio::detached);
 
   std::this_thread::sleep_for(std::chrono::duration<double>(flags.warmup));
-  const uint64_t commits0 = store->commits();
+  const uint64_t commits0 = commits_of();
   const double cpu0 = CpuSeconds();
   const Clock::time_point t0 = Clock::now();
   run.measuring = true;
@@ -287,11 +331,10 @@ int Main(int argc, char** argv) {
   run.measuring = false;
   const Clock::time_point t1 = Clock::now();
   const double cpu1 = CpuSeconds();
-  const uint64_t commits1 = store->commits();
+  const uint64_t commits1 = commits_of();
   run.stop = true;
   while (run.running.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  work.reset();
-  for (std::thread& t : threads) t.join();
+  stop_threads();  // (the PostgreSQL writer waits on the io_context for work: stopped, not drained)
   store.reset();
 
   const double wall = std::chrono::duration<double>(t1 - t0).count();
@@ -313,13 +356,13 @@ int Main(int argc, char** argv) {
   double load[3] = {0, 0, 0};
   if (getloadavg(load, 3) < 0) load[0] = -1;
 
-  std::printf("ledger_bench mode=%s concurrency=%d threads=%d readers=%d seconds=%.1f path=%s\n",
+  std::printf("ledger_bench mode=%s concurrency=%d threads=%d readers=%d seconds=%.1f ledger=%s\n",
               flags.mode.c_str(), flags.concurrency, flags.threads, flags.readers, wall,
-              flags.path.c_str());
+              flags.postgres.empty() ? flags.path.c_str() : "postgres");
   std::printf("  %-22s %.0f /s (%llu in %.2f s, %llu errors)\n", unit, rate,
               static_cast<unsigned long long>(n), wall,
               static_cast<unsigned long long>(run.errors.load()));
-  std::printf("  %-22s %.0f /s (one WAL fsync each)\n", "commits", commit_rate);
+  std::printf("  %-22s %.0f /s (one WAL flush each)\n", "commits", commit_rate);
   std::printf("  %-22s %.1f ledger ops per commit\n", "mean batch", per_commit);
   std::printf("  %-22s %.1f us per %s (process, all threads; %.2f cores busy)\n", "cpu",
               cpu_us, flags.mode == "replay" ? "replay" : "recharge", (cpu1 - cpu0) / wall);
@@ -328,7 +371,8 @@ int Main(int argc, char** argv) {
   std::printf("  %-22s %.2f\n", "load average (1 min)", load[0]);
 
   std::string json = StrCat(
-      R"({"bench":"ledger","mode":")", flags.mode, R"(","concurrency":)", flags.concurrency,
+      R"({"bench":"ledger","backend":")", flags.postgres.empty() ? "sqlite" : "postgres",
+      R"(","mode":")", flags.mode, R"(","concurrency":)", flags.concurrency,
       R"(,"threads":)", flags.threads, R"(,"readers":)", flags.readers,
       R"(,"group_commit_max":)", flags.group_commit_max, R"(,"ordered_ids":)", flags.ordered_ids,
       R"(,"seconds":)", wall, R"(,")", unit, R"(_per_s":)", rate,
