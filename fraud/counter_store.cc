@@ -169,7 +169,7 @@ absl::StatusOr<double> ParseNumber(const RedisReply& r) {
 
 }  // namespace
 
-RedisCounterStore::RedisCounterStore(RedisClient& redis, std::string prefix,
+RedisCounterStore::RedisCounterStore(RedisCommands& redis, std::string prefix,
                                      std::chrono::milliseconds timeout)
     : redis_(redis), prefix_(std::move(prefix)), timeout_(timeout) {}
 
@@ -207,8 +207,11 @@ asio::awaitable<absl::StatusOr<RedisReply>> RedisCounterStore::Eval(std::vector<
   absl::StatusOr<RedisReply> r = co_await redis_.Command(command, deadline);
   if (r.ok() && r->type == RedisReply::Type::kError && r->str.rfind("NOSCRIPT", 0) == 0) {
     // First call on this server (or it restarted): load the script, retry once.
+    // On a cluster, SCRIPT LOAD goes to the node that serves the script's keys.
     std::vector<std::string> load = {"SCRIPT", "LOAD", std::string(kUpdateAndRead)};
-    absl::StatusOr<RedisReply> loaded = co_await redis_.Command(std::move(load), deadline);
+    std::string route_key = keys.empty() ? std::string() : keys.front();
+    absl::StatusOr<RedisReply> loaded =
+        co_await redis_.Command(std::move(load), deadline, std::move(route_key));
     if (!loaded.ok()) co_return loaded.status();
     r = co_await redis_.Command(std::move(command), deadline);
   }

@@ -11,6 +11,9 @@
 // trip: one Lua script, loaded once and called by SHA (reloaded on NOSCRIPT),
 // with every key it touches passed in KEYS. Keys are hash-tagged per entity
 // ({u:<user>}, {s:<seller>}, {c:<card fingerprint>}...) and all carry a TTL.
+// The store talks to one server or to a Redis Cluster (RedisCommands); on a
+// cluster every key of one call must share a hash slot (Redis answers
+// CROSSSLOT otherwise).
 //
 // Thread-safety: all methods may be called concurrently from any thread.
 #pragma once
@@ -79,7 +82,8 @@ struct SellerFlag {
 class RedisCounterStore {
  public:
   // `prefix` starts every key ("rc" by default; tests use their own).
-  RedisCounterStore(RedisClient& redis, std::string prefix, std::chrono::milliseconds timeout);
+  // `redis` (one server or a cluster) must outlive the store.
+  RedisCounterStore(RedisCommands& redis, std::string prefix, std::chrono::milliseconds timeout);
 
   // Applies and reads `counters` and tells which of `check_keys` exist (flags,
   // block lists), atomically, in one round trip. `now` picks the buckets.
@@ -130,7 +134,7 @@ class RedisCounterStore {
                                                    std::vector<std::string> args);
   std::chrono::steady_clock::time_point Deadline() const;
 
-  RedisClient& redis_;
+  RedisCommands& redis_;
   const std::string prefix_;
   const std::chrono::milliseconds timeout_;
 };

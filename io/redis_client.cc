@@ -55,6 +55,7 @@ using Strand = asio::strand<asio::any_io_executor>;
 class RedisClient::Connection : public std::enable_shared_from_this<Connection> {
  public:
   using Done = std::function<void(absl::StatusOr<RedisReply>)>;
+  using DoneAll = std::function<void(absl::StatusOr<std::vector<RedisReply>>)>;
 
   Connection(asio::any_io_executor ex, const Options& options)
       : strand_(asio::make_strand(ex)), options_(options) {}
@@ -75,27 +76,46 @@ class RedisClient::Connection : public std::enable_shared_from_this<Connection> 
   void Send(std::vector<std::string> args, std::chrono::steady_clock::time_point deadline,
             Done done) {
     if (ac_ == nullptr && !Connect()) {
-      done(absl::UnavailableError(StrCat("redis ", options_.host, ":", options_.port,
-                                         ": cannot connect")));
+      done(absl::UnavailableError("cannot connect"));
       return;
     }
     auto pending = std::make_shared<Pending>(strand_, std::move(done));
-    std::vector<const char*> argv;
-    std::vector<size_t> argvlen;
-    for (const std::string& a : args) {
-      argv.push_back(a.data());
-      argvlen.push_back(a.size());
-    }
     auto* privdata = new std::shared_ptr<Pending>(pending);
-    if (redisAsyncCommandArgv(ac_, &Connection::OnReply, privdata, static_cast<int>(argv.size()),
-                              argv.data(), argvlen.data()) != REDIS_OK) {
+    if (!Queue(args, &Connection::OnReply, privdata)) {
       delete privdata;
-      pending->Finish(absl::UnavailableError("redis: command could not be queued"));
+      pending->Finish(absl::UnavailableError("command could not be queued"));
       return;
     }
     pending->timer.expires_at(deadline);
     pending->timer.async_wait([pending](boost::system::error_code ec) {
-      if (!ec) pending->Finish(absl::DeadlineExceededError("redis: no reply before the deadline"));
+      if (!ec) pending->Finish(absl::DeadlineExceededError("no reply before the deadline"));
+    });
+  }
+
+  // Queues every command before returning to the strand, so they leave in
+  // one write, in order, with nothing in between. REQUIRES: on strand_.
+  void SendAll(std::vector<std::vector<std::string>> commands,
+               std::chrono::steady_clock::time_point deadline, DoneAll done) {
+    if (commands.empty()) {
+      done(std::vector<RedisReply>());
+      return;
+    }
+    if (ac_ == nullptr && !Connect()) {
+      done(absl::UnavailableError("cannot connect"));
+      return;
+    }
+    auto batch = std::make_shared<Batch>(strand_, commands.size(), std::move(done));
+    for (size_t i = 0; i < commands.size(); ++i) {
+      auto* privdata = new BatchReply{batch, i};
+      if (!Queue(commands[i], &Connection::OnBatchReply, privdata)) {
+        delete privdata;  // the ones queued before are answered into a finished batch
+        batch->Finish(absl::UnavailableError("command could not be queued"));
+        return;
+      }
+    }
+    batch->timer.expires_at(deadline);
+    batch->timer.async_wait([batch](boost::system::error_code ec) {
+      if (!ec) batch->Finish(absl::DeadlineExceededError("no reply before the deadline"));
     });
   }
 
@@ -115,6 +135,45 @@ class RedisClient::Connection : public std::enable_shared_from_this<Connection> 
     Done done;
     bool finished = false;
   };
+
+  // Commands sent back to back, waiting for all their replies or the
+  // deadline, whichever comes first.
+  struct Batch {
+    Batch(const Strand& s, size_t n, DoneAll d) : timer(s), replies(n), left(n), done(std::move(d)) {}
+    void Reply(size_t i, RedisReply r) {
+      if (finished) return;
+      replies[i] = std::move(r);
+      if (--left == 0) Finish(std::move(replies));
+    }
+    void Finish(absl::StatusOr<std::vector<RedisReply>> r) {
+      if (finished) return;
+      finished = true;
+      timer.cancel();
+      done(std::move(r));
+    }
+    asio::steady_timer timer;
+    std::vector<RedisReply> replies;
+    size_t left;
+    DoneAll done;
+    bool finished = false;
+  };
+  struct BatchReply {
+    std::shared_ptr<Batch> batch;
+    size_t index;
+  };
+
+  bool Queue(const std::vector<std::string>& args, redisCallbackFn* callback, void* privdata) {
+    std::vector<const char*> argv;
+    std::vector<size_t> argvlen;
+    argv.reserve(args.size());
+    argvlen.reserve(args.size());
+    for (const std::string& a : args) {
+      argv.push_back(a.data());
+      argvlen.push_back(a.size());
+    }
+    return redisAsyncCommandArgv(ac_, callback, privdata, static_cast<int>(argv.size()), argv.data(),
+                                 argvlen.data()) == REDIS_OK;
+  }
 
   bool Connect() {
     redisAsyncContext* ac = redisAsyncConnect(options_.host.c_str(), options_.port);
@@ -185,9 +244,18 @@ class RedisClient::Connection : public std::enable_shared_from_this<Connection> 
     std::shared_ptr<Pending> pending = std::move(*holder);
     delete holder;
     if (r == nullptr) {
-      pending->Finish(absl::UnavailableError("redis: connection lost"));
+      pending->Finish(absl::UnavailableError("connection lost"));
     } else {
       pending->Finish(Copy(static_cast<redisReply*>(r)));
+    }
+  }
+
+  static void OnBatchReply(redisAsyncContext*, void* r, void* privdata) {
+    std::unique_ptr<BatchReply> reply(static_cast<BatchReply*>(privdata));
+    if (r == nullptr) {
+      reply->batch->Finish(absl::UnavailableError("connection lost"));
+    } else {
+      reply->batch->Reply(reply->index, Copy(static_cast<redisReply*>(r)));
     }
   }
 
@@ -218,8 +286,26 @@ absl::StatusOr<RedisClient::Options> ParseRedisAddress(const std::string& addres
   return o;
 }
 
+absl::StatusOr<std::vector<RedisClient::Options>> ParseRedisAddresses(const std::string& addresses) {
+  std::vector<RedisClient::Options> out;
+  size_t start = 0;
+  while (start <= addresses.size()) {
+    size_t end = addresses.find(',', start);
+    if (end == std::string::npos) end = addresses.size();
+    size_t first = start;
+    size_t last = end;
+    while (first < last && addresses[first] == ' ') ++first;
+    while (last > first && addresses[last - 1] == ' ') --last;
+    absl::StatusOr<RedisClient::Options> one = ParseRedisAddress(addresses.substr(first, last - first));
+    if (!one.ok()) return one.status();
+    out.push_back(*std::move(one));
+    start = end + 1;
+  }
+  return out;
+}
+
 RedisClient::RedisClient(asio::any_io_executor executor, Options options)
-    : options_(std::move(options)) {
+    : options_(std::move(options)), address_(StrCat(options_.host, ":", options_.port)) {
   for (int i = 0; i < std::max(1, options_.connections); ++i) {
     connections_.push_back(std::make_shared<Connection>(executor, options_));
   }
@@ -229,8 +315,13 @@ RedisClient::~RedisClient() {
   for (auto& c : connections_) c->Close();
 }
 
+absl::Status RedisClient::NameServer(const absl::Status& status) const {
+  return absl::Status(status.code(), StrCat("redis ", address_, ": ", status.message()));
+}
+
 asio::awaitable<absl::StatusOr<RedisReply>> RedisClient::Command(
-    std::vector<std::string> args, std::chrono::steady_clock::time_point deadline) {
+    std::vector<std::string> args, std::chrono::steady_clock::time_point deadline,
+    std::string /*route_key: one server*/) {
   std::shared_ptr<Connection> c = connections_[next_++ % connections_.size()];
   ++sent_;
   auto initiation = [c, deadline](auto handler, std::vector<std::string> args) {
@@ -244,9 +335,35 @@ asio::awaitable<absl::StatusOr<RedisReply>> RedisClient::Command(
       c->Send(std::move(args), deadline, std::move(done));
     });
   };
-  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>&,
-                                          void(absl::StatusOr<RedisReply>)>(
-      initiation, asio::use_awaitable, std::move(args));
+  absl::StatusOr<RedisReply> r =
+      co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(absl::StatusOr<RedisReply>)>(
+          initiation, asio::use_awaitable, std::move(args));
+  if (!r.ok()) co_return NameServer(r.status());
+  co_return r;
+}
+
+asio::awaitable<absl::StatusOr<std::vector<RedisReply>>> RedisClient::Commands(
+    std::vector<std::vector<std::string>> commands, std::chrono::steady_clock::time_point deadline) {
+  std::shared_ptr<Connection> c = connections_[next_++ % connections_.size()];
+  sent_ += commands.size();
+  auto initiation = [c, deadline](auto handler, std::vector<std::vector<std::string>> commands) {
+    using Handler = decltype(handler);
+    auto shared = std::make_shared<Handler>(std::move(handler));
+    Connection::DoneAll done = [shared](absl::StatusOr<std::vector<RedisReply>> r) {
+      auto ex = asio::get_associated_executor(*shared);
+      asio::post(ex, [shared, r = std::move(r)]() mutable { std::move(*shared)(std::move(r)); });
+    };
+    asio::dispatch(c->strand(), [c, commands = std::move(commands), deadline,
+                                 done = std::move(done)]() mutable {
+      c->SendAll(std::move(commands), deadline, std::move(done));
+    });
+  };
+  absl::StatusOr<std::vector<RedisReply>> r =
+      co_await asio::async_initiate<const asio::use_awaitable_t<>&,
+                                    void(absl::StatusOr<std::vector<RedisReply>>)>(
+          initiation, asio::use_awaitable, std::move(commands));
+  if (!r.ok()) co_return NameServer(r.status());
+  co_return r;
 }
 
 }  // namespace recharge

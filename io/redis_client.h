@@ -9,6 +9,10 @@
 // most that long (the late reply is dropped). A dropped connection is
 // re-established on the next command.
 //
+// RedisCommands is what the rest of the gateway talks to: one server
+// (RedisClient) or a Redis Cluster (RedisClusterClient, io/redis_cluster.h)
+// behind the same call.
+//
 // Thread-safety: Command may be called concurrently from any thread.
 #pragma once
 
@@ -33,7 +37,34 @@ struct RedisReply {
   std::vector<RedisReply> elements;
 };
 
-class RedisClient {
+// Sends Redis commands: to one server, or to the cluster node that serves the
+// command's key.
+class RedisCommands {
+ public:
+  virtual ~RedisCommands() = default;
+
+  // Sends one command (`args[0]` is its name). UNAVAILABLE if Redis cannot be
+  // reached, DEADLINE_EXCEEDED if no reply came before `deadline`; the
+  // message names the server. A Redis error reply is a reply
+  // (Type::kError), not an error status.
+  //
+  // `route_key` picks the cluster node for a command that names no key
+  // (SCRIPT LOAD for a script later called with that key): empty means the
+  // command's own first key (io/redis_slot.h, RedisCommandKey). A single
+  // server ignores it.
+  virtual asio::awaitable<absl::StatusOr<RedisReply>> Command(
+      std::vector<std::string> args, std::chrono::steady_clock::time_point deadline,
+      std::string route_key) = 0;
+  asio::awaitable<absl::StatusOr<RedisReply>> Command(
+      std::vector<std::string> args, std::chrono::steady_clock::time_point deadline) {
+    return Command(std::move(args), deadline, std::string());
+  }
+
+  // Commands sent so far by callers (tests count round trips with it).
+  virtual uint64_t commands_sent() const = 0;
+};
+
+class RedisClient final : public RedisCommands {
  public:
   struct Options {
     std::string host = "127.0.0.1";
@@ -45,18 +76,30 @@ class RedisClient {
   // REQUIRES: no io thread is running the executor's context any more.
   ~RedisClient();
 
-  // Sends one command (`args[0]` is its name). UNAVAILABLE if Redis cannot be
-  // reached, DEADLINE_EXCEEDED if no reply came before `deadline`. A Redis
-  // error reply is a reply (Type::kError), not an error status.
-  asio::awaitable<absl::StatusOr<RedisReply>> Command(std::vector<std::string> args,
-                                                       std::chrono::steady_clock::time_point deadline);
+  using RedisCommands::Command;
+  // `route_key` is ignored: there is one server.
+  asio::awaitable<absl::StatusOr<RedisReply>> Command(
+      std::vector<std::string> args, std::chrono::steady_clock::time_point deadline,
+      std::string route_key) override;
 
-  // Commands sent so far (tests count round trips with it).
-  uint64_t commands_sent() const { return sent_.load(); }
+  // Sends `commands` back to back on ONE connection (nothing else between
+  // them) and returns their replies in order: all of them, or the first
+  // error status (UNAVAILABLE, DEADLINE_EXCEEDED) for the whole batch.
+  // Redis Cluster's ASK redirect needs it (ASKING, then the command).
+  asio::awaitable<absl::StatusOr<std::vector<RedisReply>>> Commands(
+      std::vector<std::vector<std::string>> commands,
+      std::chrono::steady_clock::time_point deadline);
+
+  // Counts each command of a batch.
+  uint64_t commands_sent() const override { return sent_.load(); }
 
  private:
   class Connection;
+  // Prefixes a failure's message with the server's address.
+  absl::Status NameServer(const absl::Status& status) const;
+
   Options options_;
+  std::string address_;
   std::vector<std::shared_ptr<Connection>> connections_;
   std::atomic<uint64_t> next_{0};
   std::atomic<uint64_t> sent_{0};
@@ -64,5 +107,8 @@ class RedisClient {
 
 // "host:port" -> host and port. Errors name the text.
 absl::StatusOr<RedisClient::Options> ParseRedisAddress(const std::string& address);
+// "host:port,host:port,..." (spaces around the commas allowed) -> one per
+// address, in order; at least one. Errors name the bad address.
+absl::StatusOr<std::vector<RedisClient::Options>> ParseRedisAddresses(const std::string& addresses);
 
 }  // namespace recharge
