@@ -6,6 +6,7 @@
 #include "io/strings.h"
 #include "io/config_node.h"
 #include "io/log.h"
+#include "io/redis_client.h"
 
 namespace recharge {
 
@@ -282,8 +283,18 @@ absl::StatusOr<GatewayConfig> GatewayConfig::Load(const std::string& path) {
   }
   if (root->Has("redis")) {
     ConfigNode redis = root->Child("redis");
-    if (absl::Status s = redis.CheckKeys({"address", "timeout", "key_prefix"}); !s.ok()) return s;
+    if (absl::Status s = redis.CheckKeys({"address", "cluster", "timeout", "key_prefix"}); !s.ok()) {
+      return s;
+    }
     CONFIG_ASSIGN(c.redis_address, redis.GetString("address", c.redis_address));
+    if (absl::StatusOr<RedisClient::Options> a = ParseRedisAddress(c.redis_address); !a.ok()) {
+      return redis.Child("address").Error(std::string(a.status().message()));
+    }
+    CONFIG_ASSIGN(c.redis_cluster, redis.GetString("cluster", c.redis_cluster));
+    if (!c.redis_cluster.empty()) {
+      absl::StatusOr<std::vector<RedisClient::Options>> seeds = ParseRedisAddresses(c.redis_cluster);
+      if (!seeds.ok()) return redis.Child("cluster").Error(std::string(seeds.status().message()));
+    }
     CONFIG_ASSIGN(c.redis_prefix, redis.GetString("key_prefix", c.redis_prefix));
     if (c.redis_prefix.empty()) return redis.Child("key_prefix").Error("must not be empty");
     CONFIG_ASSIGN(c.redis_timeout, redis.GetDuration("timeout", c.redis_timeout));

@@ -47,6 +47,10 @@ struct GatewayConfig {
   std::chrono::milliseconds key_retention{24 * 3'600'000};
   std::chrono::milliseconds event_retention{7 * 24 * 3'600'000};
   std::string redis_address = "127.0.0.1:6390";
+  // redis.cluster: seed nodes of a Redis Cluster ("host:port,host:port...").
+  // Set: the counters, flags and block lists live on that cluster and
+  // redis.address is not used. Empty: one Redis server at redis.address.
+  std::string redis_cluster;
   std::chrono::milliseconds redis_timeout{50};
   std::string fraud_rules_path;  // empty (no fraud section): the allow-all policy
   std::string redis_prefix = "rc";

@@ -45,6 +45,7 @@
 #include "io/https_listener.h"
 #include "io/log.h"
 #include "io/redis_client.h"
+#include "io/redis_cluster.h"
 #include "io/strings.h"
 #include "ledger/postgres/postgres_ledger_store.h"
 #include "ledger/sqlite/sqlite_ledger_store.h"
@@ -191,9 +192,20 @@ int Main(int argc, char** argv) {
 
   // The fraud filter: the rule engine over Redis counters, or the named
   // allow-all policy when no rule file is configured.
-  absl::StatusOr<RedisClient::Options> redis_options = ParseRedisAddress(config->redis_address);
-  if (!redis_options.ok()) return Fail(redis_options.status());
-  RedisClient redis(io.get_executor(), *redis_options);
+  // One Redis server, or a Redis Cluster when redis.cluster names its seeds.
+  std::unique_ptr<RedisCommands> redis_commands;
+  if (config->redis_cluster.empty()) {
+    absl::StatusOr<RedisClient::Options> redis_options = ParseRedisAddress(config->redis_address);
+    if (!redis_options.ok()) return Fail(redis_options.status());
+    redis_commands = std::make_unique<RedisClient>(io.get_executor(), *redis_options);
+  } else {
+    absl::StatusOr<std::vector<RedisClient::Options>> seeds = ParseRedisAddresses(config->redis_cluster);
+    if (!seeds.ok()) return Fail(seeds.status());
+    RedisClusterClient::Options cluster_options;
+    cluster_options.seeds = *std::move(seeds);
+    redis_commands = std::make_unique<RedisClusterClient>(io.get_executor(), std::move(cluster_options));
+  }
+  RedisCommands& redis = *redis_commands;
   RedisCounterStore counters(redis, config->redis_prefix, config->redis_timeout);
   std::unique_ptr<RuleEngine> engine;
   AllowAllFilter allow_all;
@@ -344,6 +356,9 @@ int Main(int argc, char** argv) {
                                      ? config->ledger_path
                                      : StrCat("postgres ", config->ledger_postgres_dsn)},
                       {"rules", engine ? engine->rules()->version() : "allow-all"},
+                      {"redis", config->redis_cluster.empty()
+                                    ? config->redis_address
+                                    : StrCat("cluster ", config->redis_cluster)},
                       {"transport", config->transport == Transport::kPlaintext ? "plaintext"
                                     : config->transport == Transport::kTls     ? "tls"
                                                                                : "mtls"},

@@ -9,7 +9,7 @@
 
 namespace recharge {
 
-RulesSync::RulesSync(RedisClient& redis, RuleEngine& engine, const std::string& prefix,
+RulesSync::RulesSync(RedisCommands& redis, RuleEngine& engine, const std::string& prefix,
                      std::chrono::milliseconds interval, std::chrono::milliseconds timeout)
     : redis_(redis),
       engine_(engine),

@@ -25,7 +25,7 @@ namespace recharge {
 
 class RulesSync {
  public:
-  RulesSync(RedisClient& redis, RuleEngine& engine, const std::string& prefix,
+  RulesSync(RedisCommands& redis, RuleEngine& engine, const std::string& prefix,
             std::chrono::milliseconds interval, std::chrono::milliseconds timeout);
 
   // After a reload that took here: tells the other replicas.
@@ -42,7 +42,7 @@ class RulesSync {
   // generation already seen (not the first read).
   bool Raise(int64_t generation);
 
-  RedisClient& redis_;
+  RedisCommands& redis_;
   RuleEngine& engine_;
   const std::string key_;
   const std::chrono::milliseconds interval_;

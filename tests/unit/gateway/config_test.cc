@@ -146,6 +146,32 @@ TEST(GatewayConfig, PostgresLedgerTakesADsnAndAPasswordFromAFileOrTheEnvironment
   EXPECT_TRUE(sqlite.ok()) << sqlite.status();
 }
 
+TEST(GatewayConfig, RedisIsOneServerOrAClusterBySeeds) {
+  const std::string base = std::string("listen: 127.0.0.1:1\ntransport: plaintext\n") + kCallers;
+  const int redis_line = 1 + static_cast<int>(std::count(base.begin(), base.end(), '\n'));
+  unsetenv("REDIS_CLUSTER");
+  auto shipped = GatewayConfig::Load(RECHARGE_SOURCE_DIR "/configs/gateway.yaml");
+  ASSERT_TRUE(shipped.ok()) << shipped.status();
+  EXPECT_EQ(shipped->redis_cluster, "");  // ${REDIS_CLUSTER:-} unset: one server
+  setenv("REDIS_CLUSTER", "127.0.0.1:7001,127.0.0.1:7002", 1);
+  auto from_env = GatewayConfig::Load(RECHARGE_SOURCE_DIR "/configs/gateway.yaml");
+  unsetenv("REDIS_CLUSTER");
+  ASSERT_TRUE(from_env.ok()) << from_env.status();
+  EXPECT_EQ(from_env->redis_cluster, "127.0.0.1:7001,127.0.0.1:7002");
+
+  auto bad_seed = GatewayConfig::Load(
+      WriteTemp("gw_cluster.yaml", base + "redis:\n  cluster: 127.0.0.1:7001,localhost\n"));
+  ASSERT_FALSE(bad_seed.ok());
+  EXPECT_THAT(std::string(bad_seed.status().message()),
+              HasSubstr("gw_cluster.yaml:" + std::to_string(redis_line + 1) + ":12: redis.cluster:"));
+  EXPECT_THAT(std::string(bad_seed.status().message()), HasSubstr("localhost"));
+  auto bad_address = GatewayConfig::Load(
+      WriteTemp("gw_redis_addr.yaml", base + "redis: {address: \"127.0.0.1:notaport\"}\n"));
+  ASSERT_FALSE(bad_address.ok());
+  EXPECT_THAT(std::string(bad_address.status().message()), HasSubstr("redis.address:"));
+  EXPECT_THAT(std::string(bad_address.status().message()), HasSubstr("notaport"));
+}
+
 TEST(GatewayConfig, AdmissionLimitsAreCheckedAtTheirLine) {
   const std::string base = std::string("listen: 127.0.0.1:1\ntransport: plaintext\n") + kCallers;
   auto c = GatewayConfig::Load(
