@@ -6,6 +6,9 @@
 #include <charconv>
 
 #include "io/crypto.h"
+#include "io/log.h"
+#include "io/redis_slot.h"
+#include "io/when_all.h"
 #include "io/strings.h"
 
 namespace recharge {
@@ -25,15 +28,21 @@ namespace {
 //
 // KEYS: one per counter; then the keys whose existence is asked.
 // ARGV: [1] number of counters; per counter: kind (c|s|d), current bucket,
-//       buckets, ttl ms, value, update (1|0), gate ("" or "<i> <op> <number>":
+//       buckets, ttl ms, value, update, gate ("" or "<i> <op> <number>":
 //       update only if counter i of this call compares so); then the number
 //       of existence keys.
-//       Then the number of link instruments L; if L > 0: the seller, now
-//       (ms), the window (ms), and per instrument its member "<kind>:<value>".
-// KEYS (links, after the existence keys): the seller's instruments set, then
-//       per instrument its sellers set.
+//       update is 1 (update, then read), 0 (read) or 2 (read what it is and
+//       what it would be after the update, "<now> <after>", and change
+//       nothing: a gate in another hash slot decides later, see below).
+//       Then links: the number LI of instruments' sellers sets to record the
+//       seller in, and the number LS of members to add to the seller's
+//       instruments set; if LI + LS > 0: the seller, now (ms), the window
+//       (ms), and the LS members "<kind>:<value>".
+// KEYS (links, after the existence keys): the LI instruments' sellers sets,
+//       then (LS > 0) the seller's instruments set.
 // Returns: one value per counter (as a string), then 0/1 per existence key,
-//          then per link instrument the other sellers, comma-separated.
+//          then per instruments' sellers set the other sellers,
+//          comma-separated.
 constexpr std::string_view kUpdateAndRead = R"lua(
 local n = tonumber(ARGV[1])
 local a = 2
@@ -53,7 +62,23 @@ for i = 1, n do
   if upd == '1' and gate ~= '' and not gate_open(gate) then upd = '0' end
   local key, curs = KEYS[i], ARGV[a - 6]
   local oldest = cur - b + 1
-  if kind == 'd' then
+  if upd == '2' then
+    local now_value, after
+    if kind == 'd' then
+      now_value = redis.call('ZCOUNT', key, string.format('%d', oldest), '+inf')
+      local seen = redis.call('ZSCORE', key, val)
+      after = now_value
+      if not seen or tonumber(seen) < oldest then after = math.min(now_value + 1, cap) end
+    else
+      now_value = 0
+      local fields = redis.call('HGETALL', key)
+      for j = 1, #fields, 2 do
+        if tonumber(fields[j]) >= oldest then now_value = now_value + tonumber(fields[j + 1]) end
+      end
+      after = now_value + tonumber(val)
+    end
+    out[i] = tostring(now_value) .. ' ' .. tostring(after)
+  elseif kind == 'd' then
     if upd == '1' then
       if redis.call('ZADD', key, 'CH', curs, val) == 1 then redis.call('PEXPIRE', key, ttl) end
       redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%d', oldest))
@@ -83,24 +108,26 @@ end
 local k = n + 1
 local m = tonumber(ARGV[a])
 for j = 0, m - 1 do out[n + 1 + j] = redis.call('EXISTS', KEYS[k + j]) end
-local l = tonumber(ARGV[a + 1] or '0')
-if l > 0 then
-  local seller, now, win = ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local skey = KEYS[k + m]
-  for j = 1, l do
-    local ikey = KEYS[k + m + j]
+local li, ls = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+if li + ls > 0 then
+  local seller, now, win = ARGV[a + 3], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  for j = 1, li do
+    local ikey = KEYS[k + m + j - 1]
     redis.call('ZADD', ikey, now, seller)
     redis.call('ZREMRANGEBYSCORE', ikey, '-inf', now - win)
     redis.call('PEXPIRE', ikey, win)
-    redis.call('ZADD', skey, now, ARGV[a + 4 + j])
     local others = {}
     for _, s in ipairs(redis.call('ZRANGE', ikey, 0, 20)) do
       if s ~= seller then others[#others + 1] = s end
     end
     out[n + m + j] = table.concat(others, ',')
   end
-  redis.call('ZREMRANGEBYSCORE', skey, '-inf', now - win)
-  redis.call('PEXPIRE', skey, win)
+  if ls > 0 then
+    local skey = KEYS[k + m + li]
+    for j = 1, ls do redis.call('ZADD', skey, now, ARGV[a + 5 + j]) end
+    redis.call('ZREMRANGEBYSCORE', skey, '-inf', now - win)
+    redis.call('PEXPIRE', skey, win)
+  end
 end
 return out
 )lua";
@@ -131,8 +158,12 @@ std::string EntityTag(const std::string& field, const std::string& value) {
   return StrCat("{", field, ":", value, "}");
 }
 
-void AppendBucketArgs(const CounterUpdate& c, std::chrono::system_clock::time_point now,
-                      std::vector<std::string>* keys, std::vector<std::string>* args) {
+// How a counter is sent: its `update` ARGV (see the script).
+enum class Mode { kRead, kUpdate, kDeferred };
+
+void AppendBucketArgs(const CounterUpdate& c, std::chrono::system_clock::time_point now, Mode mode,
+                      const std::string& gate, std::vector<std::string>* keys,
+                      std::vector<std::string>* args) {
   const int64_t bucket_ms = std::max<int64_t>(1, c.window.count() / std::max(1, c.buckets));
   const int64_t current = Millis(now) / bucket_ms;
   keys->push_back(c.key);
@@ -153,9 +184,54 @@ void AppendBucketArgs(const CounterUpdate& c, std::chrono::system_clock::time_po
   } else {
     args->push_back(c.kind == CounterUpdate::Kind::kCount && c.value.empty() ? "1" : c.value);
   }
-  args->push_back(c.update ? "1" : "0");
-  args->push_back(c.gate);
+  args->push_back(mode == Mode::kRead ? "0" : mode == Mode::kUpdate ? "1" : "2");
+  args->push_back(gate);
 }
+
+// A parsed CounterUpdate::gate: counter `source` (0-based) compares to `value`.
+struct Gate {
+  size_t source = 0;
+  std::string op;
+  double value = 0;
+  std::string number;  // `value` as written
+};
+
+std::optional<Gate> ParseGate(const std::string& text) {
+  const size_t a = text.find(' ');
+  const size_t b = a == std::string::npos ? a : text.find(' ', a + 1);
+  if (b == std::string::npos) return std::nullopt;
+  size_t index = 0;
+  auto [p, e] = std::from_chars(text.data(), text.data() + a, index);
+  if (e != std::errc() || p != text.data() + a || index == 0) return std::nullopt;
+  Gate g;
+  g.source = index - 1;
+  g.op = text.substr(a + 1, b - a - 1);
+  g.number = text.substr(b + 1);
+  auto [q, f] = std::from_chars(text.data() + b + 1, text.data() + text.size(), g.value);
+  if (f != std::errc() || q != text.data() + text.size()) return std::nullopt;
+  static const char* const kOps[] = {">", ">=", "<", "<=", "==", "!="};
+  if (std::find(std::begin(kOps), std::end(kOps), g.op) == std::end(kOps)) return std::nullopt;
+  return g;
+}
+
+// The script's gate_open, for a gate decided here.
+bool GateOpen(const Gate& g, double x) {
+  if (g.op == ">") return x > g.value;
+  if (g.op == ">=") return x >= g.value;
+  if (g.op == "<") return x < g.value;
+  if (g.op == "<=") return x <= g.value;
+  if (g.op == "==") return x == g.value;
+  return x != g.value;
+}
+
+// One script call of a request: the keys of one hash slot.
+struct SlotCall {
+  uint16_t slot = 0;
+  std::vector<size_t> counters;     // indices into the request's counters
+  std::vector<size_t> checks;       // into its existence keys
+  std::vector<size_t> instruments;  // into its link instruments
+  bool seller_instruments = false;  // the seller's instruments set lives here
+};
 
 absl::StatusOr<double> ParseNumber(const RedisReply& r) {
   if (r.type == RedisReply::Type::kInteger) return static_cast<double>(r.integer);
@@ -206,13 +282,12 @@ asio::awaitable<absl::StatusOr<RedisReply>> RedisCounterStore::Eval(std::vector<
   const auto deadline = Deadline();
   absl::StatusOr<RedisReply> r = co_await redis_.Command(command, deadline);
   if (r.ok() && r->type == RedisReply::Type::kError && r->str.rfind("NOSCRIPT", 0) == 0) {
-    // First call on this server (or it restarted): load the script, retry once.
-    // On a cluster, SCRIPT LOAD goes to the node that serves the script's keys.
-    std::vector<std::string> load = {"SCRIPT", "LOAD", std::string(kUpdateAndRead)};
-    std::string route_key = keys.empty() ? std::string() : keys.front();
-    absl::StatusOr<RedisReply> loaded =
-        co_await redis_.Command(std::move(load), deadline, std::move(route_key));
-    if (!loaded.ok()) co_return loaded.status();
+    // First call on this server (or it restarted, or on a cluster the slot
+    // is being imported by a node that never ran it): send the script itself
+    // once, which also caches it there for the next EVALSHA. EVAL carries
+    // its script, so it works on whichever node a redirect leads to.
+    command[0] = "EVAL";
+    command[1] = std::string(kUpdateAndRead);
     r = co_await redis_.Command(std::move(command), deadline);
   }
   if (r.ok() && r->type == RedisReply::Type::kError) {
@@ -224,51 +299,159 @@ asio::awaitable<absl::StatusOr<RedisReply>> RedisCounterStore::Eval(std::vector<
 asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead(
     std::vector<CounterUpdate> counters, std::vector<std::string> check_keys,
     std::chrono::system_clock::time_point now, std::optional<LinkUpdate> links) {
-  std::vector<std::string> keys;
-  std::vector<std::string> args = {std::to_string(counters.size())};
-  for (const CounterUpdate& c : counters) AppendBucketArgs(c, now, &keys, &args);
-  args.push_back(std::to_string(check_keys.size()));
-  keys.insert(keys.end(), check_keys.begin(), check_keys.end());
   const size_t n_links =
       links && !links->seller_id.empty() ? links->instruments.size() : 0;
-  args.push_back(std::to_string(n_links));
-  if (n_links > 0) {
-    args.push_back(links->seller_id);
-    args.push_back(std::to_string(Millis(now)));
-    args.push_back(std::to_string(links->window.count()));
-    keys.push_back(SellerInstrumentsKey(links->seller_id));
-    for (const LinkUpdate::Instrument& in : links->instruments) {
-      keys.push_back(InstrumentSellersKey(in.kind, in.value));
-      args.push_back(StrCat(in.kind, ":", in.value));
+  // Group the keys by hash slot: one script call per slot (one call in all
+  // on a single server), the calls sent at once.
+  const bool sharded = redis_.sharded();
+  std::vector<SlotCall> calls;
+  auto call_for = [&](const std::string& key) -> SlotCall& {
+    const uint16_t slot = sharded ? RedisKeySlot(key) : 0;
+    for (SlotCall& c : calls) {
+      if (c.slot == slot) return c;
     }
-  }
-  absl::StatusOr<RedisReply> r = co_await Eval(std::move(keys), std::move(args));
-  if (!r.ok()) co_return r.status();
-  if (r->type != RedisReply::Type::kArray ||
-      r->elements.size() != counters.size() + check_keys.size() + n_links) {
-    co_return absl::InternalError("redis: unexpected script reply");
-  }
-  CounterReadout out;
+    calls.emplace_back().slot = slot;
+    return calls.back();
+  };
+  // A gate on a counter of another slot (or on a deferred one) cannot be
+  // decided in the script: that counter is read as it is and as it would be,
+  // the gate decided here, and the update sent afterwards (deferred).
+  std::vector<Mode> modes(counters.size(), Mode::kRead);
+  std::vector<std::optional<Gate>> gates(counters.size());
+  std::vector<size_t> call_of(counters.size());
   for (size_t i = 0; i < counters.size(); ++i) {
-    absl::StatusOr<double> v = ParseNumber(r->elements[i]);
-    if (!v.ok()) co_return v.status();
-    out.values.push_back(*v);
-  }
-  for (size_t i = 0; i < check_keys.size(); ++i) {
-    out.exists.push_back(r->elements[counters.size() + i].integer != 0);
-  }
-  for (size_t i = 0; i < n_links; ++i) {
-    const std::string& joined = r->elements[counters.size() + check_keys.size() + i].str;
-    std::vector<std::string>& others = out.linked.emplace_back();
-    size_t start = 0;
-    while (start < joined.size()) {
-      const size_t comma = joined.find(',', start);
-      const size_t end = comma == std::string::npos ? joined.size() : comma;
-      if (end > start) others.push_back(joined.substr(start, end - start));
-      start = end + 1;
+    const CounterUpdate& c = counters[i];
+    SlotCall& call = call_for(c.key);
+    call_of[i] = static_cast<size_t>(&call - calls.data());
+    call.counters.push_back(i);
+    if (!c.update) continue;
+    modes[i] = Mode::kUpdate;
+    if (c.gate.empty()) continue;
+    gates[i] = ParseGate(c.gate);
+    if (!gates[i] || gates[i]->source >= i) {
+      co_return absl::InternalError(StrCat("counter ", c.key, ": bad gate \"", c.gate, "\""));
     }
+    const size_t source = gates[i]->source;
+    if (call_of[source] != call_of[i] || modes[source] == Mode::kDeferred) modes[i] = Mode::kDeferred;
+  }
+  for (size_t j = 0; j < check_keys.size(); ++j) call_for(check_keys[j]).checks.push_back(j);
+  std::vector<std::string> instrument_keys;
+  for (size_t j = 0; j < n_links; ++j) {
+    const LinkUpdate::Instrument& in = links->instruments[j];
+    instrument_keys.push_back(InstrumentSellersKey(in.kind, in.value));
+    call_for(instrument_keys.back()).instruments.push_back(j);
+  }
+  const std::string seller_key = n_links > 0 ? SellerInstrumentsKey(links->seller_id) : "";
+  if (n_links > 0) call_for(seller_key).seller_instruments = true;
+
+  std::vector<asio::awaitable<absl::StatusOr<RedisReply>>> sends;
+  for (const SlotCall& call : calls) {
+    std::vector<std::string> keys;
+    std::vector<std::string> args = {std::to_string(call.counters.size())};
+    for (size_t i : call.counters) {
+      std::string gate;
+      if (modes[i] == Mode::kUpdate && gates[i]) {
+        // The source is in this call: its 1-based place here.
+        const auto at = std::find(call.counters.begin(), call.counters.end(), gates[i]->source);
+        gate = StrCat(at - call.counters.begin() + 1, " ", gates[i]->op, " ", gates[i]->number);
+      }
+      AppendBucketArgs(counters[i], now, modes[i], gate, &keys, &args);
+    }
+    args.push_back(std::to_string(call.checks.size()));
+    for (size_t j : call.checks) keys.push_back(check_keys[j]);
+    args.push_back(std::to_string(call.instruments.size()));
+    args.push_back(call.seller_instruments ? std::to_string(n_links) : "0");
+    if (!call.instruments.empty() || call.seller_instruments) {
+      args.push_back(links->seller_id);
+      args.push_back(std::to_string(Millis(now)));
+      args.push_back(std::to_string(links->window.count()));
+      for (size_t j : call.instruments) keys.push_back(instrument_keys[j]);
+      if (call.seller_instruments) {
+        keys.push_back(seller_key);
+        for (const LinkUpdate::Instrument& in : links->instruments) {
+          args.push_back(StrCat(in.kind, ":", in.value));
+        }
+      }
+    }
+    sends.push_back(Eval(std::move(keys), std::move(args)));
+  }
+  std::vector<absl::StatusOr<RedisReply>> replies;
+  if (sends.size() == 1) {
+    replies.push_back(co_await std::move(sends.front()));
+  } else {
+    replies = co_await WhenAll(std::move(sends));
+  }
+
+  CounterReadout out;
+  out.values.assign(counters.size(), 0);
+  out.exists.assign(check_keys.size(), false);
+  out.linked.resize(n_links);
+  std::vector<double> after(counters.size(), 0);  // deferred counters: the value if updated
+  for (size_t k = 0; k < calls.size(); ++k) {
+    const SlotCall& call = calls[k];
+    absl::StatusOr<RedisReply>& r = replies[k];
+    if (!r.ok()) co_return r.status();
+    if (r->type != RedisReply::Type::kArray ||
+        r->elements.size() != call.counters.size() + call.checks.size() + call.instruments.size()) {
+      co_return absl::InternalError("redis: unexpected script reply");
+    }
+    size_t e = 0;
+    for (size_t i : call.counters) {
+      const RedisReply& element = r->elements[e++];
+      if (modes[i] == Mode::kDeferred) {
+        const size_t space = element.str.find(' ');
+        RedisReply now_value, after_value;
+        now_value.type = after_value.type = RedisReply::Type::kString;
+        now_value.str = element.str.substr(0, space);
+        after_value.str = space == std::string::npos ? "" : element.str.substr(space + 1);
+        absl::StatusOr<double> a = ParseNumber(now_value);
+        absl::StatusOr<double> b = ParseNumber(after_value);
+        if (!a.ok() || !b.ok()) co_return absl::InternalError("redis: unexpected counter value");
+        out.values[i] = *a;
+        after[i] = *b;
+        continue;
+      }
+      absl::StatusOr<double> v = ParseNumber(element);
+      if (!v.ok()) co_return v.status();
+      out.values[i] = *v;
+    }
+    for (size_t j : call.checks) out.exists[j] = r->elements[e++].integer != 0;
+    for (size_t j : call.instruments) {
+      const std::string& joined = r->elements[e++].str;
+      std::vector<std::string>& others = out.linked[j];
+      size_t start = 0;
+      while (start < joined.size()) {
+        const size_t comma = joined.find(',', start);
+        const size_t end = comma == std::string::npos ? joined.size() : comma;
+        if (end > start) others.push_back(joined.substr(start, end - start));
+        start = end + 1;
+      }
+    }
+  }
+  // The deferred gates, in order (a gate's source comes before it), and the
+  // updates they let through, sent without holding up the decision.
+  std::vector<CounterUpdate> deferred;
+  for (size_t i = 0; i < counters.size(); ++i) {
+    if (modes[i] != Mode::kDeferred || !GateOpen(*gates[i], out.values[gates[i]->source])) continue;
+    out.values[i] = after[i];
+    CounterUpdate update = counters[i];
+    update.gate.clear();
+    deferred.push_back(std::move(update));
+  }
+  if (!deferred.empty()) {
+    ++deferred_in_flight_;
+    asio::co_spawn(co_await asio::this_coro::executor, ApplyDeferred(std::move(deferred), now),
+                   asio::detached);
   }
   co_return out;
+}
+
+asio::awaitable<void> RedisCounterStore::ApplyDeferred(std::vector<CounterUpdate> updates,
+                                                       std::chrono::system_clock::time_point now) {
+  std::vector<std::string> no_checks;
+  absl::StatusOr<CounterReadout> r = co_await UpdateAndRead(std::move(updates), no_checks, now);
+  if (!r.ok()) LogWarn("counter_update_failed", {{"error", std::string(r.status().message())}});
+  --deferred_in_flight_;
 }
 
 asio::awaitable<absl::StatusOr<std::vector<LinkedSeller>>> RedisCounterStore::LinkedSellers(

@@ -7,17 +7,32 @@
 // of bucket -> count or sum, or (distinct) a sorted set of value -> the last
 // bucket it was seen in. A read sums the live buckets or counts the values
 // seen in them; an update also drops what left the window. (Bucket keys and
-// HyperLogLogs cost ~10x more Redis CPU per decision: bench/README.md.) Every counter of a request is updated and read in ONE round
-// trip: one Lua script, loaded once and called by SHA (reloaded on NOSCRIPT),
-// with every key it touches passed in KEYS. Keys are hash-tagged per entity
-// ({u:<user>}, {s:<seller>}, {c:<card fingerprint>}...) and all carry a TTL.
-// The store talks to one server or to a Redis Cluster (RedisCommands); on a
-// cluster every key of one call must share a hash slot (Redis answers
-// CROSSSLOT otherwise).
+// HyperLogLogs cost ~10x more Redis CPU per decision: bench/README.md.)
+//
+// Every counter of a request is updated and read in ONE round-trip time: one
+// Lua script called by SHA (sent whole with EVAL once, when a server answers
+// NOSCRIPT), with every key it touches passed in KEYS. Keys are hash-tagged
+// per entity ({u:<user>}, {s:<seller>}, {c:<card fingerprint>}...) and all
+// carry a TTL.
+//
+// The store talks to one server or to a Redis Cluster (RedisCommands). On one
+// server a request is one script call. On a cluster, where every key of one
+// script must share a hash slot, the request's keys are grouped by slot (one
+// group per entity) and each group's script is sent to its node, all at once:
+// the request still waits one round-trip time. An `only_if` gate whose
+// counter lives in another slot (a seller counter gated on a card counter)
+// cannot be decided inside one script: the gated counter is read as it is
+// and as it would be after the update, the gate is decided here once the
+// replies are in (the value returned is the one the single script would
+// give), and the update is sent afterwards without holding up the request
+// (deferred). Between the read and the deferred update, a concurrent request
+// can read the counter one short: counters are approximate by design
+// (DESIGN §5), and on one server nothing is deferred.
 //
 // Thread-safety: all methods may be called concurrently from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -86,7 +101,9 @@ class RedisCounterStore {
   RedisCounterStore(RedisCommands& redis, std::string prefix, std::chrono::milliseconds timeout);
 
   // Applies and reads `counters` and tells which of `check_keys` exist (flags,
-  // block lists), atomically, in one round trip. `now` picks the buckets.
+  // block lists), in one round-trip time: atomically on one server, per hash
+  // slot on a cluster (see above). `now` picks the buckets. A failure may
+  // leave some slots' updates applied (the request is then decided degraded).
   // Arguments are taken by value: the coroutine may start after the
   // caller's full expression ends (co_spawn), so it must own them.
   asio::awaitable<absl::StatusOr<CounterReadout>> UpdateAndRead(
@@ -106,6 +123,9 @@ class RedisCounterStore {
   // Reads counters without changing them (GetSellerRisk).
   asio::awaitable<absl::StatusOr<std::vector<double>>> Read(
       std::vector<CounterUpdate> counters, std::chrono::system_clock::time_point now);
+
+  // Deferred updates (see above) sent and not yet answered (tests wait for 0).
+  int64_t deferred_in_flight() const { return deferred_in_flight_.load(); }
 
   // Seller flags: visible to every replica, expiring on their own.
   asio::awaitable<absl::Status> FlagSeller(SellerFlag flag);
@@ -133,10 +153,14 @@ class RedisCounterStore {
   asio::awaitable<absl::StatusOr<RedisReply>> Eval(std::vector<std::string> keys,
                                                    std::vector<std::string> args);
   std::chrono::steady_clock::time_point Deadline() const;
+  // Sends the updates whose gates were decided after the round trip.
+  asio::awaitable<void> ApplyDeferred(std::vector<CounterUpdate> updates,
+                                      std::chrono::system_clock::time_point now);
 
   RedisCommands& redis_;
   const std::string prefix_;
   const std::chrono::milliseconds timeout_;
+  std::atomic<int64_t> deferred_in_flight_{0};
 };
 
 }  // namespace recharge

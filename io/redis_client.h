@@ -62,6 +62,10 @@ class RedisCommands {
 
   // Commands sent so far by callers (tests count round trips with it).
   virtual uint64_t commands_sent() const = 0;
+
+  // True when keys live on several servers (a Redis Cluster): every key of
+  // one multi-key command or script must then share a hash slot.
+  virtual bool sharded() const { return false; }
 };
 
 class RedisClient final : public RedisCommands {

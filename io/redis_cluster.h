@@ -87,6 +87,7 @@ class RedisClusterClient final : public RedisCommands {
 
   // Commands callers sent (one per Command call, whatever the redirects).
   uint64_t commands_sent() const override { return sent_.load(); }
+  bool sharded() const override { return true; }
 
   // What the client did about the cluster's topology (tests, metrics).
   uint64_t moved_redirects() const;

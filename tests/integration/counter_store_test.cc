@@ -1,6 +1,8 @@
-// RedisCounterStore against a real redis-server: window arithmetic, atomicity
-// under concurrency, one round trip per request, NOSCRIPT recovery, flags and
-// block lists.
+// RedisCounterStore against a real redis-server and against a real 3-master
+// Redis Cluster (the same tests on both): window arithmetic, atomicity under
+// concurrency, one round-trip time per request, NOSCRIPT recovery, flags and
+// block lists; on the cluster also gates across hash slots, a slot migrated
+// mid-run (ASK, then MOVED) and a failover.
 #include "fraud/counter_store.h"
 
 #include <random>
@@ -11,10 +13,17 @@
 #include <boost/asio/use_future.hpp>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <future>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
+#include "io/redis_cluster.h"
+#include "io/redis_slot.h"
+#include "io/strings.h"
+#include "tests/integration/redis_cluster.h"
 #include "tests/integration/redis_server.h"
 
 namespace recharge {
@@ -23,22 +32,136 @@ namespace {
 using namespace std::chrono_literals;
 using Kind = CounterUpdate::Kind;
 
-// The calls of one Redis command so far, from INFO commandstats.
-int64_t CommandCalls(testing::RedisServer& redis, const std::string& command) {
-  const std::string info = redis.Run("INFO commandstats");
+// Where the counters live: one redis-server, or a Redis Cluster of three
+// masters (one per test binary, shared by the tests; each uses its own keys).
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::unique_ptr<RedisCommands> Client(asio::any_io_executor executor) = 0;
+  // Runs a command on the server that holds `key` (every master when `key`
+  // is empty) and returns the reply as text (an integer as its digits).
+  virtual std::string Run(const std::vector<std::string>& args, const std::string& key) = 0;
+  // The calls of one command so far (INFO commandstats) on the server that
+  // holds `key` (on every master, summed, when `key` is empty).
+  virtual int64_t CommandCalls(const std::string& command, const std::string& key) = 0;
+};
+
+int64_t CallsIn(const std::string& info, const std::string& command) {
   const std::string tag = "cmdstat_" + command + ":calls=";
   const size_t at = info.find(tag);
-  if (at == std::string::npos) return 0;
-  return std::stoll(info.substr(at + tag.size()));
+  return at == std::string::npos ? 0 : std::stoll(info.substr(at + tag.size()));
 }
 
-class CounterStoreTest : public ::testing::Test {
+std::string ReplyText(const RedisReply& r) {
+  return r.type == RedisReply::Type::kInteger ? std::to_string(r.integer) : r.str;
+}
+
+class SingleServer final : public Backend {
+ public:
+  std::unique_ptr<RedisCommands> Client(asio::any_io_executor executor) override {
+    return std::make_unique<RedisClient>(executor, RedisClient::Options{"127.0.0.1", redis_.port(), 2});
+  }
+  std::string Run(const std::vector<std::string>& args, const std::string&) override {
+    std::string command;
+    for (const std::string& a : args) command += (command.empty() ? "" : " ") + a;
+    return redis_.Run(command);
+  }
+  int64_t CommandCalls(const std::string& command, const std::string&) override {
+    return CallsIn(redis_.Run("INFO commandstats"), command);
+  }
+  void Stop() { redis_.Stop(); }
+
+ private:
+  testing::RedisServer redis_;
+};
+
+class Cluster final : public Backend {
+ public:
+  static testing::RedisCluster& Shared() {
+    static testing::RedisCluster* cluster = new testing::RedisCluster();  // stopped at exit
+    static const bool registered = [] {
+      std::atexit([] { delete cluster; });
+      return true;
+    }();
+    (void)registered;
+    return *cluster;
+  }
+  std::unique_ptr<RedisCommands> Client(asio::any_io_executor executor) override {
+    RedisClusterClient::Options o;
+    o.seeds = *ParseRedisAddresses(Shared().seeds());
+    return std::make_unique<RedisClusterClient>(executor, o);
+  }
+  std::string Run(const std::vector<std::string>& args, const std::string& key) override {
+    if (!key.empty()) return ReplyText(Shared().Run(Shared().Owner(Shared().KeySlot(key)), args));
+    std::string last;
+    for (int m : Shared().Masters()) last = ReplyText(Shared().Run(m, args));
+    return last;
+  }
+  int64_t CommandCalls(const std::string& command, const std::string& key) override {
+    if (!key.empty()) return CallsIn(Run({"INFO", "commandstats"}, key), command);
+    int64_t calls = 0;
+    for (int m : Shared().Masters()) calls += CallsIn(ReplyText(Shared().Run(m, {"INFO", "commandstats"})), command);
+    return calls;
+  }
+};
+
+// Lets every reply through only once `expected` commands are in flight at
+// the same time (or `limit` passes): a store that waited for one reply before
+// sending the next command would never get there. Counts the most in flight.
+class InFlightBarrier final : public RedisCommands {
+ public:
+  InFlightBarrier(RedisCommands& inner, int expected, std::chrono::milliseconds limit)
+      : inner_(inner), expected_(expected), limit_(limit) {}
+  using RedisCommands::Command;
+  asio::awaitable<absl::StatusOr<RedisReply>> Command(std::vector<std::string> args,
+                                                      std::chrono::steady_clock::time_point deadline,
+                                                      std::string route_key) override {
+    const int now = ++in_flight_;
+    int seen = most_.load();
+    while (now > seen && !most_.compare_exchange_weak(seen, now)) {
+    }
+    if (now >= expected_) reached_ = true;
+    absl::StatusOr<RedisReply> r = co_await inner_.Command(std::move(args), deadline, std::move(route_key));
+    const auto give_up = std::chrono::steady_clock::now() + limit_;
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (!reached_ && std::chrono::steady_clock::now() < give_up) {
+      timer.expires_after(1ms);  // polling a condition, without a thread
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+    --in_flight_;
+    co_return r;
+  }
+  uint64_t commands_sent() const override { return inner_.commands_sent(); }
+  bool sharded() const override { return inner_.sharded(); }
+  int most_in_flight() const { return most_.load(); }
+
+ private:
+  RedisCommands& inner_;
+  const int expected_;
+  const std::chrono::milliseconds limit_;
+  std::atomic<int> in_flight_{0};
+  std::atomic<int> most_{0};
+  std::atomic<bool> reached_{false};
+};
+
+class CounterStoreTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
+    if (GetParam() == "cluster") {
+      backend_ = std::make_unique<Cluster>();
+    } else {
+      backend_ = std::make_unique<SingleServer>();
+    }
+    // Keys of this test only (the cluster is shared by the binary's tests,
+    // and --gtest_repeat runs a test again on it).
+    static int runs = 0;
+    prefix_ = StrCat("t", ::testing::UnitTest::GetInstance()->current_test_info()->name(), "-", ++runs);
+    for (char& c : prefix_) {
+      if (c == '/') c = '_';
+    }
     for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { io_.run(); });
-    client_ = std::make_unique<RedisClient>(io_.get_executor(),
-                                            RedisClient::Options{"127.0.0.1", redis_.port(), 2});
-    store_ = std::make_unique<RedisCounterStore>(*client_, "t", 2000ms);
+    client_ = backend_->Client(io_.get_executor());
+    store_ = std::make_unique<RedisCounterStore>(*client_, prefix_, 2000ms);
   }
   void TearDown() override {
     work_.reset();
@@ -46,31 +169,53 @@ class CounterStoreTest : public ::testing::Test {
     for (auto& t : threads_) t.join();
     store_.reset();
     client_.reset();
+    backend_.reset();
   }
+  bool cluster() const { return GetParam() == "cluster"; }
   template <typename T>
   T Run(asio::awaitable<T> a) {
     return asio::co_spawn(io_, std::move(a), asio::use_future).get();
   }
+  // Waits (bounded) until the store's deferred updates are all answered.
+  void Settle() {
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (store_->deferred_in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);  // polling a condition
+    }
+    ASSERT_EQ(store_->deferred_in_flight(), 0);
+  }
+  std::string Redis(const std::vector<std::string>& args, const std::string& key) {
+    return backend_->Run(args, key);
+  }
+  // "PTTL key", "HLEN key"...: on the server that holds the key.
+  std::string KeyCommand(const std::string& command, const std::string& key) {
+    return backend_->Run({command, key}, key);
+  }
   CounterUpdate Counter(Kind kind, const std::string& name, std::chrono::milliseconds window,
-                        int buckets, std::string value = "") {
+                        int buckets, std::string value = "", const std::string& per = "seller_id",
+                        const std::string& who = "s1") {
     CounterUpdate c;
     c.kind = kind;
-    c.key = store_->CounterKey("seller_id", "s1", name);
+    c.key = store_->CounterKey(per, who, name);
     c.window = window;
     c.buckets = buckets;
     c.value = std::move(value);
     return c;
   }
 
-  testing::RedisServer redis_;
+  std::unique_ptr<Backend> backend_;
+  std::string prefix_;
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
   std::vector<std::thread> threads_;
-  std::unique_ptr<RedisClient> client_;
+  std::unique_ptr<RedisCommands> client_;
   std::unique_ptr<RedisCounterStore> store_;
 };
 
-TEST_F(CounterStoreTest, CountSumAndDistinctIncludeTheCurrentRequest) {
+INSTANTIATE_TEST_SUITE_P(Redis, CounterStoreTest, ::testing::Values("single", "cluster"),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+TEST_P(CounterStoreTest, CountSumAndDistinctIncludeTheCurrentRequest) {
   const auto now = std::chrono::system_clock::time_point(std::chrono::hours(500000));
   std::vector<CounterUpdate> counters = {
       Counter(Kind::kCount, "n", 1h, 12), Counter(Kind::kSum, "usd", 1h, 12, "0.99"),
@@ -88,7 +233,7 @@ TEST_F(CounterStoreTest, CountSumAndDistinctIncludeTheCurrentRequest) {
   EXPECT_EQ(Run(store_->UpdateAndRead(counters, {}, now + 2min))->values[2], 2);
 }
 
-TEST_F(CounterStoreTest, AGatedCounterIsUpdatedOnlyWhenTheEarlierCounterCompares) {
+TEST_P(CounterStoreTest, AGatedCounterIsUpdatedOnlyWhenTheEarlierCounterCompares) {
   // gate "1 > 1": update `shared` only once `users` (counter 1 of the call,
   // this request included) is above 1, in the same round trip.
   const auto now = std::chrono::system_clock::time_point(std::chrono::hours(450000));
@@ -97,7 +242,8 @@ TEST_F(CounterStoreTest, AGatedCounterIsUpdatedOnlyWhenTheEarlierCounterCompares
   shared.gate = "1 > 1.000000";
   CounterUpdate first = Counter(Kind::kCount, "first", 1h, 12, "1");
   first.gate = "1 <= 1.000000";
-  const int64_t evals_before = CommandCalls(redis_, "evalsha");
+  const int64_t evals_before = backend_->CommandCalls("evalsha", users.key);
+  const int64_t whole_before = backend_->CommandCalls("eval", users.key);
   auto a = Run(store_->UpdateAndRead({users, shared, first}, {}, now));
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->values, (std::vector<double>{1, 0, 1}));  // one account: not shared, first
@@ -111,7 +257,14 @@ TEST_F(CounterStoreTest, AGatedCounterIsUpdatedOnlyWhenTheEarlierCounterCompares
   auto d = Run(store_->UpdateAndRead({users, shared, first}, {}, now + 3s));
   EXPECT_EQ(d->values, (std::vector<double>{3, 2, 2}));
   // Still one round trip per request.
-  EXPECT_EQ(CommandCalls(redis_, "evalsha") - evals_before, 4 + (evals_before == 0 ? 1 : 0));
+  // (The first call on a server that never ran the script: NOSCRIPT, then
+  // EVAL of the whole script.)
+  const int64_t whole = backend_->CommandCalls("eval", users.key) - whole_before;
+  EXPECT_EQ(backend_->CommandCalls("evalsha", users.key) - evals_before, 4);
+  EXPECT_LE(whole, 1);
+  if (evals_before == 0) {
+    EXPECT_EQ(whole, 1);
+  }
   // Every comparison the script knows.
   for (const auto& [gate, open] : std::vector<std::pair<std::string, bool>>{
            {"1 >= 3", true}, {"1 < 3", false}, {"1 == 3", true}, {"1 != 3", false}, {"1 > 2.5", true}}) {
@@ -124,7 +277,7 @@ TEST_F(CounterStoreTest, AGatedCounterIsUpdatedOnlyWhenTheEarlierCounterCompares
   }
 }
 
-TEST_F(CounterStoreTest, InstrumentsLinkTheSellersThatShareThemWithinTheWindow) {
+TEST_P(CounterStoreTest, InstrumentsLinkTheSellersThatShareThemWithinTheWindow) {
   const auto t0 = std::chrono::system_clock::time_point(std::chrono::hours(460000));
   auto use = [&](const std::string& seller, std::vector<LinkUpdate::Instrument> instruments,
                  std::chrono::system_clock::time_point at) {
@@ -158,12 +311,12 @@ TEST_F(CounterStoreTest, InstrumentsLinkTheSellersThatShareThemWithinTheWindow) 
   EXPECT_TRUE(Run(store_->LinkedSellers("s1", 1h, t0 + 2h))->empty());
   EXPECT_EQ(use("s4", {{"card_fingerprint", "c1"}}, t0 + 2h),
             (std::vector<std::vector<std::string>>{{}}));
-  const std::string ttl = redis_.Run("PTTL " + store_->InstrumentSellersKey("card_fingerprint", "c1"));
+  const std::string ttl = KeyCommand("PTTL", store_->InstrumentSellersKey("card_fingerprint", "c1"));
   EXPECT_GT(std::stoll(ttl), 0);
   EXPECT_LE(std::stoll(ttl), 3'600'000);
 }
 
-TEST_F(CounterStoreTest, ACounterDropsOutAfterItsWindow) {
+TEST_P(CounterStoreTest, ACounterDropsOutAfterItsWindow) {
   // A fixed clock, moved by hand: window 60 s in 6 buckets of 10 s.
   const auto t0 = std::chrono::system_clock::time_point(std::chrono::hours(400000));
   std::vector<CounterUpdate> c = {Counter(Kind::kCount, "w", 60s, 6)};
@@ -174,17 +327,17 @@ TEST_F(CounterStoreTest, ACounterDropsOutAfterItsWindow) {
   EXPECT_EQ(read(t0 + 61s), 1);   // the first bucket left it
   EXPECT_EQ(read(t0 + 95s), 0);   // both gone
   // One key per counter, with a TTL of at most the window plus a bucket.
-  const std::string ttl = redis_.Run("PTTL " + c[0].key);
+  const std::string ttl = KeyCommand("PTTL", c[0].key);
   ASSERT_FALSE(ttl.empty());
   EXPECT_GT(std::stoll(ttl), 0);
   EXPECT_LE(std::stoll(ttl), 70000);
   // An update forgets the buckets that left the window.
-  EXPECT_EQ(redis_.Run("HLEN " + c[0].key), "2");
+  EXPECT_EQ(KeyCommand("HLEN", c[0].key), "2");
   ASSERT_EQ(Run(store_->UpdateAndRead(c, {}, t0 + 95s))->values[0], 1);
-  EXPECT_EQ(redis_.Run("HLEN " + c[0].key), "1");
+  EXPECT_EQ(KeyCommand("HLEN", c[0].key), "1");
 }
 
-TEST_F(CounterStoreTest, ADistinctValueCountsFromTheLastTimeItWasSeen) {
+TEST_P(CounterStoreTest, ADistinctValueCountsFromTheLastTimeItWasSeen) {
   // Window 60 s in 6 buckets: u1 at 0 s and again at 50 s, u2 at 10 s.
   const auto t0 = std::chrono::system_clock::time_point(std::chrono::hours(410000));
   CounterUpdate d = Counter(Kind::kDistinct, "users", 60s, 6, "u1");
@@ -199,13 +352,13 @@ TEST_F(CounterStoreTest, ADistinctValueCountsFromTheLastTimeItWasSeen) {
   EXPECT_EQ(read(t0 + 115s), 0);   // u1 left too
   d.value = "u3";
   ASSERT_EQ(Run(store_->UpdateAndRead({d}, {}, t0 + 115s))->values[0], 1);
-  EXPECT_EQ(redis_.Run("ZCARD " + d.key), "1");  // the update removed the others
-  const std::string ttl = redis_.Run("PTTL " + d.key);
+  EXPECT_EQ(KeyCommand("ZCARD", d.key), "1");  // the update removed the others
+  const std::string ttl = KeyCommand("PTTL", d.key);
   EXPECT_GT(std::stoll(ttl), 0);
   EXPECT_LE(std::stoll(ttl), 70000);
 }
 
-TEST_F(CounterStoreTest, ParallelRequestsEachSeeADistinctCount) {
+TEST_P(CounterStoreTest, ParallelRequestsEachSeeADistinctCount) {
   constexpr int kRequests = 300;
   const auto now = std::chrono::system_clock::now();
   std::vector<CounterUpdate> c = {Counter(Kind::kCount, "race", 1h, 12)};
@@ -223,30 +376,242 @@ TEST_F(CounterStoreTest, ParallelRequestsEachSeeADistinctCount) {
   EXPECT_EQ(*seen.rbegin(), kRequests);
 }
 
-TEST_F(CounterStoreTest, OneRoundTripForAllCountersAndChecks) {
+TEST_P(CounterStoreTest, OneRoundTripForAllCountersAndChecks) {
   const auto now = std::chrono::system_clock::now();
   std::vector<CounterUpdate> c = {Counter(Kind::kCount, "a", 1h, 12), Counter(Kind::kSum, "b", 24h, 24, "4.99"),
                                   Counter(Kind::kDistinct, "c", 1h, 12, "x"), Counter(Kind::kCount, "d", 24h, 24)};
-  ASSERT_TRUE(Run(store_->UpdateAndRead(c, {store_->CardBlockKey("fp")}, now)).ok());  // loads the script
-  const int64_t evalsha = CommandCalls(redis_, "evalsha");
+  const std::vector<std::string> checks = {store_->CardBlockKey("fp"), store_->SellerFlagKey("s1")};
+  ASSERT_TRUE(Run(store_->UpdateAndRead(c, checks, now)).ok());  // loads the script
+  // One script per hash slot: one on a single server; on the cluster one for
+  // the seller's keys ({s:s1}) and one for the card's ({c:fp}).
+  const uint64_t scripts =
+      cluster() && RedisKeySlot(checks[0]) != RedisKeySlot(checks[1]) ? 2 : 1;
+  const int64_t evalsha = backend_->CommandCalls("evalsha", "");
   const uint64_t sent = client_->commands_sent();
   for (int i = 0; i < 10; ++i) {
-    ASSERT_TRUE(Run(store_->UpdateAndRead(c, {store_->CardBlockKey("fp"), store_->SellerFlagKey("s1")}, now)).ok());
+    auto r = Run(store_->UpdateAndRead(c, checks, now));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->values[0], i + 2);
   }
-  EXPECT_EQ(CommandCalls(redis_, "evalsha") - evalsha, 10);
-  EXPECT_EQ(client_->commands_sent() - sent, 10u);  // nothing else went to Redis
+  EXPECT_EQ(backend_->CommandCalls("evalsha", ""), evalsha + static_cast<int64_t>(10 * scripts));
+  EXPECT_EQ(client_->commands_sent() - sent, 10 * scripts);  // nothing else went to Redis
 }
 
-TEST_F(CounterStoreTest, ScriptIsReloadedAfterAFlush) {
+// A decision's counters, checks and links across entities (user, seller,
+// card, device, ip): one script per hash slot, every one of them sent before
+// any reply is awaited — one round-trip time, however many slots.
+TEST_P(CounterStoreTest, ADecisionAcrossEntitiesSendsOneScriptPerSlotAllAtOnce) {
+  const auto now = std::chrono::system_clock::now();
+  std::vector<CounterUpdate> c = {
+      Counter(Kind::kCount, "user_n", 1h, 12, "1", "user_id", "u1"),
+      Counter(Kind::kDistinct, "seller_users", 1h, 12, "u1", "seller_id", "s1"),
+      Counter(Kind::kDistinct, "card_users", 24h, 24, "u1", "card_fingerprint", "c1"),
+      Counter(Kind::kDistinct, "device_users", 24h, 24, "u1", "device_id", "d1"),
+      Counter(Kind::kDistinct, "ip_users", 1h, 12, "u1", "ip", "10.0.0.1")};
+  const std::vector<std::string> checks = {store_->SellerFlagKey("s1"), store_->CardBlockKey("c1"),
+                                           store_->DeviceBlockKey("d1")};
+  const LinkUpdate links{"s1", {{"card_fingerprint", "c1"}, {"device_id", "d1"}}, 24h};
+  std::set<uint16_t> slots;
+  for (const CounterUpdate& u : c) slots.insert(RedisKeySlot(u.key));
+  const size_t scripts = cluster() ? slots.size() : 1;
+  if (cluster()) {
+    ASSERT_GE(scripts, 4u);  // five entities, five hash tags
+  }
+  ASSERT_TRUE(Run(store_->UpdateAndRead(c, checks, now, links)).ok());  // scripts cached everywhere
+
+  InFlightBarrier barrier(*client_, static_cast<int>(scripts), 5s);
+  RedisCounterStore store(barrier, prefix_, 10s);
+  const uint64_t sent = client_->commands_sent();
+  c[0].value = "1";
+  for (size_t i = 1; i < c.size(); ++i) c[i].value = "u2";
+  auto r = Run(store.UpdateAndRead(c, checks, now, links));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->values, (std::vector<double>{2, 2, 2, 2, 2}));
+  EXPECT_EQ(r->exists, (std::vector<bool>{false, false, false}));
+  EXPECT_EQ(r->linked, (std::vector<std::vector<std::string>>{{}, {}}));
+  EXPECT_EQ(client_->commands_sent() - sent, scripts);
+  EXPECT_EQ(barrier.most_in_flight(), static_cast<int>(scripts));
+}
+
+// The shipped rules gate seller counters on card and user counters
+// (seller_shared_card_recharges_1h only_if card_users_24h > 1). Across hash
+// slots the gate is decided after the read and the update deferred; what the
+// request sees, and what is stored, is what one script on one server gives.
+TEST_P(CounterStoreTest, AGateOnAnotherEntitysCounterGivesWhatOneScriptGives) {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::hours(450100));
+  CounterUpdate users = Counter(Kind::kDistinct, "card_users", 24h, 24, "u1", "card_fingerprint", "c1");
+  CounterUpdate first = Counter(Kind::kCount, "user_n", 24h, 24, "1", "user_id", "u1");
+  CounterUpdate shared = Counter(Kind::kCount, "shared", 1h, 12, "1");  // seller s1
+  shared.gate = "1 > 1";
+  CounterUpdate newcomer = Counter(Kind::kCount, "newcomer", 1h, 12, "1");  // seller s1
+  newcomer.gate = "2 <= 1";
+  // Gated on a gated counter of another slot: deferred too.
+  CounterUpdate chained = Counter(Kind::kSum, "chained_usd", 1h, 12, "4.99", "card_fingerprint", "c1");
+  chained.gate = "3 >= 2";
+  auto request = [&](const std::string& user, std::chrono::seconds at) {
+    users.value = user;
+    first.key = store_->CounterKey("user_id", user, "user_n");
+    auto r = Run(store_->UpdateAndRead({users, first, shared, newcomer, chained}, {}, now + at));
+    EXPECT_TRUE(r.ok()) << r.status();
+    Settle();
+    return r.ok() ? r->values : std::vector<double>{};
+  };
+  EXPECT_EQ(request("u1", 0s), (std::vector<double>{1, 1, 0, 1, 0}));
+  EXPECT_EQ(request("u1", 1s), (std::vector<double>{1, 2, 0, 1, 0}));
+  EXPECT_EQ(request("u2", 2s), (std::vector<double>{2, 1, 1, 2, 0}));
+  auto d = request("u3", 3s);
+  ASSERT_EQ(d.size(), 5u);
+  EXPECT_EQ((std::vector<double>{d[0], d[1], d[2], d[3]}), (std::vector<double>{3, 1, 2, 3}));
+  EXPECT_DOUBLE_EQ(d[4], 4.99);
+  // Stored: read back without updating.
+  auto stored = Run(store_->Read({users, shared, newcomer, chained}, now + 4s));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((std::vector<double>{(*stored)[0], (*stored)[1], (*stored)[2]}), (std::vector<double>{3, 2, 3}));
+  EXPECT_DOUBLE_EQ((*stored)[3], 4.99);
+}
+
+// The backtest's MemoryCounters (one process, exact) against the store on
+// counters of several entities, with gates across them: the same values.
+TEST_P(CounterStoreTest, GatesAcrossEntitiesAgreeWithMemoryCountersOnARandomSequence) {
+  MemoryCounters memory;
+  std::mt19937 rng(20261203);
+  auto now = std::chrono::system_clock::time_point(std::chrono::hours(510000));
+  for (int step = 0; step < 300; ++step) {
+    now += std::chrono::seconds(std::uniform_int_distribution<int>(0, 240)(rng));
+    auto pick = [&](const char* p, int n) {
+      return p + std::to_string(std::uniform_int_distribution<int>(1, n)(rng));
+    };
+    const std::string seller = pick("s", 3), user = pick("u", 12), card = pick("c", 5);
+    std::vector<CounterUpdate> counters = {
+        Counter(Kind::kDistinct, "card_users", 30min, 6, user, "card_fingerprint", card),
+        Counter(Kind::kCount, "user_n", 1h, 12, "1", "user_id", user),
+        Counter(Kind::kCount, "seller_shared", 30min, 6, "1", "seller_id", seller),
+        Counter(Kind::kSum, "seller_new_usd", 1h, 12, "0.99", "seller_id", seller),
+        Counter(Kind::kDistinct, "seller_cards", 10min, 5, card, "seller_id", seller),
+        Counter(Kind::kCount, "card_n", 10min, 10, "1", "card_fingerprint", card),
+    };
+    counters[2].gate = "1 > 1";   // seller on the card's count
+    counters[3].gate = "2 <= 2";  // seller on the user's count
+    counters[4].gate = "3 >= 2";  // seller on a (deferred) seller counter
+    counters[5].gate = "5 < 3";   // card on a (deferred) seller counter
+    for (CounterUpdate& c : counters) c.update = std::uniform_int_distribution<int>(0, 5)(rng) != 0;
+    const std::vector<std::string> checks;
+    auto redis = Run(store_->UpdateAndRead(counters, checks, now));
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    Settle();
+    const int64_t now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+    CounterReadout mem = memory.UpdateAndRead(counters, checks, now_ms);
+    ASSERT_EQ(mem.values.size(), redis->values.size());
+    for (size_t i = 0; i < mem.values.size(); ++i) {
+      EXPECT_NEAR(mem.values[i], redis->values[i], 1e-6) << "step " << step << " counter " << i;
+    }
+  }
+}
+
+// Cluster only: the seller's hash slot migrated to another master while
+// decisions run. A decision's script touches keys that do not exist (the
+// seller's flag), so while the slot is half-moved Redis answers TRYAGAIN
+// (some keys here, some there) or, once every key is on the new owner, ASK
+// from the old one (then TRYAGAIN from the new: a multi-key script with a
+// missing key); the client retries within the deadline until the slot is
+// handed over, then follows MOVED. Every decision is answered and counted
+// exactly once.
+class CounterStoreClusterTest : public CounterStoreTest {};
+INSTANTIATE_TEST_SUITE_P(Redis, CounterStoreClusterTest, ::testing::Values("cluster"),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+TEST_P(CounterStoreClusterTest, ASlotMigratedMidRunIsFollowedAndEveryDecisionCountsOnce) {
+  testing::RedisCluster& redis = Cluster::Shared();
+  auto& cluster_client = static_cast<RedisClusterClient&>(*client_);
+  const std::string seller = "migrating-seller";
+  const uint16_t slot = RedisKeySlot(store_->CounterKey("seller_id", seller, "n"));
+  const int from = redis.Owner(slot);
+  int to = -1;
+  for (int m : redis.Masters()) {
+    if (m != from) to = m;
+  }
+  ASSERT_GE(to, 0);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0}, failed{0};
+  std::mutex mu;
+  std::string first_error;
+  auto worker = [&](int w) -> asio::awaitable<void> {
+    for (int i = 0; !stop; ++i) {
+      const std::string user = StrCat("u", w, "-", i % 7);
+      std::vector<CounterUpdate> c = {
+          Counter(Kind::kCount, "n", 1h, 12, "1", "seller_id", seller),
+          Counter(Kind::kDistinct, "users", 1h, 12, user, "seller_id", seller),
+          Counter(Kind::kCount, "user_n", 1h, 12, "1", "user_id", user)};
+      std::vector<std::string> checks = {store_->SellerFlagKey(seller)};
+      absl::StatusOr<CounterReadout> r =
+          co_await store_->UpdateAndRead(std::move(c), std::move(checks), std::chrono::system_clock::now());
+      if (r.ok()) {
+        ++answered;
+      } else {
+        ++failed;
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.empty()) first_error = std::string(r.status().message());
+      }
+    }
+  };
+  std::vector<std::future<void>> workers;
+  for (int w = 0; w < 4; ++w) workers.push_back(asio::co_spawn(io_, worker(w), asio::use_future));
+  auto after_more = [&](int more) {
+    const int target = answered + more;
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (answered < target && failed == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);  // polling a condition
+    }
+    return answered >= target;
+  };
+  const uint64_t asks = cluster_client.ask_redirects();
+  const uint64_t moved = cluster_client.moved_redirects();
+  const uint64_t tryagains = cluster_client.tryagain_retries();
+  // Runs the migration steps; false at the first that does not come true.
+  auto migrate = [&]() -> bool {
+    if (!after_more(100)) return false;
+    redis.BeginMigration(slot, from, to);
+    while (redis.MoveKeys(slot, from, to, 100) > 0) {
+    }
+    // Every key on `to`, the slot still `from`'s: decisions are sent ASK.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (cluster_client.ask_redirects() == asks && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);  // polling a condition
+    }
+    if (cluster_client.ask_redirects() == asks) return false;
+    redis.FinishMigration(slot, from, to);  // `to` owns it: MOVED
+    return after_more(100);
+  };
+  const bool migrated = migrate();
+  stop = true;
+  for (auto& f : workers) f.get();
+  ASSERT_TRUE(migrated) << "answered " << answered << ", failed " << failed << ": " << first_error;
+
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_GT(cluster_client.ask_redirects(), asks);
+  EXPECT_GT(cluster_client.moved_redirects(), moved);
+  EXPECT_GT(cluster_client.tryagain_retries(), tryagains);
+  EXPECT_EQ(redis.Owner(slot), to);
+  auto total = Run(store_->Read({Counter(Kind::kCount, "n", 1h, 12, "1", "seller_id", seller),
+                                 Counter(Kind::kDistinct, "users", 1h, 12, "x", "seller_id", seller)},
+                                std::chrono::system_clock::now()));
+  ASSERT_TRUE(total.ok()) << total.status();
+  EXPECT_EQ((*total)[0], answered.load());  // every decision counted once
+  EXPECT_EQ((*total)[1], 4 * 7);            // 4 workers x 7 users each
+}
+
+TEST_P(CounterStoreTest, ScriptIsReloadedAfterAFlush) {
   std::vector<CounterUpdate> c = {Counter(Kind::kCount, "flush", 1h, 12)};
   ASSERT_TRUE(Run(store_->UpdateAndRead(c, {}, std::chrono::system_clock::now())).ok());
-  redis_.Run("SCRIPT FLUSH");
+  Redis({"SCRIPT", "FLUSH"}, "");  // every master
   auto r = Run(store_->UpdateAndRead(c, {}, std::chrono::system_clock::now()));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->values[0], 2);
 }
 
-TEST_F(CounterStoreTest, FlagsAndBlockListsExpire) {
+TEST_P(CounterStoreTest, FlagsAndBlockListsExpire) {
   const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                              std::chrono::system_clock::now().time_since_epoch()).count();
   SellerFlag flag{"s9", "seller-many-accounts", "many accounts", now_ms, now_ms + 60'000};
@@ -260,7 +625,7 @@ TEST_F(CounterStoreTest, FlagsAndBlockListsExpire) {
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->size(), 1u);
   EXPECT_EQ((*list)[0].seller_id, "s9");
-  EXPECT_GT(std::stoll(redis_.Run("PTTL " + store_->SellerFlagKey("s9"))), 0);
+  EXPECT_GT(std::stoll(KeyCommand("PTTL", store_->SellerFlagKey("s9"))), 0);
 
   auto check = Run(store_->UpdateAndRead({}, {store_->SellerFlagKey("s9"), store_->CardBlockKey("fp1")},
                                          std::chrono::system_clock::now()));
@@ -280,11 +645,25 @@ TEST_F(CounterStoreTest, FlagsAndBlockListsExpire) {
   EXPECT_TRUE(Run(store_->ListFlags(now_ms))->empty());
 }
 
-TEST_F(CounterStoreTest, UnreachableRedisIsAnErrorWithinTheTimeout) {
-  redis_.Stop();
+TEST_P(CounterStoreTest, UnreachableRedisIsAnErrorWithinTheTimeout) {
+  std::unique_ptr<RedisCommands> dead;
+  if (cluster()) {
+    // A cluster none of whose seeds answers.
+    RedisClusterClient::Options o;
+    o.seeds = {RedisClient::Options{"127.0.0.1", testing::FreePort(), 1}};
+    dead = std::make_unique<RedisClusterClient>(io_.get_executor(), o);
+  } else {
+    static_cast<SingleServer&>(*backend_).Stop();
+  }
+  RedisCounterStore store(dead ? *dead : *client_, prefix_, 500ms);
   std::vector<CounterUpdate> c = {Counter(Kind::kCount, "down", 1h, 12)};
-  auto r = Run(store_->UpdateAndRead(c, {}, std::chrono::system_clock::now()));
+  auto r = Run(store.UpdateAndRead(c, {}, std::chrono::system_clock::now()));
   EXPECT_FALSE(r.ok());
+  // Stop the io threads before the clients go (RedisClient's requirement).
+  work_.reset();
+  io_.stop();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
 }
 
 }  // namespace
@@ -296,7 +675,7 @@ namespace {
 // The backtest's MemoryCounters must say what the Redis script says: the
 // same random sequence of updates and reads (every kind, gates, read-only
 // counters, time crossing bucket and window edges) against both.
-TEST_F(CounterStoreTest, MemoryCountersAgreeWithRedisOnARandomSequence) {
+TEST_P(CounterStoreTest, MemoryCountersAgreeWithRedisOnARandomSequence) {
   MemoryCounters memory;
   std::mt19937 rng(20261203);
   auto now = std::chrono::system_clock::time_point(std::chrono::hours(500000));
