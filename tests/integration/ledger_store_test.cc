@@ -17,6 +17,7 @@
 #include "ledger/postgres/postgres_ledger_store.h"
 #include "ledger/sqlite/sqlite_ledger_store.h"
 #include "tests/integration/postgres_server.h"
+#include "tests/unit/ledger/ledger_test_util.h"
 
 namespace recharge {
 namespace {
@@ -25,6 +26,8 @@ using recharge::v1::RECHARGE_STATUS_APPROVED;
 using recharge::v1::RECHARGE_STATUS_FAILED;
 using recharge::v1::RECHARGE_STATUS_PENDING;
 using Kind = BeginResult::Kind;
+using testing::LedgerClaim;
+using testing::LedgerDone;
 
 // The PostgreSQL cluster of this test binary, started on first use and
 // stopped when the binary ends.
@@ -37,7 +40,6 @@ testing::PostgresServer& Postgres() {
 class LedgerTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    thread_ = std::thread([this] { io_.run(); });
     if (GetParam() == "sqlite") {
       dir_ = std::filesystem::temp_directory_path() / ("ledger_test_" + RandomHex(6));
       std::filesystem::create_directories(dir_);
@@ -48,8 +50,7 @@ class LedgerTest : public ::testing::TestWithParam<std::string> {
   }
   void TearDown() override {
     store_.reset();
-    work_.reset();
-    thread_.join();
+    io_.Stop();
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
   // Opens the store on the test's data (again after store_.reset()).
@@ -61,7 +62,7 @@ class LedgerTest : public ::testing::TestWithParam<std::string> {
       store_ = *std::move(s);
     } else {
       auto s = Run(PostgresLedgerStore::Open(
-          io_.get_executor(), {.conninfo = Postgres().conninfo(database_)}));
+          io_.executor(), {.conninfo = Postgres().conninfo(database_)}));
       ASSERT_TRUE(s.ok()) << s.status();
       postgres_ = s->get();
       store_ = *std::move(s);
@@ -77,32 +78,10 @@ class LedgerTest : public ::testing::TestWithParam<std::string> {
   }
   template <typename T>
   T Run(asio::awaitable<T> a) {
-    return asio::co_spawn(io_, std::move(a), asio::use_future).get();
+    return io_.Run(std::move(a));
   }
 
-  KeyClaim Claim(const std::string& key, const std::string& fp, const std::string& user = "u1") {
-    KeyClaim c;
-    c.idempotency_key = key;
-    c.fingerprint = fp;
-    c.draft.set_recharge_id("rch_" + key);
-    c.draft.set_idempotency_key(key);
-    c.draft.set_user_id(user);
-    c.draft.set_coins(65);
-    return c;
-  }
-  Completion Done(const KeyClaim& c, recharge::v1::RechargeStatus status) {
-    Completion d;
-    d.idempotency_key = c.idempotency_key;
-    d.recharge = c.draft;
-    d.recharge.set_status(status);
-    d.response.set_recharge_id(c.draft.recharge_id());
-    d.response.set_status(status);
-    return d;
-  }
-
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
-  std::thread thread_;
+  testing::LedgerIo io_;
   std::filesystem::path dir_;  // sqlite
   std::string database_;       // postgres
   std::unique_ptr<LedgerStore> store_;
@@ -111,7 +90,7 @@ class LedgerTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(LedgerTest, NewKeyIsClaimedThenInFlightThenReplayed) {
-  KeyClaim c = Claim("key-1", "fp-A");
+  KeyClaim c = LedgerClaim("key-1", "fp-A");
   auto first = Run(store_->Begin(c));
   ASSERT_TRUE(first.ok());
   EXPECT_EQ(first->kind, Kind::kClaimed);
@@ -121,7 +100,7 @@ TEST_P(LedgerTest, NewKeyIsClaimedThenInFlightThenReplayed) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->kind, Kind::kInFlight);
 
-  auto stored = Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED)));
+  auto stored = Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED)));
   ASSERT_TRUE(stored.ok());
   EXPECT_EQ(stored->status(), RECHARGE_STATUS_APPROVED);
 
@@ -133,18 +112,18 @@ TEST_P(LedgerTest, NewKeyIsClaimedThenInFlightThenReplayed) {
 }
 
 TEST_P(LedgerTest, SameKeyOtherRequestIsAMismatchInEveryState) {
-  KeyClaim c = Claim("key-2", "fp-A");
+  KeyClaim c = LedgerClaim("key-2", "fp-A");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  EXPECT_EQ(Run(store_->Begin(Claim("key-2", "fp-B")))->kind, Kind::kMismatch);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
-  EXPECT_EQ(Run(store_->Begin(Claim("key-2", "fp-B")))->kind, Kind::kMismatch);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("key-2", "fp-B")))->kind, Kind::kMismatch);
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("key-2", "fp-B")))->kind, Kind::kMismatch);
 }
 
 TEST_P(LedgerTest, SecondCompletionKeepsTheFirstOutcome) {
-  KeyClaim c = Claim("key-3", "fp");
+  KeyClaim c = LedgerClaim("key-3", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
-  auto second = Run(store_->Complete(Done(c, RECHARGE_STATUS_FAILED)));
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
+  auto second = Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_FAILED)));
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->status(), RECHARGE_STATUS_APPROVED);
   EXPECT_EQ(Run(store_->GetRecharge("rch_key-3"))->status(), RECHARGE_STATUS_APPROVED);
@@ -157,10 +136,10 @@ TEST_P(LedgerTest, GetUnknownRechargeIsNotFound) {
 }
 
 TEST_P(LedgerTest, StateSurvivesReopening) {
-  KeyClaim c = Claim("key-4", "fp");
+  KeyClaim c = LedgerClaim("key-4", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
-  KeyClaim started = Claim("key-5", "fp");
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
+  KeyClaim started = LedgerClaim("key-5", "fp");
   ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
   store_.reset();
   Open();
@@ -170,13 +149,13 @@ TEST_P(LedgerTest, StateSurvivesReopening) {
 
 TEST_P(LedgerTest, ListIsNewestFirstWithCursorPaging) {
   for (int i = 0; i < 5; ++i) {
-    KeyClaim c = Claim("list-" + std::to_string(i), "fp", "lister");
+    KeyClaim c = LedgerClaim("list-" + std::to_string(i), "fp", "lister");
     ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-    ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+    ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
   }
-  KeyClaim other = Claim("other-0", "fp", "someone-else");
+  KeyClaim other = LedgerClaim("other-0", "fp", "someone-else");
   ASSERT_EQ(Run(store_->Begin(other))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(other, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(other, RECHARGE_STATUS_APPROVED))).ok());
 
   std::vector<std::string> seen;
   std::optional<RechargeCursor> cursor;
@@ -195,14 +174,14 @@ TEST_P(LedgerTest, ListIsNewestFirstWithCursorPaging) {
 TEST_P(LedgerTest, ListOrdersByCreationTimeNotByCompletion) {
   // A recharge made first but recorded last (recovered after a crash) is
   // listed by when it was made.
-  KeyClaim older = Claim("made-first", "fp", "orderer");
+  KeyClaim older = LedgerClaim("made-first", "fp", "orderer");
   older.draft.mutable_created_at()->set_seconds(1000);
-  KeyClaim newer = Claim("made-second", "fp", "orderer");
+  KeyClaim newer = LedgerClaim("made-second", "fp", "orderer");
   newer.draft.mutable_created_at()->set_seconds(2000);
   ASSERT_EQ(Run(store_->Begin(older))->kind, Kind::kClaimed);
   ASSERT_EQ(Run(store_->Begin(newer))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(newer, RECHARGE_STATUS_APPROVED))).ok());
-  ASSERT_TRUE(Run(store_->Complete(Done(older, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(newer, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(older, RECHARGE_STATUS_APPROVED))).ok());
   auto page = Run(store_->ListRecharges("orderer", 1, std::nullopt));
   ASSERT_TRUE(page.ok());
   ASSERT_EQ(page->recharges.size(), 1u);
@@ -215,11 +194,11 @@ TEST_P(LedgerTest, ListOrdersByCreationTimeNotByCompletion) {
 }
 
 TEST_P(LedgerTest, UnresolvedListsOldStartedKeysAndPendingRecharges) {
-  KeyClaim started = Claim("started-1", "fp");
+  KeyClaim started = LedgerClaim("started-1", "fp");
   ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
-  KeyClaim pending = Claim("pending-1", "fp");
+  KeyClaim pending = LedgerClaim("pending-1", "fp");
   ASSERT_EQ(Run(store_->Begin(pending))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(pending, RECHARGE_STATUS_PENDING))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(pending, RECHARGE_STATUS_PENDING))).ok());
 
   // A cutoff in the past excludes the fresh started key but not the PENDING one.
   auto early = Run(store_->ListUnresolved(std::chrono::system_clock::now() - std::chrono::hours(1)));
@@ -252,19 +231,19 @@ TEST_P(LedgerTest, UnresolvedListsOldStartedKeysAndPendingRecharges) {
 }
 
 TEST_P(LedgerTest, PurgeForgetsOldCompletedKeysButNeverPendingOrStarted) {
-  KeyClaim done = Claim("purge-done", "fp");
+  KeyClaim done = LedgerClaim("purge-done", "fp");
   ASSERT_EQ(Run(store_->Begin(done))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(done, RECHARGE_STATUS_APPROVED))).ok());
-  KeyClaim pending = Claim("purge-pending", "fp");
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(done, RECHARGE_STATUS_APPROVED))).ok());
+  KeyClaim pending = LedgerClaim("purge-pending", "fp");
   ASSERT_EQ(Run(store_->Begin(pending))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(pending, RECHARGE_STATUS_PENDING))).ok());
-  KeyClaim started = Claim("purge-started", "fp");
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(pending, RECHARGE_STATUS_PENDING))).ok());
+  KeyClaim started = LedgerClaim("purge-started", "fp");
   ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
 
   EXPECT_EQ(*Run(store_->PurgeKeys(std::chrono::system_clock::now() - std::chrono::hours(1))), 0);
   EXPECT_EQ(*Run(store_->PurgeKeys(std::chrono::system_clock::now() + std::chrono::seconds(1))), 1);
   // The purged key may be used again; the recharge itself stays.
-  EXPECT_EQ(Run(store_->Begin(Claim("purge-done", "fp")))->kind, Kind::kClaimed);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("purge-done", "fp")))->kind, Kind::kClaimed);
   EXPECT_TRUE(Run(store_->GetRecharge("rch_purge-done")).ok());
   EXPECT_EQ(Run(store_->Begin(pending))->kind, Kind::kReplay);
   EXPECT_EQ(Run(store_->Begin(started))->kind, Kind::kInFlight);
@@ -273,10 +252,10 @@ TEST_P(LedgerTest, PurgeForgetsOldCompletedKeysButNeverPendingOrStarted) {
 TEST_P(LedgerTest, ConcurrentClaimsOfOneKeyHaveExactlyOneWinnerAndShareCommits) {
   constexpr int kCalls = 400;
   std::vector<std::future<absl::StatusOr<BeginResult>>> results;
-  KeyClaim c = Claim("race-1", "fp");
+  KeyClaim c = LedgerClaim("race-1", "fp");
   const uint64_t commits_before = Commits();
   for (int i = 0; i < kCalls; ++i) {
-    results.push_back(asio::co_spawn(io_, store_->Begin(c), asio::use_future));
+    results.push_back(asio::co_spawn(io_.context(), store_->Begin(c), asio::use_future));
   }
   int claimed = 0, in_flight = 0;
   for (auto& f : results) {
@@ -327,10 +306,10 @@ TEST_P(LedgerTest, AuditEventsAreKeptAcrossReopenAndListedNewestFirstInPages) {
 }
 
 TEST_P(LedgerTest, ReplayMismatchAndInFlightAreAnsweredWithoutAWriterCommit) {
-  KeyClaim done = Claim("reader-done", "fp-A");
+  KeyClaim done = LedgerClaim("reader-done", "fp-A");
   ASSERT_EQ(Run(store_->Begin(done))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(done, RECHARGE_STATUS_APPROVED))).ok());
-  KeyClaim started = Claim("reader-started", "fp-A");
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(done, RECHARGE_STATUS_APPROVED))).ok());
+  KeyClaim started = LedgerClaim("reader-started", "fp-A");
   ASSERT_EQ(Run(store_->Begin(started))->kind, Kind::kClaimed);
 
   const uint64_t commits_before = Commits();
@@ -341,15 +320,15 @@ TEST_P(LedgerTest, ReplayMismatchAndInFlightAreAnsweredWithoutAWriterCommit) {
     EXPECT_EQ(replay->recharge_id, "rch_reader-done");
     EXPECT_EQ(replay->stored.status(), RECHARGE_STATUS_APPROVED);
   }
-  EXPECT_EQ(Run(store_->Begin(Claim("reader-done", "fp-B")))->kind, Kind::kMismatch);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("reader-done", "fp-B")))->kind, Kind::kMismatch);
   EXPECT_EQ(Run(store_->Begin(started))->kind, Kind::kInFlight);
-  EXPECT_EQ(Run(store_->Begin(Claim("reader-started", "fp-B")))->kind, Kind::kMismatch);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("reader-started", "fp-B")))->kind, Kind::kMismatch);
   EXPECT_TRUE(Run(store_->GetRecharge("rch_reader-done")).ok());
   EXPECT_TRUE(Run(store_->ListRecharges("u1", 10, std::nullopt)).ok());
   EXPECT_EQ(Commits(), commits_before);
 
   // A new key still needs the writer.
-  EXPECT_EQ(Run(store_->Begin(Claim("reader-new", "fp-A")))->kind, Kind::kClaimed);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("reader-new", "fp-A")))->kind, Kind::kClaimed);
   EXPECT_EQ(Commits(), commits_before + 1);
 }
 
@@ -357,7 +336,7 @@ TEST_P(LedgerTest, ClaimsRacingReplayReadsOfOneKeyHaveExactlyOneClaim) {
   // Every caller retries until it sees the stored response; the one that
   // claims the key completes it. Readers and the writer answer concurrently.
   constexpr int kCallers = 200;
-  const KeyClaim c = Claim("race-replay", "fp");
+  const KeyClaim c = LedgerClaim("race-replay", "fp");
   std::atomic<int> claimed{0}, replayed{0}, errors{0};
   auto caller = [&]() -> asio::awaitable<void> {
     for (int attempt = 0; attempt < 10'000; ++attempt) {
@@ -369,7 +348,7 @@ TEST_P(LedgerTest, ClaimsRacingReplayReadsOfOneKeyHaveExactlyOneClaim) {
       if (r->kind == Kind::kClaimed) {
         ++claimed;
         absl::StatusOr<RecordRechargeResponse> stored =
-            co_await store_->Complete(Done(c, RECHARGE_STATUS_APPROVED));
+            co_await store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED));
         if (!stored.ok()) ++errors;
         co_return;
       }
@@ -385,7 +364,7 @@ TEST_P(LedgerTest, ClaimsRacingReplayReadsOfOneKeyHaveExactlyOneClaim) {
     ++errors;  // never saw the outcome
   };
   std::vector<std::future<void>> calls;
-  for (int i = 0; i < kCallers; ++i) calls.push_back(asio::co_spawn(io_, caller(), asio::use_future));
+  for (int i = 0; i < kCallers; ++i) calls.push_back(asio::co_spawn(io_.context(), caller(), asio::use_future));
   for (auto& f : calls) f.get();
   EXPECT_EQ(errors.load(), 0);
   EXPECT_EQ(claimed.load(), 1);
@@ -396,20 +375,20 @@ TEST_P(LedgerTest, AnOperationFailingAfterItWroteIsUndoneAloneAndItsBatchCommits
   // Two keys whose drafts share a recharge id: the second completion updates
   // its key, then fails on the recharge's unique id. That update must be
   // undone while the operations batched with it commit.
-  KeyClaim first = Claim("dup-1", "fp");
-  KeyClaim second = Claim("dup-2", "fp");
+  KeyClaim first = LedgerClaim("dup-1", "fp");
+  KeyClaim second = LedgerClaim("dup-2", "fp");
   second.draft.set_recharge_id(first.draft.recharge_id());
   ASSERT_EQ(Run(store_->Begin(first))->kind, Kind::kClaimed);
   ASSERT_EQ(Run(store_->Begin(second))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(first, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(first, RECHARGE_STATUS_APPROVED))).ok());
 
   const uint64_t reruns_before = Reruns();
   std::vector<std::future<absl::StatusOr<BeginResult>>> others;
   for (int i = 0; i < 20; ++i) {
-    others.push_back(asio::co_spawn(io_, store_->Begin(Claim("batched-" + std::to_string(i), "fp")),
+    others.push_back(asio::co_spawn(io_.context(), store_->Begin(LedgerClaim("batched-" + std::to_string(i), "fp")),
                                     asio::use_future));
   }
-  Completion dup = Done(second, RECHARGE_STATUS_APPROVED);
+  Completion dup = LedgerDone(second, RECHARGE_STATUS_APPROVED);
   auto failed = Run(store_->Complete(dup));
   EXPECT_FALSE(failed.ok());
   EXPECT_GE(Reruns(), reruns_before + 1);
@@ -424,24 +403,24 @@ TEST_P(LedgerTest, AnOperationFailingAfterItWroteIsUndoneAloneAndItsBatchCommits
   EXPECT_EQ(Run(store_->Begin(second))->kind, Kind::kInFlight);  // still `started`
   EXPECT_EQ(Run(store_->Begin(first))->kind, Kind::kReplay);
   for (int i = 0; i < 20; ++i) {
-    EXPECT_EQ(Run(store_->Begin(Claim("batched-" + std::to_string(i), "fp")))->kind, Kind::kInFlight);
+    EXPECT_EQ(Run(store_->Begin(LedgerClaim("batched-" + std::to_string(i), "fp")))->kind, Kind::kInFlight);
   }
 }
 
 // The outbox: every change is one event, in commit order, with the change.
 TEST_P(LedgerTest, EveryChangeAppendsOneEventInCommitOrder) {
   EXPECT_EQ(*Run(store_->LatestEventSeq()), 0);
-  KeyClaim a = Claim("event-a", "fp", "u-a");
-  KeyClaim b = Claim("event-b", "fp", "u-b");
+  KeyClaim a = LedgerClaim("event-a", "fp", "u-a");
+  KeyClaim b = LedgerClaim("event-b", "fp", "u-b");
   ASSERT_EQ(Run(store_->Begin(a))->kind, Kind::kClaimed);
   ASSERT_EQ(Run(store_->Begin(b))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(a, RECHARGE_STATUS_PENDING))).ok());
-  ASSERT_TRUE(Run(store_->Complete(Done(b, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(a, RECHARGE_STATUS_PENDING))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(b, RECHARGE_STATUS_APPROVED))).ok());
   // A replayed completion changes nothing, so it adds no event.
-  ASSERT_TRUE(Run(store_->Complete(Done(b, RECHARGE_STATUS_APPROVED))).ok());
-  Recharge settled = Done(a, RECHARGE_STATUS_APPROVED).recharge;
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(b, RECHARGE_STATUS_APPROVED))).ok());
+  Recharge settled = LedgerDone(a, RECHARGE_STATUS_APPROVED).recharge;
   ASSERT_TRUE(*Run(store_->Transition(settled, RecordRechargeResponse(), RECHARGE_STATUS_PENDING)));
-  Recharge back = Done(b, recharge::v1::RECHARGE_STATUS_CHARGED_BACK).recharge;
+  Recharge back = LedgerDone(b, recharge::v1::RECHARGE_STATUS_CHARGED_BACK).recharge;
   ASSERT_TRUE(*Run(store_->Transition(back, RecordRechargeResponse(), RECHARGE_STATUS_APPROVED)));
 
   auto events = Run(store_->ListEvents(0, 100));
@@ -486,11 +465,11 @@ TEST_P(LedgerTest, EveryChangeAppendsOneEventInCommitOrder) {
 }
 
 TEST_P(LedgerTest, ARefusedOrLostTransitionWritesNoEvent) {
-  KeyClaim a = Claim("refused-a", "fp");
+  KeyClaim a = LedgerClaim("refused-a", "fp");
   ASSERT_EQ(Run(store_->Begin(a))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(a, recharge::v1::RECHARGE_STATUS_DECLINED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(a, recharge::v1::RECHARGE_STATUS_DECLINED))).ok());
   // DECLINED is final: no arrow leaves it.
-  Recharge approved = Done(a, RECHARGE_STATUS_APPROVED).recharge;
+  Recharge approved = LedgerDone(a, RECHARGE_STATUS_APPROVED).recharge;
   auto refused =
       Run(store_->Transition(approved, RecordRechargeResponse(), recharge::v1::RECHARGE_STATUS_DECLINED));
   ASSERT_FALSE(refused.ok());
@@ -504,14 +483,14 @@ TEST_P(LedgerTest, ARefusedOrLostTransitionWritesNoEvent) {
 }
 
 TEST_P(LedgerTest, PurgedEventsMakeOlderCursorsOutOfRange) {
-  KeyClaim a = Claim("purge-ev-a", "fp");
+  KeyClaim a = LedgerClaim("purge-ev-a", "fp");
   ASSERT_EQ(Run(store_->Begin(a))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(a, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(a, RECHARGE_STATUS_APPROVED))).ok());
   const auto cut = std::chrono::system_clock::now() + std::chrono::milliseconds(1);
   while (std::chrono::system_clock::now() <= cut) std::this_thread::yield();
-  KeyClaim b = Claim("purge-ev-b", "fp");
+  KeyClaim b = LedgerClaim("purge-ev-b", "fp");
   ASSERT_EQ(Run(store_->Begin(b))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(b, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(b, RECHARGE_STATUS_APPROVED))).ok());
   auto all = Run(store_->ListEvents(0, 100));
   ASSERT_EQ(all->size(), 2u);
   const int64_t first = (*all)[0].seq, second = (*all)[1].seq;
@@ -555,9 +534,9 @@ RefundClaim RefundOf(const std::string& key, const std::string& recharge_id,
 }
 
 TEST_P(LedgerTest, RefundClaimIsExclusivePerRechargeAndCompletesWithItsEvent) {
-  KeyClaim c = Claim("refund-1", "fp");
+  KeyClaim c = LedgerClaim("refund-1", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
   const int64_t before = *Run(store_->LatestEventSeq());
 
   auto claimed = Run(store_->BeginRefund(RefundOf("rk-1", "rch_refund-1")));
@@ -605,9 +584,9 @@ TEST_P(LedgerTest, RefundClaimIsExclusivePerRechargeAndCompletesWithItsEvent) {
 }
 
 TEST_P(LedgerTest, RefundOfAnythingButApprovedIsRefusedAndClaimsNothing) {
-  KeyClaim c = Claim("refund-declined", "fp");
+  KeyClaim c = LedgerClaim("refund-declined", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_DECLINED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, recharge::v1::RECHARGE_STATUS_DECLINED))).ok());
   auto refused = Run(store_->BeginRefund(RefundOf("rk-d", "rch_refund-declined")));
   ASSERT_TRUE(refused.ok()) << refused.status();
   EXPECT_EQ(refused->kind, RefundBegin::Kind::kNotRefundable);
@@ -619,9 +598,9 @@ TEST_P(LedgerTest, RefundOfAnythingButApprovedIsRefusedAndClaimsNothing) {
 }
 
 TEST_P(LedgerTest, ReleasedRefundFreesTheKeyAndTheRecharge) {
-  KeyClaim c = Claim("refund-release", "fp");
+  KeyClaim c = LedgerClaim("refund-release", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
   ASSERT_EQ(Run(store_->BeginRefund(RefundOf("rk-r", "rch_refund-release")))->kind,
             RefundBegin::Kind::kClaimed);
   ASSERT_TRUE(Run(store_->ReleaseRefund("rk-r")).ok());
@@ -641,9 +620,9 @@ TEST_P(LedgerTest, ReleasedRefundFreesTheKeyAndTheRecharge) {
 }
 
 TEST_P(LedgerTest, ANotificationChangesTheRechargeOnceWithOneEvent) {
-  KeyClaim c = Claim("waiting-1", "fp");
+  KeyClaim c = LedgerClaim("waiting-1", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
   // A waiting recharge is the reconciler's, and found by its key.
   auto unresolved = Run(store_->ListUnresolved(std::chrono::system_clock::now()));
   ASSERT_TRUE(unresolved.ok());
@@ -656,13 +635,13 @@ TEST_P(LedgerTest, ANotificationChangesTheRechargeOnceWithOneEvent) {
             absl::StatusCode::kNotFound);
   // A key claimed and not completed: not recorded yet (a notification for it
   // is asked again, not dropped).
-  ASSERT_EQ(Run(store_->Begin(Claim("in-flight-1", "fp")))->kind, Kind::kClaimed);
+  ASSERT_EQ(Run(store_->Begin(LedgerClaim("in-flight-1", "fp")))->kind, Kind::kClaimed);
   EXPECT_EQ(Run(store_->GetRechargeByKey("in-flight-1")).status().code(),
             absl::StatusCode::kUnavailable);
 
   const NotificationRef ref{"gcash-ph", "EV-1"};
   EXPECT_FALSE(*Run(store_->NotificationSeen(ref)));
-  Recharge approved = Done(c, RECHARGE_STATUS_APPROVED).recharge;
+  Recharge approved = LedgerDone(c, RECHARGE_STATUS_APPROVED).recharge;
   RecordRechargeResponse response;
   response.set_recharge_id(approved.recharge_id());
   response.set_status(RECHARGE_STATUS_APPROVED);
@@ -677,7 +656,7 @@ TEST_P(LedgerTest, ANotificationChangesTheRechargeOnceWithOneEvent) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, NotificationApplied::kReplay);
   // Another notification for the settled recharge: recorded, nothing changes.
-  Recharge failed = Done(c, recharge::v1::RECHARGE_STATUS_FAILED).recharge;
+  Recharge failed = LedgerDone(c, recharge::v1::RECHARGE_STATUS_FAILED).recharge;
   auto other = Run(store_->TransitionOnNotification({"gcash-ph", "EV-2"}, failed, response,
                                                     recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION));
   ASSERT_TRUE(other.ok());
@@ -696,10 +675,10 @@ TEST_P(LedgerTest, ANotificationChangesTheRechargeOnceWithOneEvent) {
 }
 
 TEST_P(LedgerTest, AnArrowTheMachineRefusesRecordsNoNotification) {
-  KeyClaim c = Claim("waiting-2", "fp");
+  KeyClaim c = LedgerClaim("waiting-2", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
-  Recharge refunded = Done(c, recharge::v1::RECHARGE_STATUS_REFUNDED).recharge;
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
+  Recharge refunded = LedgerDone(c, recharge::v1::RECHARGE_STATUS_REFUNDED).recharge;
   auto refused = Run(store_->TransitionOnNotification(
       {"card-primary", "evt_1"}, refunded, RecordRechargeResponse(),
       recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION));
@@ -708,9 +687,9 @@ TEST_P(LedgerTest, AnArrowTheMachineRefusesRecordsNoNotification) {
 }
 
 TEST_P(LedgerTest, PurgeKeepsTheKeysOfWaitingRecharges) {
-  KeyClaim c = Claim("purge-waiting", "fp");
+  KeyClaim c = LedgerClaim("purge-waiting", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, recharge::v1::RECHARGE_STATUS_REQUIRES_ACTION))).ok());
   EXPECT_EQ(*Run(store_->PurgeKeys(std::chrono::system_clock::now() + std::chrono::seconds(1))), 0);
   EXPECT_TRUE(Run(store_->GetRechargeByKey("purge-waiting")).ok());
 }
@@ -721,10 +700,9 @@ TEST_P(LedgerTest, PurgeKeepsTheKeysOfWaitingRecharges) {
 class PostgresFaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    thread_ = std::thread([this] { io_.run(); });
     database_ = Postgres().CreateDatabase("fault");
     auto s = Run(PostgresLedgerStore::Open(
-        io_.get_executor(), {.conninfo = Postgres().conninfo(database_),
+        io_.executor(), {.conninfo = Postgres().conninfo(database_),
                              .timeout = std::chrono::milliseconds(500),
                              .reconnect_min = std::chrono::milliseconds(20),
                              .reconnect_max = std::chrono::milliseconds(100)}));
@@ -733,21 +711,11 @@ class PostgresFaultTest : public ::testing::Test {
   }
   void TearDown() override {
     store_.reset();
-    work_.reset();
-    thread_.join();
+    io_.Stop();
   }
   template <typename T>
   T Run(asio::awaitable<T> a) {
-    return asio::co_spawn(io_, std::move(a), asio::use_future).get();
-  }
-  static KeyClaim Claim(const std::string& key) {
-    KeyClaim c;
-    c.idempotency_key = key;
-    c.fingerprint = "fp";
-    c.draft.set_recharge_id("rch_" + key);
-    c.draft.set_idempotency_key(key);
-    c.draft.set_user_id("u1");
-    return c;
+    return io_.Run(std::move(a));
   }
   // Begin(claim) until it answers OK (bounded: 30 s of attempts).
   absl::StatusOr<BeginResult> BeginWhenBack(const KeyClaim& claim) {
@@ -759,49 +727,47 @@ class PostgresFaultTest : public ::testing::Test {
     return r;
   }
 
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
-  std::thread thread_;
+  testing::LedgerIo io_;
   std::string database_;
   std::unique_ptr<PostgresLedgerStore> store_;
 };
 
 TEST_F(PostgresFaultTest, CallsFailWhileTheServerIsDownAndSucceedOnceItIsBack) {
-  ASSERT_EQ(Run(store_->Begin(Claim("before-restart")))->kind, Kind::kClaimed);
+  ASSERT_EQ(Run(store_->Begin(LedgerClaim("before-restart", "fp")))->kind, Kind::kClaimed);
   Postgres().Stop();
-  auto down = Run(store_->Begin(Claim("during-restart")));
+  auto down = Run(store_->Begin(LedgerClaim("during-restart", "fp")));
   ASSERT_FALSE(down.ok());
   EXPECT_EQ(down.status().code(), absl::StatusCode::kUnavailable) << down.status();
   EXPECT_THAT(std::string(down.status().message()), ::testing::HasSubstr("ledger: postgres"));
   EXPECT_FALSE(Run(store_->GetRecharge("rch_before-restart")).ok());
   Postgres().Start();
 
-  auto back = BeginWhenBack(Claim("during-restart"));
+  auto back = BeginWhenBack(LedgerClaim("during-restart", "fp"));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->kind, Kind::kClaimed);  // the failed attempt claimed nothing
   // What was committed before the restart is there.
-  EXPECT_EQ(Run(store_->Begin(Claim("before-restart")))->kind, Kind::kInFlight);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("before-restart", "fp")))->kind, Kind::kInFlight);
   Completion done;
   done.idempotency_key = "before-restart";
-  done.recharge = Claim("before-restart").draft;
+  done.recharge = LedgerClaim("before-restart", "fp").draft;
   done.recharge.set_status(RECHARGE_STATUS_APPROVED);
   done.response.set_status(RECHARGE_STATUS_APPROVED);
   ASSERT_TRUE(Run(store_->Complete(done)).ok());
-  EXPECT_EQ(Run(store_->Begin(Claim("before-restart")))->kind, Kind::kReplay);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("before-restart", "fp")))->kind, Kind::kReplay);
 }
 
 TEST_F(PostgresFaultTest, APausedServerFailsCallsAtTheTimeoutNotAHang) {
-  ASSERT_EQ(Run(store_->Begin(Claim("before-pause")))->kind, Kind::kClaimed);
+  ASSERT_EQ(Run(store_->Begin(LedgerClaim("before-pause", "fp")))->kind, Kind::kClaimed);
   Postgres().Pause();
-  auto paused = Run(store_->Begin(Claim("during-pause")));
+  auto paused = Run(store_->Begin(LedgerClaim("during-pause", "fp")));
   Postgres().Resume();
   ASSERT_FALSE(paused.ok());
   EXPECT_TRUE(absl::IsDeadlineExceeded(paused.status()) || absl::IsUnavailable(paused.status()))
       << paused.status();
-  auto back = BeginWhenBack(Claim("after-pause"));
+  auto back = BeginWhenBack(LedgerClaim("after-pause", "fp"));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->kind, Kind::kClaimed);
-  EXPECT_EQ(Run(store_->Begin(Claim("before-pause")))->kind, Kind::kInFlight);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("before-pause", "fp")))->kind, Kind::kInFlight);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LedgerTest, ::testing::Values("sqlite", "postgres"),

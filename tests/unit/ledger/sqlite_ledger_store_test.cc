@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "io/crypto.h"
+#include "tests/unit/ledger/ledger_test_util.h"
 
 namespace recharge {
 namespace {
@@ -22,6 +23,8 @@ using recharge::v1::RECHARGE_STATUS_APPROVED;
 using recharge::v1::RECHARGE_STATUS_FAILED;
 using recharge::v1::RECHARGE_STATUS_PENDING;
 using Kind = BeginResult::Kind;
+using testing::LedgerClaim;
+using testing::LedgerDone;
 
 class LedgerTest : public ::testing::Test {
  protected:
@@ -29,12 +32,10 @@ class LedgerTest : public ::testing::Test {
     dir_ = std::filesystem::temp_directory_path() / ("ledger_test_" + RandomHex(6));
     std::filesystem::create_directories(dir_);
     Open();
-    thread_ = std::thread([this] { io_.run(); });
   }
   void TearDown() override {
     store_.reset();
-    work_.reset();
-    thread_.join();
+    io_.Stop();
     std::filesystem::remove_all(dir_);
   }
   void Open() {
@@ -44,33 +45,11 @@ class LedgerTest : public ::testing::Test {
   }
   template <typename T>
   T Run(asio::awaitable<T> a) {
-    return asio::co_spawn(io_, std::move(a), asio::use_future).get();
-  }
-
-  KeyClaim Claim(const std::string& key, const std::string& fp, const std::string& user = "u1") {
-    KeyClaim c;
-    c.idempotency_key = key;
-    c.fingerprint = fp;
-    c.draft.set_recharge_id("rch_" + key);
-    c.draft.set_idempotency_key(key);
-    c.draft.set_user_id(user);
-    c.draft.set_coins(65);
-    return c;
-  }
-  Completion Done(const KeyClaim& c, recharge::v1::RechargeStatus status) {
-    Completion d;
-    d.idempotency_key = c.idempotency_key;
-    d.recharge = c.draft;
-    d.recharge.set_status(status);
-    d.response.set_recharge_id(c.draft.recharge_id());
-    d.response.set_status(status);
-    return d;
+    return io_.Run(std::move(a));
   }
 
   std::filesystem::path dir_;
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
-  std::thread thread_;
+  testing::LedgerIo io_;
   std::unique_ptr<SqliteLedgerStore> store_;
 };
 
@@ -79,10 +58,10 @@ TEST_F(LedgerTest, WithoutReaderThreadsTheWriterAnswersEverything) {
   auto s = SqliteLedgerStore::Open({.path = (dir_ / "ledger.db").string(), .reader_threads = 0});
   ASSERT_TRUE(s.ok()) << s.status();
   store_ = *std::move(s);
-  KeyClaim c = Claim("no-readers", "fp");
+  KeyClaim c = LedgerClaim("no-readers", "fp");
   ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
   EXPECT_EQ(Run(store_->Begin(c))->kind, Kind::kInFlight);
-  ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+  ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
   const uint64_t commits_before = store_->commits();
   EXPECT_EQ(Run(store_->Begin(c))->kind, Kind::kReplay);
   EXPECT_EQ(store_->commits(), commits_before + 1);
@@ -98,15 +77,15 @@ TEST_F(LedgerTest, TheWalIsCheckpointedBetweenBatches) {
   ASSERT_TRUE(s.ok()) << s.status();
   store_ = *std::move(s);
   for (int i = 0; i < 20; ++i) {
-    KeyClaim c = Claim("ckpt-" + std::to_string(i), "fp");
+    KeyClaim c = LedgerClaim("ckpt-" + std::to_string(i), "fp");
     ASSERT_EQ(Run(store_->Begin(c))->kind, Kind::kClaimed);
-    ASSERT_TRUE(Run(store_->Complete(Done(c, RECHARGE_STATUS_APPROVED))).ok());
+    ASSERT_TRUE(Run(store_->Complete(LedgerDone(c, RECHARGE_STATUS_APPROVED))).ok());
   }
   EXPECT_GT(store_->checkpoints(), 0u);
   EXPECT_LT(std::filesystem::file_size(dir_ / "ledger.db-wal"), 64u * 4096u);
   store_.reset();
   Open();
-  EXPECT_EQ(Run(store_->Begin(Claim("ckpt-19", "fp")))->kind, Kind::kReplay);
+  EXPECT_EQ(Run(store_->Begin(LedgerClaim("ckpt-19", "fp")))->kind, Kind::kReplay);
 }
 
 TEST(SqliteLedgerStore, UnopenablePathIsUnavailableAndNamed) {
