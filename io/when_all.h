@@ -44,8 +44,12 @@ asio::awaitable<std::vector<T>> WhenAll(std::vector<asio::awaitable<T>> tasks) {
       auto ex = asio::get_associated_executor(*shared);
       asio::post(ex, [shared]() mutable { std::move(*shared)(); });
     };
-    for (size_t i = 0; i < tasks.size(); ++i) {
-      asio::co_spawn(executor, std::move(tasks[i]), [state, i](std::exception_ptr e, T result) {
+    // Nothing of the caller's frame is touched once the first task is
+    // spawned: the last one to end resumes the caller, which may then return
+    // (on another thread) while this loop is still running.
+    std::vector<asio::awaitable<T>> spawning = std::move(tasks);
+    for (size_t i = 0; i < spawning.size(); ++i) {
+      asio::co_spawn(executor, std::move(spawning[i]), [state, i](std::exception_ptr e, T result) {
         bool last = false;
         {
           std::lock_guard<std::mutex> lock(state->mu);
