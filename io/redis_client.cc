@@ -15,9 +15,8 @@
 #include "io/strings.h"
 
 namespace recharge {
-namespace {
 
-RedisReply Copy(const redisReply* r) {
+RedisReply CopyRedisReply(const redisReply* r) {
   RedisReply out;
   switch (r->type) {
     case REDIS_REPLY_STRING:
@@ -39,13 +38,15 @@ RedisReply Copy(const redisReply* r) {
     case REDIS_REPLY_ARRAY:
       out.type = RedisReply::Type::kArray;
       out.elements.reserve(r->elements);
-      for (size_t i = 0; i < r->elements; ++i) out.elements.push_back(Copy(r->element[i]));
+      for (size_t i = 0; i < r->elements; ++i) out.elements.push_back(CopyRedisReply(r->element[i]));
       break;
     default:
       out.type = RedisReply::Type::kNil;
   }
   return out;
 }
+
+namespace {
 
 using Strand = asio::strand<asio::any_io_executor>;
 
@@ -246,7 +247,7 @@ class RedisClient::Connection : public std::enable_shared_from_this<Connection> 
     if (r == nullptr) {
       pending->Finish(absl::UnavailableError("connection lost"));
     } else {
-      pending->Finish(Copy(static_cast<redisReply*>(r)));
+      pending->Finish(CopyRedisReply(static_cast<redisReply*>(r)));
     }
   }
 
@@ -255,7 +256,7 @@ class RedisClient::Connection : public std::enable_shared_from_this<Connection> 
     if (r == nullptr) {
       reply->batch->Finish(absl::UnavailableError("connection lost"));
     } else {
-      reply->batch->Reply(reply->index, Copy(static_cast<redisReply*>(r)));
+      reply->batch->Reply(reply->index, CopyRedisReply(static_cast<redisReply*>(r)));
     }
   }
 

@@ -26,6 +26,8 @@
 #include "absl/status/statusor.h"
 #include "io/asio.h"
 
+struct redisReply;  // hiredis
+
 namespace recharge {
 
 // An owned copy of a hiredis reply.
@@ -36,6 +38,10 @@ struct RedisReply {
   std::string str;  // kString, kStatus, kError
   std::vector<RedisReply> elements;
 };
+
+// An owned copy of hiredis' reply `r` (not null): what RedisClient hands
+// back, and what the tests' blocking connections copy their replies into.
+RedisReply CopyRedisReply(const redisReply* r);
 
 // Sends Redis commands: to one server, or to the cluster node that serves the
 // command's key.

@@ -73,35 +73,6 @@ inline uint16_t FreeClusterPort(std::set<uint16_t>* taken) {
   throw std::runtime_error("no free port pair (P, P + 10000) for a cluster node");
 }
 
-inline RedisReply CopyReply(const redisReply* r) {
-  RedisReply out;
-  switch (r->type) {
-    case REDIS_REPLY_STRING:
-      out.type = RedisReply::Type::kString;
-      out.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_STATUS:
-      out.type = RedisReply::Type::kStatus;
-      out.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_ERROR:
-      out.type = RedisReply::Type::kError;
-      out.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_INTEGER:
-      out.type = RedisReply::Type::kInteger;
-      out.integer = r->integer;
-      break;
-    case REDIS_REPLY_ARRAY:
-      out.type = RedisReply::Type::kArray;
-      for (size_t i = 0; i < r->elements; ++i) out.elements.push_back(CopyReply(r->element[i]));
-      break;
-    default:
-      out.type = RedisReply::Type::kNil;
-  }
-  return out;
-}
-
 class RedisCluster {
  public:
   struct Options {
@@ -171,7 +142,7 @@ class RedisCluster {
       if (r == nullptr) {
         out.str = "no reply from " + address(i);
       } else {
-        out = CopyReply(r);
+        out = CopyRedisReply(r);
         freeReplyObject(r);
       }
     }
