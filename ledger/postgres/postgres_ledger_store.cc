@@ -824,16 +824,15 @@ asio::awaitable<absl::StatusOr<BeginResult>> PostgresLedgerStore::Begin(KeyClaim
   auto parse = [](const PgResult& r) -> Result {
     BeginResult out;
     out.recharge_id = r.text(0, 1);
-    switch (r.integer(0, 0)) {
-      case 0: out.kind = BeginResult::Kind::kClaimed; break;
-      case 1:
-        out.kind = BeginResult::Kind::kReplay;
-        if (!Parse(r.bytes(0, 2), &out.stored)) {
-          return absl::DataLossError("ledger: stored response does not parse");
-        }
-        break;
-      case 2: out.kind = BeginResult::Kind::kMismatch; break;
-      default: out.kind = BeginResult::Kind::kInFlight; break;
+    // ledger_begin's o_kind, as BeginRefund's table below.
+    static constexpr BeginResult::Kind kKinds[] = {
+        BeginResult::Kind::kClaimed, BeginResult::Kind::kReplay, BeginResult::Kind::kMismatch,
+        BeginResult::Kind::kInFlight};
+    const int64_t kind = r.integer(0, 0);
+    if (kind < 0 || kind > 3) return absl::InternalError("ledger: unknown key claim answer");
+    out.kind = kKinds[kind];
+    if (out.kind == BeginResult::Kind::kReplay && !Parse(r.bytes(0, 2), &out.stored)) {
+      return absl::DataLossError("ledger: stored response does not parse");
     }
     return out;
   };
