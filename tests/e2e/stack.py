@@ -29,6 +29,39 @@ port, `stack.redis_command(...)` sends one command (RESP over a socket, e.g.
 CLIENT PAUSE), `stack.redis_commandstats()` reads INFO commandstats, and
 `stack.gateway_events(name)` returns the gateway's JSON log lines of an event.
 
+Redis Cluster (issue 13): `Stack(..., redis="cluster")` runs a 3-master
+Redis Cluster instead of the one server: six nodes (scripts/dev-redis-cluster.sh
+`node`, each a Proc of its own so that one can be stopped, killed and started
+alone; data under <tmp>/redis-cluster/<port>/, logs log/redis-<port>.log) on
+consecutive free ports whose cluster bus ports (+10000) are free too, joined
+by `dev-redis-cluster.sh create` (masters: the first three ports, a replica
+each: the other three; it runs while the ledger and sandbox start); gateway.yaml's `redis:` names all six in `cluster:`
+(and the first in `address:`). `stack.redis_node_timeout_ms` (2000) is their
+cluster-node-timeout. `stack.redis_cluster_ports` lists the six,
+`stack.redis_port` is the first. On a cluster:
+  - `stack.redis_cluster_nodes(port=None)`: CLUSTER NODES parsed (id, port,
+    role "master"/"replica", master_id, slots, failing, connected, myself) as
+    a running node (or `port`) sees it; `stack.redis_masters()` the ports of
+    the masters serving slots, in slot order; `stack.redis_master_for(key=,
+    slot=)` the master serving a key's slot (default slot 0); `redis_key_slot(key)`
+    (module level) computes a slot as Redis does (CRC16, hash tags);
+  - `stack.redis_command(*args, port=None, key=None)` goes to `port` if given,
+    else to the master serving `key`'s slot, else the command's first key's
+    (COMMAND GETKEYS; a command without keys needs port=), following MOVED
+    and ASK; `stack.redis_commandstats(port=None)` sums INFO commandstats
+    over the masters (or reads one node);
+  - `stack.stop_redis(key=None, slot=None)` stops (SIGTERM) the master
+    serving that slot (default slot 0) and returns its port; `start_redis()`
+    starts every stopped node again on its port (from its nodes.conf and
+    append-only file) and waits until `stack.redis_cluster_ok()`: every node
+    says cluster_state:ok and 3 masters each have a replica in sync;
+  - `stack.fail_over_redis_master(key=None, slot=None)` kills (-9) the master
+    serving that slot, waits until every running node says cluster_state:ok
+    with its replica serving the slot (the automatic failover, after
+    cluster-node-timeout), starts the old master again and waits until it
+    is that node's replica, in sync, and the cluster is ok; it returns the
+    ports and the times (see its docstring). Every wait is a bounded poll.
+
 Callers (issue 7): the gateway.yaml lists three callers, each with its own
 random bearer token (only the SHA-256 goes into the file): `e2e` (roles app
 and ops, the identity of `stack.channel()`, `new_channel()` and `stub()`,
@@ -65,6 +98,7 @@ import html
 import http.client
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -87,6 +121,7 @@ PY_OUT = Path(os.environ.get("RECHARGE_PY_OUT") or REPO / "build" / "python")
 SANDBOX_BIN = Path(os.environ.get("SANDBOX_BIN") or REPO / "build" / "sandbox" / "psp-sandbox")
 MAKE_CERTS = REPO / "scripts" / "make-dev-certs.sh"
 DEV_POSTGRES = REPO / "scripts" / "dev-postgres.sh"
+DEV_REDIS_CLUSTER = REPO / "scripts" / "dev-redis-cluster.sh"
 PACKAGES_YAML = REPO / "configs" / "packages.yaml"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
@@ -169,6 +204,50 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_cluster_base(count: int = 6) -> int:
+    """A port P such that P..P+count-1 and their cluster bus ports (+10000)
+    can all be bound on loopback now. P + 10000 + count stays below the
+    kernel's ephemeral range (32768+), so outgoing connections do not take a
+    bus port meanwhile; a node that loses a race for its port exits, and
+    the caller tries another base."""
+    for _ in range(500):
+        base = random.randrange(12000, 22768 - count)
+        ok = True
+        for port in [base + i for i in range(count)] + [base + 10000 + i for i in range(count)]:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise AssertionError(f"no {count} consecutive free ports (and bus ports +10000) on loopback")
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the hash of Redis Cluster key slots."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def redis_key_slot(key: str | bytes) -> int:
+    """The Redis Cluster slot of `key`: CRC16 of its hash tag (the part
+    between the first "{" and the next "}", if not empty) or of the whole key,
+    modulo 16384."""
+    k = key if isinstance(key, bytes) else key.encode()
+    start = k.find(b"{")
+    if start != -1:
+        end = k.find(b"}", start + 1)
+        if end > start + 1:
+            k = k[start + 1:end]
+    return _crc16(k) % 16384
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
@@ -542,8 +621,17 @@ class Stack:
     def __init__(self, name: str, *, card_timeout: str = "5s", recovery_interval: str = "5s",
                  settle_after: str = "15s", shutdown_grace: str = "10s", io_threads: int = 2,
                  paypal: bool = False, ewallet: bool = False, webhooks: bool = False,
-                 metrics: bool = False, ledger: str = "sqlite"):
+                 metrics: bool = False, ledger: str = "sqlite", redis: str = "single"):
         self.name = name
+        # Redis: "single" (one server) or "cluster" (a 3-master Redis Cluster
+        # of six nodes, see the module docstring).
+        assert redis in ("single", "cluster"), redis
+        self.redis_mode = redis
+        self.redis_nodes: dict[int, Proc] = {}  # cluster: port -> its running node
+        self.redis_cluster_ports: list[int] = []
+        self.redis_node_timeout_ms = 2000       # cluster-node-timeout
+        self._redis_stopped: list[int] = []      # cluster nodes stop_redis() stopped
+        self._redis_create: Proc | None = None   # `dev-redis-cluster.sh create`, while it runs
         # The ledger backend: "sqlite" (a file under ledger/) or "postgres"
         # (a throwaway cluster under postgres/, started by
         # scripts/dev-postgres.sh, fsync off), which replicas can share.
@@ -736,10 +824,15 @@ class Stack:
                 self.webhook_port = free_port()
             if self.metrics:
                 self.metrics_port = free_port()
-            self._start_redis()
+            if self.redis_mode == "cluster":
+                self._start_redis_cluster()  # forms in the background meanwhile
+            else:
+                self._start_redis()
             if self.ledger_backend == "postgres":
                 self._start_postgres()
             self._start_sandbox()
+            if self.redis_mode == "cluster":
+                self._wait_redis_cluster_created()
             self.write_configs()
             self.start_gateway()
         except BaseException:
@@ -769,6 +862,18 @@ class Stack:
                 errors.append(f"replica {replica.port}: {e!r}")
         self.replicas = []
         for attr in ("gateway", "sandbox", "redis", "postgres"):
+            if attr == "redis":
+                if self._redis_create is not None:
+                    self._redis_create.stop(signal.SIGKILL)
+                    self._redis_create = None
+                # Cluster nodes: SIGKILL (their data is thrown away; a master's
+                # SIGTERM would wait for replicas being stopped too).
+                for port, node in list(self.redis_nodes.items()):
+                    try:
+                        node.stop(signal.SIGKILL)
+                    except Exception as e:  # keep tearing down the others
+                        errors.append(f"redis node {port}: {e!r}")
+                self.redis_nodes = {}
             if attr == "sandbox" and self.psp is not None:
                 try:
                     self.psp.stop()
@@ -889,15 +994,35 @@ class Stack:
         replica.start()
         return replica
 
-    def stop_redis(self) -> None:
-        """Stops Redis (its data is lost: no persistence); start_redis()
-        brings it back on the same port."""
+    def stop_redis(self, key: str | None = None, slot: int | None = None) -> int | None:
+        """One server: stops Redis (its data is lost: no persistence);
+        start_redis() brings it back on the same port. A cluster: stops
+        (SIGTERM) the master serving `key`'s slot, or `slot` (default 0), and
+        returns its port; start_redis() starts it again."""
+        if self.redis_mode == "cluster":
+            port = self.redis_master_for(key=key, slot=slot)
+            self.redis_nodes.pop(port).stop()
+            self._redis_stopped.append(port)
+            return port
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        return None
 
     def start_redis(self) -> None:
-        """(Re)starts Redis on the port it had and waits for PONG."""
+        """One server: (re)starts Redis on the port it had and waits for
+        PONG. A cluster: starts the nodes stop_redis() stopped, on their
+        ports, and waits until redis_cluster_ok()."""
+        if self.redis_mode == "cluster":
+            ports, self._redis_stopped = self._redis_stopped, []
+            for port in ports:
+                self._start_redis_node(port)
+            if self._redis_nodes_answer(ports) != "ok":
+                raise AssertionError("a Redis Cluster node exited:\n" +
+                                     "\n".join(self.redis_nodes[p].log() for p in ports))
+            wait_until(self.redis_cluster_ok, 30.0,
+                       "the Redis Cluster to be ok with 3 masters and their replicas", interval=0.05)
+            return
         assert self.redis is None or not self.redis.alive(), "redis already running"
         self.redis = Proc("redis", [
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
@@ -915,29 +1040,276 @@ class Stack:
 
         wait_until(ready, START_DEADLINE_S, "redis to answer PING again", interval=0.05)
 
-    def redis_command(self, *args, timeout: float = 5.0):
-        """Sends one command to the stack's Redis on a new connection and
-        returns the decoded reply: str for simple strings, bytes for bulk
-        strings (None for nil), int, list; an error reply raises RedisError."""
-        with socket.create_connection(("127.0.0.1", self.redis_port), timeout=timeout) as sock:
-            out = [f"*{len(args)}\r\n".encode()]
-            for a in args:
+    def redis_command(self, *args, timeout: float = 5.0, port: int | None = None,
+                      key: str | bytes | None = None):
+        """Sends one command on a new connection and returns the decoded
+        reply: str for simple strings, bytes for bulk strings (None for nil),
+        int, list; an error reply raises RedisError. It goes to `port` if
+        given, else to the stack's Redis; on a cluster, to the master serving
+        `key`'s slot, or the command's first key's (asked of the cluster with
+        COMMAND GETKEYS; a command without keys needs `port`), following
+        MOVED and ASK replies."""
+        if port is not None or self.redis_mode != "cluster":
+            return self._redis_send(port or self.redis_port, args, timeout)
+        if key is None:
+            try:
+                keys = self._redis_send(self._any_redis_node(), ("COMMAND", "GETKEYS") + args,
+                                        timeout)
+            except RedisError as e:
+                raise ValueError(f"{args[0]}: no key to route it by on a cluster ({e}); "
+                                 "pass port= or key=") from None
+            key = keys[0]
+        target = self.redis_master_for(key=key)
+        asking = False
+        for _ in range(5):
+            try:
+                return self._redis_send(target, args, timeout, asking=asking)
+            except RedisError as e:
+                words = str(e).split()
+                if len(words) != 3 or words[0] not in ("MOVED", "ASK"):
+                    raise
+                target, asking = int(words[2].rsplit(":", 1)[1]), words[0] == "ASK"
+        raise AssertionError(f"{args[0]}: more than 5 MOVED/ASK redirects")
+
+    @staticmethod
+    def _redis_send(port: int, args, timeout: float, asking: bool = False):
+        """One command (after ASKING, if `asking`) on a new connection to `port`."""
+        def encode(command) -> bytes:
+            out = [f"*{len(command)}\r\n".encode()]
+            for a in command:
                 b = a if isinstance(a, bytes) else str(a).encode()
                 out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
-            sock.sendall(b"".join(out))
-            return _read_resp(sock.makefile("rb"))
+            return b"".join(out)
 
-    def redis_commandstats(self) -> dict[str, int]:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall((encode(["ASKING"]) if asking else b"") + encode(args))
+            replies = sock.makefile("rb")
+            if asking:
+                _read_resp(replies)
+            return _read_resp(replies)
+
+    def redis_commandstats(self, port: int | None = None) -> dict[str, int]:
         """INFO commandstats as {command: calls}, e.g. {"evalsha": 12,
-        "script|load": 1, "info": 3}."""
-        text = self.redis_command("INFO", "commandstats").decode()
-        out = {}
-        for line in text.splitlines():
-            if line.startswith("cmdstat_"):
-                name, _, fields = line[len("cmdstat_"):].partition(":")
-                stats = dict(kv.split("=", 1) for kv in fields.split(","))
-                out[name] = int(stats["calls"])
+        "script|load": 1, "info": 3}: of the stack's Redis, or `port`; on a
+        cluster (no `port`) summed over the masters."""
+        ports = ([port] if port is not None or self.redis_mode != "cluster"
+                 else self.redis_masters())
+        out: dict[str, int] = {}
+        for p in ports:
+            text = self.redis_command("INFO", "commandstats", port=p).decode()
+            for line in text.splitlines():
+                if line.startswith("cmdstat_"):
+                    name, _, fields = line[len("cmdstat_"):].partition(":")
+                    stats = dict(kv.split("=", 1) for kv in fields.split(","))
+                    out[name] = out.get(name, 0) + int(stats["calls"])
         return out
+
+    # ---------------------------------------------------------- Redis Cluster
+
+    @property
+    def redis_cluster_dir(self) -> Path:
+        return self.tmp / "redis-cluster"
+
+    def _start_redis_cluster(self) -> None:
+        """Six nodes on consecutive free ports (another base if one loses a
+        race for its port), then `dev-redis-cluster.sh create` in the
+        background (_wait_redis_cluster_created waits for it)."""
+        logs = ""
+        for attempt in range(3):
+            base = free_cluster_base()
+            ports = [base + i for i in range(6)]
+            for port in ports:
+                self._start_redis_node(port)
+            if self._redis_nodes_answer(ports) == "ok":
+                break
+            logs = "\n".join(node.log() for node in self.redis_nodes.values())
+            for node in self.redis_nodes.values():
+                node.stop(signal.SIGKILL)
+            self.redis_nodes = {}
+            shutil.rmtree(self.redis_cluster_dir, ignore_errors=True)
+        else:
+            raise AssertionError(f"the Redis Cluster nodes did not start:\n{logs}")
+        self.redis_cluster_ports = ports
+        self.redis_port = base
+        self._redis_create = Proc("redis-cluster-create", [
+            "bash", str(DEV_REDIS_CLUSTER), "create", str(self.redis_cluster_dir), str(base)],
+            self.tmp / "log" / "redis-cluster-create.log", env=self._redis_node_env())
+
+    def _wait_redis_cluster_created(self) -> None:
+        """Waits for `dev-redis-cluster.sh create` (itself bounded: 30 s for
+        the nodes, 60 s for redis-cli, 30 s for the cluster to be ok)."""
+        create, self._redis_create = self._redis_create, None
+        try:
+            rc = create.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            rc = None
+        create.stop(signal.SIGKILL)
+        if rc != 0:
+            raise AssertionError(f"dev-redis-cluster.sh create failed ({rc}):\n{create.log()}")
+
+    def _redis_node_env(self) -> dict:
+        return dict(os.environ, REDIS_CLUSTER_NODE_TIMEOUT_MS=str(self.redis_node_timeout_ms))
+
+    def _start_redis_node(self, port: int) -> Proc:
+        node = Proc(f"redis-{port}", [
+            "bash", str(DEV_REDIS_CLUSTER), "node", str(self.redis_cluster_dir), str(port)],
+            self.tmp / "log" / f"redis-{port}.log", env=self._redis_node_env())
+        self.redis_nodes[port] = node
+        return node
+
+    def _redis_nodes_answer(self, ports: list[int]) -> str:
+        """Waits until the nodes on `ports` answer PING: "ok", or "exited"
+        as soon as one of them has exited."""
+        def ready():
+            if any(not self.redis_nodes[p].alive() for p in ports):
+                return "exited"
+            for p in ports:
+                try:
+                    if self.redis_command("PING", port=p, timeout=1.0) != "PONG":
+                        return None
+                except (OSError, RedisError):  # not listening yet, or LOADING
+                    return None
+            return "ok"
+
+        return wait_until(ready, START_DEADLINE_S, f"Redis Cluster nodes {ports} to answer PING",
+                          interval=0.05)
+
+    def _any_redis_node(self) -> int:
+        """A running cluster node (the lowest port)."""
+        for port in sorted(self.redis_nodes):
+            if self.redis_nodes[port].alive():
+                return port
+        raise AssertionError("no Redis Cluster node is running")
+
+    def redis_cluster_nodes(self, port: int | None = None) -> list[dict]:
+        """CLUSTER NODES as the node on `port` (default: a running node) sees
+        it: per node {"id", "port", "role": "master" | "replica", "master_id"
+        (a replica's master, else None), "slots": [(first, last)...],
+        "failing" (flagged fail or fail?), "connected" (its cluster bus link),
+        "myself"}."""
+        text = self.redis_command("CLUSTER", "NODES", port=port or self._any_redis_node(),
+                                  timeout=2.0).decode()
+        nodes = []
+        for line in text.splitlines():
+            f = line.split()
+            if len(f) < 8:
+                continue
+            flags = f[2].split(",")
+            slots = []
+            for r in f[8:]:
+                if not r.startswith("["):  # [slot->-id] / [slot-<-id]: a migration
+                    first, _, last = r.partition("-")
+                    slots.append((int(first), int(last or first)))
+            nodes.append({"id": f[0], "port": int(f[1].split("@")[0].rsplit(":", 1)[1]),
+                          "role": "master" if "master" in flags else "replica",
+                          "master_id": None if f[3] == "-" else f[3], "slots": slots,
+                          "failing": "fail" in flags or "fail?" in flags,
+                          "connected": f[7] == "connected", "myself": "myself" in flags})
+        return nodes
+
+    def redis_masters(self, port: int | None = None) -> list[int]:
+        """The ports of the masters serving slots (not flagged failing), in
+        slot order, as the node on `port` (default: a running node) sees it."""
+        masters = [n for n in self.redis_cluster_nodes(port)
+                   if n["role"] == "master" and n["slots"] and not n["failing"]]
+        return [n["port"] for n in sorted(masters, key=lambda n: min(n["slots"]))]
+
+    def redis_master_for(self, key: str | bytes | None = None, slot: int | None = None,
+                         port: int | None = None) -> int | None:
+        """The port of the master serving `key`'s slot, or `slot` (default 0),
+        as the node on `port` (default: a running node) sees it; None if no
+        node serves it."""
+        if key is not None:
+            slot = redis_key_slot(key)
+        slot = slot or 0
+        for n in self.redis_cluster_nodes(port):
+            if n["role"] == "master" and any(a <= slot <= b for a, b in n["slots"]):
+                return n["port"]
+        return None
+
+    def redis_cluster_ok(self) -> bool:
+        """Whether all six nodes run, every one says cluster_state:ok and
+        sees 3 masters (not failing, with slots) each with a connected
+        replica, and every replica's link to its master is up."""
+        if len(self.redis_nodes) != 6 or not all(n.alive() for n in self.redis_nodes.values()):
+            return False
+        try:
+            for port in self.redis_nodes:
+                if b"cluster_state:ok" not in self.redis_command("CLUSTER", "INFO", port=port,
+                                                                 timeout=2.0):
+                    return False
+                nodes = self.redis_cluster_nodes(port)
+                masters = {n["id"] for n in nodes
+                           if n["role"] == "master" and n["slots"] and not n["failing"]}
+                served = {n["master_id"] for n in nodes
+                          if n["role"] == "replica" and not n["failing"] and n["connected"]}
+                if len(masters) != 3 or not masters <= served:
+                    return False
+                info = self.redis_command("INFO", "replication", port=port, timeout=2.0)
+                if b"role:slave" in info and b"master_link_status:up" not in info:
+                    return False
+        except (OSError, RedisError):
+            return False
+        return True
+
+    def fail_over_redis_master(self, key: str | bytes | None = None, slot: int | None = None,
+                               timeout: float = 30.0) -> dict:
+        """Fails the master serving `key`'s slot, or `slot` (default 0), over
+        to its replica the way a crash does: kill -9 of the master; waits
+        until every running node says cluster_state:ok with the replica
+        serving the slot (it takes cluster-node-timeout to notice, then an
+        election); starts the old master again (from its nodes.conf and
+        append-only file) and waits until it is the new master's replica, in
+        sync, and redis_cluster_ok(). Returns {"slot", "old_master",
+        "new_master" (ports), "killed_at", "promoted_at", "rejoined_at" (wall
+        clock, ms), "promoted_s" (kill to promotion), "rejoined_s" (restart to
+        in sync)}."""
+        slot = redis_key_slot(key) if key is not None else (slot or 0)
+        old = self.redis_master_for(slot=slot)
+        assert old is not None, f"no master serves slot {slot}"
+        old_id = next(n["id"] for n in self.redis_cluster_nodes(old) if n["myself"])
+        replicas = {n["port"] for n in self.redis_cluster_nodes(old)
+                    if n["master_id"] == old_id and not n["failing"]}
+        assert replicas, f"the master on {old} (slot {slot}) has no replica"
+
+        t0 = time.monotonic()
+        killed_at = int(time.time() * 1000)
+        self.redis_nodes.pop(old).stop(signal.SIGKILL)
+
+        def promoted():
+            try:
+                owners = set()
+                for port in self.redis_nodes:
+                    if b"cluster_state:ok" not in self.redis_command("CLUSTER", "INFO", port=port,
+                                                                     timeout=2.0):
+                        return None
+                    owners.add(self.redis_master_for(slot=slot, port=port))
+            except (OSError, RedisError):
+                return None
+            return owners.pop() if len(owners) == 1 and owners <= replicas else None
+
+        new = wait_until(promoted, timeout, f"a replica of {old} to serve slot {slot}, cluster ok",
+                         interval=0.05)
+        t1 = time.monotonic()
+        promoted_at = int(time.time() * 1000)
+
+        self._start_redis_node(old)
+        if self._redis_nodes_answer([old]) != "ok":
+            raise AssertionError(f"the old master {old} exited:\n{self.redis_nodes[old].log()}")
+
+        def rejoined():
+            if not self.redis_cluster_ok():
+                return False
+            me = next(n for n in self.redis_cluster_nodes(old) if n["myself"])
+            new_id = next(n["id"] for n in self.redis_cluster_nodes(new) if n["myself"])
+            return me["role"] == "replica" and me["master_id"] == new_id
+
+        wait_until(rejoined, timeout, f"{old} to be a replica of {new} in sync, cluster ok",
+                   interval=0.05)
+        t2 = time.monotonic()
+        return {"slot": slot, "old_master": old, "new_master": new, "killed_at": killed_at,
+                "promoted_at": promoted_at, "rejoined_at": int(time.time() * 1000),
+                "promoted_s": round(t1 - t0, 3), "rejoined_s": round(t2 - t1, 3)}
 
     def new_sandbox(self, name: str) -> Sandbox:
         """A (not yet started) sandbox with this stack's certificates and
@@ -996,7 +1368,10 @@ class Stack:
                        " user=recharge connect_timeout=5"
                        f"\n    password_file: {self.tmp / 'secrets' / 'pg_password'}"
                        "\n  group_commit_max: 512\n  key_retention: 24h"),
-            "redis": (f"\n  address: 127.0.0.1:{self.redis_port}\n  timeout: {self.redis_timeout}" +
+            "redis": (f"\n  address: 127.0.0.1:{self.redis_port}" +
+                      ("\n  cluster: " + ",".join(f"127.0.0.1:{p}" for p in self.redis_cluster_ports)
+                       if self.redis_mode == "cluster" else "") +
+                      f"\n  timeout: {self.redis_timeout}" +
                       (f"\n  key_prefix: {self.redis_key_prefix}"
                        if self.redis_key_prefix is not None else "")),
             "fingerprint_key_file": str(self.tmp / "secrets" / "fingerprint.key"),

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Two gateway replicas on one PostgreSQL ledger and one Redis (issue 13,
-acceptance 2; DESIGN §5):
+"""Two gateway replicas on one PostgreSQL ledger and one 3-master Redis
+Cluster (issue 13, acceptance 2; DESIGN §5):
 
   - one idempotency key sent 50 times at once, spread over both replicas:
     one charge at the sandbox, one ledger row, every answer the same
@@ -11,8 +11,9 @@ acceptance 2; DESIGN §5):
 
     /usr/bin/python3 -m unittest -v tests/e2e/test_replicas.py
 
-The stack (tests/e2e/stack.py, ledger="postgres") starts its own PostgreSQL
-cluster (scripts/dev-postgres.sh), Redis, sandbox and both gateways on free
+The stack (tests/e2e/stack.py, ledger="postgres", redis="cluster") starts
+its own PostgreSQL cluster (scripts/dev-postgres.sh), Redis Cluster (six
+nodes, scripts/dev-redis-cluster.sh), sandbox and both gateways on free
 loopback ports. Every wait is a bounded poll.
 """
 
@@ -57,7 +58,7 @@ class ReplicasTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.st = Stack("replicas", ledger="postgres")
+        cls.st = Stack("replicas", ledger="postgres", redis="cluster")
         cls.st.fraud_rules_text = rules("replicas-1")
         cls.st.start()
         try:
