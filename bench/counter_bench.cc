@@ -42,6 +42,7 @@
 #include "io/redis_cluster.h"
 #include "io/redis_slot.h"
 #include "io/strings.h"
+#include "tests/integration/in_flight_commands.h"
 #include "tests/integration/redis_cluster.h"
 #include "tests/integration/redis_server.h"
 
@@ -91,35 +92,21 @@ Flags ParseFlags(int argc, char** argv) {
 }
 
 // Holds every command back by `delay` on its way out and again on its way
-// back, without a thread (a timer), and counts the commands in flight.
-class DelayedCommands final : public RedisCommands {
+// back, without a thread (a timer).
+class DelayedCommands final : public testing::InFlightCommands {
  public:
-  DelayedCommands(RedisCommands& inner, std::chrono::microseconds delay) : inner_(inner), delay_(delay) {}
-  using RedisCommands::Command;
-  asio::awaitable<absl::StatusOr<RedisReply>> Command(std::vector<std::string> args,
-                                                      std::chrono::steady_clock::time_point deadline,
-                                                      std::string route_key) override {
-    const int now = ++in_flight_;
-    int seen = most_.load();
-    while (now > seen && !most_.compare_exchange_weak(seen, now)) {
-    }
-    asio::steady_timer timer(co_await asio::this_coro::executor, delay_);
-    co_await timer.async_wait(asio::use_awaitable);
-    absl::StatusOr<RedisReply> r = co_await inner_.Command(std::move(args), deadline, std::move(route_key));
-    timer.expires_after(delay_);
-    co_await timer.async_wait(asio::use_awaitable);
-    --in_flight_;
-    co_return r;
-  }
-  uint64_t commands_sent() const override { return inner_.commands_sent(); }
-  bool sharded() const override { return inner_.sharded(); }
-  int most_in_flight() const { return most_.load(); }
+  DelayedCommands(RedisCommands& inner, std::chrono::microseconds delay)
+      : InFlightCommands(inner), delay_(delay) {}
 
  private:
-  RedisCommands& inner_;
+  asio::awaitable<void> Before(int) override { co_await Wait(); }
+  asio::awaitable<void> After(int) override { co_await Wait(); }
+  asio::awaitable<void> Wait() {
+    asio::steady_timer timer(co_await asio::this_coro::executor, delay_);
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+
   const std::chrono::microseconds delay_;
-  std::atomic<int> in_flight_{0};
-  std::atomic<int> most_{0};
 };
 
 // One decision's Redis work under the shipped rules, for a random buyer.

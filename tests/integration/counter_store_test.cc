@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include "io/redis_cluster.h"
 #include "io/redis_slot.h"
 #include "io/strings.h"
+#include "tests/integration/in_flight_commands.h"
 #include "tests/integration/redis_cluster.h"
 #include "tests/integration/redis_server.h"
 
@@ -107,40 +109,28 @@ class Cluster final : public Backend {
 
 // Lets every reply through only once `expected` commands are in flight at
 // the same time (or `limit` passes): a store that waited for one reply before
-// sending the next command would never get there. Counts the most in flight.
-class InFlightBarrier final : public RedisCommands {
+// sending the next command would never get there.
+class InFlightBarrier final : public testing::InFlightCommands {
  public:
   InFlightBarrier(RedisCommands& inner, int expected, std::chrono::milliseconds limit)
-      : inner_(inner), expected_(expected), limit_(limit) {}
-  using RedisCommands::Command;
-  asio::awaitable<absl::StatusOr<RedisReply>> Command(std::vector<std::string> args,
-                                                      std::chrono::steady_clock::time_point deadline,
-                                                      std::string route_key) override {
-    const int now = ++in_flight_;
-    int seen = most_.load();
-    while (now > seen && !most_.compare_exchange_weak(seen, now)) {
-    }
-    if (now >= expected_) reached_ = true;
-    absl::StatusOr<RedisReply> r = co_await inner_.Command(std::move(args), deadline, std::move(route_key));
+      : InFlightCommands(inner), expected_(expected), limit_(limit) {}
+
+ private:
+  asio::awaitable<void> Before(int in_flight) override {
+    if (in_flight >= expected_) reached_ = true;
+    co_return;
+  }
+  asio::awaitable<void> After(int) override {
     const auto give_up = std::chrono::steady_clock::now() + limit_;
     asio::steady_timer timer(co_await asio::this_coro::executor);
     while (!reached_ && std::chrono::steady_clock::now() < give_up) {
       timer.expires_after(1ms);  // polling a condition, without a thread
       co_await timer.async_wait(asio::use_awaitable);
     }
-    --in_flight_;
-    co_return r;
   }
-  uint64_t commands_sent() const override { return inner_.commands_sent(); }
-  bool sharded() const override { return inner_.sharded(); }
-  int most_in_flight() const { return most_.load(); }
 
- private:
-  RedisCommands& inner_;
   const int expected_;
   const std::chrono::milliseconds limit_;
-  std::atomic<int> in_flight_{0};
-  std::atomic<int> most_{0};
   std::atomic<bool> reached_{false};
 };
 
@@ -183,6 +173,31 @@ class CounterStoreTest : public ::testing::TestWithParam<std::string> {
       std::this_thread::sleep_for(1ms);  // polling a condition
     }
     ASSERT_EQ(store_->deferred_in_flight(), 0);
+  }
+  // `steps` requests, each made by `make(rng)` at a time moved on by 0 to
+  // 240 s (from `start`), sent to the store and to the backtest's
+  // MemoryCounters (one process, exact): the same values, request by request.
+  void ExpectSameAsMemoryCounters(
+      int steps, std::chrono::hours start,
+      const std::function<std::vector<CounterUpdate>(std::mt19937&)>& make) {
+    MemoryCounters memory;
+    std::mt19937 rng(20261203);
+    auto now = std::chrono::system_clock::time_point(start);
+    const std::vector<std::string> checks;
+    for (int step = 0; step < steps; ++step) {
+      now += std::chrono::seconds(std::uniform_int_distribution<int>(0, 240)(rng));
+      const std::vector<CounterUpdate> counters = make(rng);
+      auto redis = Run(store_->UpdateAndRead(counters, checks, now));
+      ASSERT_TRUE(redis.ok()) << redis.status();
+      Settle();
+      const int64_t now_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+      CounterReadout mem = memory.UpdateAndRead(counters, checks, now_ms);
+      ASSERT_EQ(mem.values.size(), redis->values.size());
+      for (size_t i = 0; i < mem.values.size(); ++i) {
+        EXPECT_NEAR(mem.values[i], redis->values[i], 1e-6) << "step " << step << " counter " << i;
+      }
+    }
   }
   std::string Redis(const std::vector<std::string>& args, const std::string& key) {
     return backend_->Run(args, key);
@@ -473,11 +488,7 @@ TEST_P(CounterStoreTest, AGateOnAnotherEntitysCounterGivesWhatOneScriptGives) {
 // The backtest's MemoryCounters (one process, exact) against the store on
 // counters of several entities, with gates across them: the same values.
 TEST_P(CounterStoreTest, GatesAcrossEntitiesAgreeWithMemoryCountersOnARandomSequence) {
-  MemoryCounters memory;
-  std::mt19937 rng(20261203);
-  auto now = std::chrono::system_clock::time_point(std::chrono::hours(510000));
-  for (int step = 0; step < 300; ++step) {
-    now += std::chrono::seconds(std::uniform_int_distribution<int>(0, 240)(rng));
+  ExpectSameAsMemoryCounters(300, std::chrono::hours(510000), [this](std::mt19937& rng) {
     auto pick = [&](const char* p, int n) {
       return p + std::to_string(std::uniform_int_distribution<int>(1, n)(rng));
     };
@@ -495,18 +506,8 @@ TEST_P(CounterStoreTest, GatesAcrossEntitiesAgreeWithMemoryCountersOnARandomSequ
     counters[4].gate = "3 >= 2";  // seller on a (deferred) seller counter
     counters[5].gate = "5 < 3";   // card on a (deferred) seller counter
     for (CounterUpdate& c : counters) c.update = std::uniform_int_distribution<int>(0, 5)(rng) != 0;
-    const std::vector<std::string> checks;
-    auto redis = Run(store_->UpdateAndRead(counters, checks, now));
-    ASSERT_TRUE(redis.ok()) << redis.status();
-    Settle();
-    const int64_t now_ms =
-        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
-    CounterReadout mem = memory.UpdateAndRead(counters, checks, now_ms);
-    ASSERT_EQ(mem.values.size(), redis->values.size());
-    for (size_t i = 0; i < mem.values.size(); ++i) {
-      EXPECT_NEAR(mem.values[i], redis->values[i], 1e-6) << "step " << step << " counter " << i;
-    }
-  }
+    return counters;
+  });
 }
 
 // Cluster only: the seller's hash slot migrated to another master while
@@ -676,20 +677,11 @@ namespace {
 // same random sequence of updates and reads (every kind, gates, read-only
 // counters, time crossing bucket and window edges) against both.
 TEST_P(CounterStoreTest, MemoryCountersAgreeWithRedisOnARandomSequence) {
-  MemoryCounters memory;
-  std::mt19937 rng(20261203);
-  auto now = std::chrono::system_clock::time_point(std::chrono::hours(500000));
-  for (int step = 0; step < 400; ++step) {
-    now += std::chrono::seconds(std::uniform_int_distribution<int>(0, 240)(rng));
+  ExpectSameAsMemoryCounters(400, std::chrono::hours(500000), [this](std::mt19937& rng) {
     const std::string who = "s" + std::to_string(std::uniform_int_distribution<int>(1, 3)(rng));
     auto counter = [&](Kind kind, const std::string& name, std::chrono::milliseconds window,
                        int buckets, std::string value) {
-      CounterUpdate c;
-      c.kind = kind;
-      c.key = store_->CounterKey("seller_id", who, name);
-      c.window = window;
-      c.buckets = buckets;
-      c.value = std::move(value);
+      CounterUpdate c = Counter(kind, name, window, buckets, std::move(value), "seller_id", who);
       c.update = std::uniform_int_distribution<int>(0, 4)(rng) != 0;  // some read only
       return c;
     };
@@ -702,17 +694,8 @@ TEST_P(CounterStoreTest, MemoryCountersAgreeWithRedisOnARandomSequence) {
         counter(Kind::kCount, "gated", 30min, 6, "1"),
     };
     counters[3].gate = "3 >= 3.000000";  // only once the request's seller saw 3 users
-    const std::vector<std::string> checks;
-    auto redis = Run(store_->UpdateAndRead(counters, checks, now));
-    ASSERT_TRUE(redis.ok()) << redis.status();
-    const int64_t now_ms =
-        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
-    CounterReadout mem = memory.UpdateAndRead(counters, checks, now_ms);
-    ASSERT_EQ(mem.values.size(), redis->values.size());
-    for (size_t i = 0; i < mem.values.size(); ++i) {
-      EXPECT_NEAR(mem.values[i], redis->values[i], 1e-6) << "step " << step << " counter " << i;
-    }
-  }
+    return counters;
+  });
 }
 
 }  // namespace
