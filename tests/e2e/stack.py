@@ -78,7 +78,7 @@ credentials given, `stack.limits` sets the `limits:` section and
 Every wait is a bounded poll: the sandbox port file, `redis-cli ping`, and the
 gRPC health service answering SERVING. Every process runs in its own process
 group, which stop() kills, and is killed by the kernel if the test process
-dies (PR_SET_PDEATHSIG), so a failing or timed-out test leaves nothing behind.
+dies (PR_SET_PDEATHSIG, set by `setpriv --pdeathsig`), so a failing or timed-out test leaves nothing behind.
 The gateway gets its card-fingerprint key from RECHARGE_FINGERPRINT_KEY (64
 random hex characters per stack); the configs use absolute paths only.
 
@@ -91,7 +91,6 @@ Environment (defaults are relative to the repository root):
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import hmac
 import html
@@ -263,18 +262,14 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int):
-    """preexec_fn: the child gets SIGKILL when the test process dies, even
-    by SIGKILL (a ctest timeout), so no server outlives its test."""
-    def hook():
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before prctl
-            os._exit(1)
-    return hook
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """`argv` run through setpriv --pdeathsig KILL: the child gets SIGKILL
+    when the test process (the thread that started it) dies, even by SIGKILL
+    (a ctest timeout), so no server outlives its test. Not a preexec_fn:
+    Python code run between fork and exec can deadlock on a lock another
+    thread (gRPC's) held at the fork, and Popen then waits for the exec
+    forever (a fault suite run hung 10 minutes starting a replica)."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
 
 
 class _CallDetails(collections.namedtuple(
@@ -320,10 +315,9 @@ class Proc:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=self._log, env=env, cwd=cwd,
-                                      start_new_session=True,
-                                      preexec_fn=_die_with_parent(os.getpid()))
+        self.popen = subprocess.Popen(_dying_with_parent(argv), stdin=subprocess.DEVNULL,
+                                      stdout=self._log, stderr=self._log, env=env, cwd=cwd,
+                                      start_new_session=True)
         self.pid = self.popen.pid
 
     def alive(self) -> bool:
@@ -573,26 +567,13 @@ class Replica:
             str(GATEWAY_BIN), "--config", str(self.yaml_path), "--listen", f"127.0.0.1:{self.port}"],
             st.tmp / "log" / f"gateway-replica{self.index}.log", env=st.gateway_env(), cwd=str(st.tmp))
 
-        def ready():
-            if not self.proc.alive():
-                raise AssertionError(f"replica {self.index} exited:\n{self.proc.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                return None
-            try:
-                return st.health(timeout=2.0, channel=self.channel(),
-                                 wait_for_ready=True) == HEALTH_SERVING
-            except grpc.RpcError:
-                return None
-
-        wait_until(ready, START_DEADLINE_S, f"replica {self.index} to be SERVING", interval=0.05)
+        if st.wait_serving(self.proc, self.port, self.channel,
+                           f"replica {self.index} to be SERVING") == "exited":
+            raise AssertionError(f"replica {self.index} exited:\n{self.proc.log()}")
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            target = f"127.0.0.1:{self.port}"
-            self._channel = grpc.intercept_channel(
-                grpc.insecure_channel(target, options=CHANNEL_OPTIONS), BearerToken(self.stack.token))
+            self._channel = self.stack.new_channel(port=self.port)
         return self._channel
 
     def stub(self) -> "pb_grpc.RechargeGatewayStub":
@@ -1450,11 +1431,11 @@ class Stack:
         """Runs the gateway with `config` (expected to fail at start-up) and
         returns its exit status and output; kills it if it is still running
         after `timeout`."""
-        proc = subprocess.Popen([str(GATEWAY_BIN), "--config", str(config),
-                                 "--listen", f"127.0.0.1:{free_port()}"],
+        proc = subprocess.Popen(_dying_with_parent([str(GATEWAY_BIN), "--config", str(config),
+                                                    "--listen", f"127.0.0.1:{free_port()}"]),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=self.gateway_env(), cwd=str(self.tmp),
-                                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+                                start_new_session=True)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -1477,25 +1458,13 @@ class Stack:
                 "--listen", f"127.0.0.1:{self.gateway_port}"],
                 self.gateway_log_path, env=self.gateway_env(), cwd=str(self.tmp))
 
-            def ready():
-                # TCP first (a channel that saw "connection refused" backs off
-                # for seconds), then a channel and the health check.
-                if not self.gateway.alive():
-                    return "exited"
-                try:
-                    socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1).close()
-                except OSError:
-                    return None
+            def channel():
                 if self._channel is None:
                     self._channel = self.new_channel()
-                try:
-                    serving = self.health(timeout=2.0, wait_for_ready=True) == HEALTH_SERVING
-                except grpc.RpcError:
-                    return None
-                return "ok" if serving else None
+                return self._channel
 
-            state = wait_until(ready, START_DEADLINE_S, "the gateway health check to be SERVING",
-                               interval=0.05)
+            state = self.wait_serving(self.gateway, self.gateway_port, channel,
+                                      "the gateway health check to be SERVING")
             if state == "ok":
                 return
             rc = self.gateway.stop()
@@ -1506,6 +1475,27 @@ class Stack:
                 continue
             raise AssertionError(f"gateway exited {rc} at start-up:\n{log}")
         raise AssertionError(f"gateway could not listen:\n{self.gateway.log()}")
+
+    def wait_serving(self, proc: Proc, port: int, channel, what: str) -> str:
+        """Waits (bounded) until the gateway `proc` on `port` answers the
+        health check SERVING on `channel()`: "ok", or "exited" if it ended
+        first. TCP first (a channel that saw "connection refused" backs off
+        for seconds), then the channel and the health check."""
+        def ready():
+            if not proc.alive():
+                return "exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return None
+            try:
+                serving = self.health(timeout=2.0, channel=channel(),
+                                      wait_for_ready=True) == HEALTH_SERVING
+            except grpc.RpcError:
+                return None
+            return "ok" if serving else None
+
+        return wait_until(ready, START_DEADLINE_S, what, interval=0.05)
 
     def stop_gateway(self, sig: int = signal.SIGTERM, timeout: float = STOP_DEADLINE_S) -> int:
         """Sends `sig` and waits for the exit; returns the exit status."""
@@ -1551,21 +1541,22 @@ class Stack:
         assert self._channel is not None, "gateway not started"
         return self._channel
 
-    def new_channel(self) -> grpc.Channel:
+    def new_channel(self, port: int | None = None) -> grpc.Channel:
         """A separate channel (own connection) as the caller `e2e` (roles app
-        and ops): its token, and on an mTLS port its certificate. The caller
-        closes it."""
-        return self.raw_channel(token=self.token, client="e2e")
+        and ops): its token, and on an mTLS port its certificate; to the
+        gateway, or the one on `port` (a replica). The caller closes it."""
+        return self.raw_channel(token=self.token, client="e2e", port=port)
 
     def raw_channel(self, token: str | None = None, client: str | None = None,
                     plaintext: bool | None = None, ca: Path | None = None,
-                    client_dir: Path | None = None) -> grpc.Channel:
+                    client_dir: Path | None = None, port: int | None = None) -> grpc.Channel:
         """A channel with exactly these credentials: `token` as a bearer
         token (None: no authorization metadata), `client` the name of a
         client certificate under certs/ (or `client_dir`) presented on a TLS
         port, `plaintext` (default: as the stack's transport) no TLS at all,
-        `ca` the CA file trusted for the server (default certs/ca.pem)."""
-        target = f"127.0.0.1:{self.gateway_port}"
+        `ca` the CA file trusted for the server (default certs/ca.pem); to
+        the gateway, or the one on `port` (a replica)."""
+        target = f"127.0.0.1:{port or self.gateway_port}"
         if plaintext is None:
             plaintext = self.transport == "plaintext"
         if plaintext:

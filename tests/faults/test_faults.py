@@ -36,6 +36,7 @@ Bounded: about 90 s here.
 from __future__ import annotations
 
 import collections
+import faulthandler
 import json
 import os
 import signal
@@ -67,6 +68,10 @@ def now_ms() -> int:
 
 class FaultSuite(unittest.TestCase):
     def test_nothing_is_lost_or_doubled_while_parts_die(self):
+        # Should anything hang, every thread's stack is printed before
+        # ctest's 600 s timeout kills the run (which would print nothing).
+        faulthandler.dump_traceback_later(540, exit=True)
+        self.addCleanup(faulthandler.cancel_dump_traceback_later)
         if not LOADGEN_BIN.exists():
             self.fail(f"{LOADGEN_BIN} not built (target loadgen)")
         st = Stack("faults", ledger="postgres", redis="cluster", card_timeout="1s",
@@ -102,6 +107,7 @@ class FaultSuite(unittest.TestCase):
         self.addCleanup(sampling_done.set)
 
         def fault(name: str, start, stop, replica: str = "") -> None:
+            print(f"  fault: {name}", file=sys.stderr, flush=True)
             t0 = now_ms()
             began = time.monotonic()
             start()
