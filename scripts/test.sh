@@ -26,7 +26,7 @@ status=0
 
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
   echo "== ASan/UBSan flavour ==" >&2
-  ./scripts/build.sh Asan unit_tests integration_tests ledger_tests redis_tests recharge-gateway recharge_proto_py psp-sandbox
+  ./scripts/build.sh Asan unit_tests integration_tests ledger_tests redis_tests recharge-gateway rechargectl recharge_proto_py psp-sandbox
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
   # shellcheck disable=SC2086
   (cd build/asan && ctest -j "$JOBS" --output-on-failure --timeout 600 -L 'unit|integration|e2e|sandbox' ${CTEST_ARGS:-}) || status=1
