@@ -326,7 +326,8 @@ asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead
     call.counters.push_back(i);
     if (!c.update) continue;
     modes[i] = Mode::kUpdate;
-    if (c.gate.empty()) continue;
+    // One server: one script holds every counter, the gate goes as it is.
+    if (c.gate.empty() || !sharded) continue;
     gates[i] = ParseGate(c.gate);
     if (!gates[i] || gates[i]->source >= i) {
       co_return absl::InternalError(StrCat("counter ", c.key, ": bad gate \"", c.gate, "\""));
@@ -354,6 +355,8 @@ asio::awaitable<absl::StatusOr<CounterReadout>> RedisCounterStore::UpdateAndRead
         // The source is in this call: its 1-based place here.
         const auto at = std::find(call.counters.begin(), call.counters.end(), gates[i]->source);
         gate = StrCat(at - call.counters.begin() + 1, " ", gates[i]->op, " ", gates[i]->number);
+      } else if (modes[i] == Mode::kUpdate) {
+        gate = counters[i].gate;  // one server: the call's places are the request's
       }
       AppendBucketArgs(counters[i], now, modes[i], gate, &keys, &args);
     }
